@@ -1,0 +1,11 @@
+"""lightning_memwatch: watch a generative model memorize its training data while it trains.
+
+The public surface is the callbacks, the torchmetrics metrics and the :mod:`functional` module
+(DESIGN §3); everything else is private.
+"""
+
+from lightning_memwatch import functional
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["__version__", "functional"]

@@ -1,0 +1,23 @@
+"""Pure-torch measurements of a generator's geometry (no Lightning, no torchmetrics).
+
+Usable on a saved generator in a notebook: every function takes a decoder callable
+``f: (B, m) -> (B, ...)`` and latent points, and returns per-point values (DESIGN §5b).
+"""
+
+from lightning_memwatch.functional.jacobian import jacobian
+from lightning_memwatch.functional.spectrum import (
+    intrinsic_dim,
+    local_rank,
+    local_scaling,
+    log_condition,
+    singular_values,
+)
+
+__all__ = [
+    "intrinsic_dim",
+    "jacobian",
+    "local_rank",
+    "local_scaling",
+    "log_condition",
+    "singular_values",
+]
