@@ -63,10 +63,14 @@ def _jacobian_vmap(f: Decoder, z: Tensor) -> Tensor:
 
 
 def _jacobian_chunk(f: Decoder, z: Tensor) -> Tensor:
-    """Jacobian of one chunk of points: ``(B, n, m)``."""
+    """Jacobian of one chunk of points: ``(B, n, m)``, a transposed view of ``(B, m, n)``.
+
+    The tangent outputs come out as ``(m, B, ...)``; keeping ``n`` innermost lets the Gram
+    (``J^T J = Jt Jt^T`` with ``Jt = J.mT``) read them without a strided copy.
+    """
     columns = _jacobian_vmap(f, z)
     dim, batch = columns.shape[:2]
-    return columns.reshape(dim, batch, -1).permute(1, 2, 0)
+    return columns.reshape(dim, batch, -1).transpose(0, 1).mT
 
 
 def _check_latents(z: Tensor) -> None:
@@ -129,7 +133,7 @@ def map_jacobian_chunks(
                     torch.cuda.empty_cache()
                 continue
             start += chunk.shape[0]
-    return torch.cat(results, dim=0)
+    return results[0] if len(results) == 1 else torch.cat(results, dim=0)
 
 
 def jacobian(f: Decoder, z: Tensor, *, chunk_size: int | None = None) -> Tensor:

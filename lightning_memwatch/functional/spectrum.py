@@ -27,9 +27,9 @@ def gram_singular_values(jac: Tensor) -> Tensor:
     Returns:
         ``(B, min(n, m))`` float64.
     """
-    j = jac.to(torch.float64)
-    n, m = j.shape[-2:]
-    gram = j.mT @ j if n >= m else j @ j.mT
+    jt = jac.mT.to(torch.float64)  # (B, m, n): n innermost for the layout jacobian() makes
+    n, m = jac.shape[-2:]
+    gram = jt @ jt.mT if n >= m else jt.mT @ jt
     finite = torch.isfinite(gram).all(dim=-1).all(dim=-1)
     if not bool(finite.all()):
         eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
