@@ -12,12 +12,15 @@ from lightning_memwatch.functional.spectrum import (
     log_condition,
     singular_values,
 )
+from lightning_memwatch.functional.stats import ks_pvalue, mre_gap
 
 __all__ = [
     "intrinsic_dim",
     "jacobian",
+    "ks_pvalue",
     "local_rank",
     "local_scaling",
     "log_condition",
+    "mre_gap",
     "singular_values",
 ]

@@ -1,0 +1,84 @@
+"""The state every family shares: per-sample values of the train and the validation probe."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from lightning_memwatch.functional.stats import ks_pvalue
+
+SPLITS = ("train", "val")
+
+
+class TrainValGap(Metric):
+    """Per-sample descriptors of a train and a validation probe, and how the two differ.
+
+    Subclasses name their ``descriptors`` and turn what they are given into per-sample values
+    for :meth:`_append`. Each descriptor keeps one ``cat`` state per split, so under DDP
+    torchmetrics gathers the samples of every rank before :meth:`compute` (DESIGN §5, DDP).
+
+    :meth:`compute` returns, for each descriptor ``d``:
+
+    - ``d/train``, ``d/val``: means over the finite per-sample values (NaN and inf dropped);
+    - ``d/gap``: ``train - val`` (DESIGN §3);
+    - ``d/ks_pvalue``: two-sample KS p-value of the finite values
+      (:func:`~lightning_memwatch.functional.stats.ks_pvalue`);
+    - ``d/nonfinite``: how many per-sample values, train and val together, were dropped.
+
+    A split with no finite value gives NaN means, gap and p-value.
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+    descriptors: tuple[str, ...] = ()
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        for name in self.descriptors:
+            for split in SPLITS:
+                self.add_state(f"{name}_{split}", default=[], dist_reduce_fx="cat")
+
+    @staticmethod
+    def _check_split(split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"Expected `split` to be one of {SPLITS} but got {split!r}")
+
+    def _append(self, split: str, values: dict[str, Tensor]) -> None:
+        """Record per-sample ``values`` (one 1-D tensor per descriptor) for ``split``."""
+        self._check_split(split)
+        for name, value in values.items():
+            getattr(self, f"{name}_{split}").append(value.detach().reshape(-1).to(torch.float64))
+
+    def _samples(self, name: str, split: str) -> Tensor:
+        state = getattr(self, f"{name}_{split}")
+        if isinstance(state, list) and not state:
+            return torch.empty(0, dtype=torch.float64, device=self.device)
+        return dim_zero_cat(state)
+
+    def samples(self, name: str, split: str) -> Tensor:
+        """All per-sample values of descriptor ``name`` for ``split``, non-finite included."""
+        self._check_split(split)
+        if name not in self.descriptors:
+            raise ValueError(f"Expected `name` to be one of {self.descriptors} but got {name!r}")
+        return self._samples(name, split)
+
+    def compute(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for name in self.descriptors:
+            train, val = self._samples(name, "train"), self._samples(name, "val")
+            means = {}
+            for split, values in (("train", train), ("val", val)):
+                finite = values[torch.isfinite(values)]
+                means[split] = finite.mean() if finite.numel() else values.new_tensor(math.nan)
+            nonfinite = (~torch.isfinite(train)).sum() + (~torch.isfinite(val)).sum()
+            out[f"{name}/train"] = means["train"]
+            out[f"{name}/val"] = means["val"]
+            out[f"{name}/gap"] = means["train"] - means["val"]
+            out[f"{name}/ks_pvalue"] = train.new_tensor(ks_pvalue(train, val))
+            out[f"{name}/nonfinite"] = nonfinite
+        return out
