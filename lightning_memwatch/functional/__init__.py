@@ -4,6 +4,7 @@ Usable on a saved generator in a notebook: every function takes a decoder callab
 ``f: (B, m) -> (B, ...)`` and latent points, and returns per-point values (DESIGN §5b).
 """
 
+from lightning_memwatch.functional.density import decay_scores, dip_scores, induced_log_density
 from lightning_memwatch.functional.jacobian import jacobian
 from lightning_memwatch.functional.spectrum import (
     intrinsic_dim,
@@ -15,6 +16,9 @@ from lightning_memwatch.functional.spectrum import (
 from lightning_memwatch.functional.stats import ks_pvalue, mre_gap
 
 __all__ = [
+    "decay_scores",
+    "dip_scores",
+    "induced_log_density",
     "intrinsic_dim",
     "jacobian",
     "ks_pvalue",

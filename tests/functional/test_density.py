@@ -1,0 +1,356 @@
+"""Induced log-density, dip and decay against closed forms and float64 references built here.
+
+Closed forms use a linear map ``f(z) = A z``, ``A = U diag(s) V^T``: its Jacobian is ``A`` at every
+point, so ``psi = sum log s_i`` is a constant and ``lp = log N(z; 0, I) - psi`` differs from the
+prior's log-density by that constant; along a latent line the output arclength is proportional
+to the latent offset. References for non-linear decoders use central-difference Jacobians in
+float64 (``tests.conftest.finite_difference_jacobian``), numpy's SVD and ``np.interp``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import distributions as D
+
+from lightning_memwatch.functional import decay_scores, dip_scores, induced_log_density
+from lightning_memwatch.functional.density import LATENT_LIMIT
+from tests.conftest import finite_difference_jacobian, linear_map
+
+LINEAR_CASES = [  # (n, m, singular values)
+    (7, 3, [2.0, 1.0, 0.5]),
+    (40, 8, [3.0, 2.0, 1.0, 0.5]),  # rank 4 of m = 8
+    (5, 5, [1.0, 0.9, 0.8, 0.7, 0.6]),
+]
+
+
+def log_normal(z: np.ndarray) -> np.ndarray:
+    """``log N(z; 0, I)`` in float64."""
+    return -0.5 * (z**2).sum(-1) - 0.5 * z.shape[-1] * np.log(2 * np.pi)
+
+
+class Scaled(torch.nn.Module):
+    """``scale * module(z)``, as a module so the finite-difference reference can copy it."""
+
+    def __init__(self, module: torch.nn.Module, scale: float) -> None:
+        super().__init__()
+        self.module, self.scale = module, scale
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.module(z)
+
+
+def reference_lp(module: torch.nn.Module, z: np.ndarray, k: int) -> np.ndarray:
+    """``log N(z) - sum_{i<=k} log s_i`` with float64 finite-difference Jacobians."""
+    s = np.linalg.svd(finite_difference_jacobian(module, torch.as_tensor(z)), compute_uv=False)
+    return log_normal(z) - np.log(s[:, :k]).sum(-1)
+
+
+def reference_rank(module: torch.nn.Module, z: np.ndarray, rtol: float = 1e-4) -> np.ndarray:
+    s = np.linalg.svd(finite_difference_jacobian(module, torch.as_tensor(z)), compute_uv=False)
+    return (s > rtol * s[:, :1]).sum(-1)
+
+
+@pytest.mark.parametrize(("n", "m", "s"), LINEAR_CASES)
+@pytest.mark.parametrize("k", [None, 2, "per-row"])
+def test_induced_log_density_linear_map(n, m, s, k, rng):
+    """``lp = log N(z; 0, I) - sum_{i <= k} log s_i`` (feiszli eq. 2); ``k = None``: all of s."""
+    s = np.array(s)
+    a = torch.tensor(linear_map(n, m, s, rng))
+    z = rng.standard_normal((5, m))
+    ks = {None: np.full(5, len(s)), 2: np.full(5, 2), "per-row": np.arange(5) % len(s)}[k]
+    k_arg = torch.tensor(ks) if k == "per-row" else k
+    got = induced_log_density(lambda x: x @ a.T, torch.tensor(z), k=k_arg)
+    psi = np.array([np.log(s[:ki]).sum() for ki in ks])
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), log_normal(z) - psi, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["mvn", "independent", "elementwise"])
+def test_induced_log_density_with_a_prior(kind, rng):
+    """A non-standard prior: ``lp = log p(z) - psi``; ``(B, m)`` log-probs are summed."""
+    s = np.array([2.5, 1.0, 0.3])
+    a = torch.tensor(linear_map(9, 3, s, rng))
+    z = rng.standard_normal((6, 3))
+    loc, scale = np.array([0.5, -1.0, 2.0]), np.array([0.5, 2.0, 1.5])
+    cov = np.diag(scale**2) + 0.1
+    prior, expected = {
+        "mvn": (
+            D.MultivariateNormal(torch.tensor(loc), torch.tensor(cov)),
+            stats.multivariate_normal(loc, cov).logpdf(z),
+        ),
+        "independent": (
+            D.Independent(D.Normal(torch.tensor(loc), torch.tensor(scale)), 1),
+            stats.norm(loc, scale).logpdf(z).sum(-1),
+        ),
+        "elementwise": (
+            D.Normal(torch.tensor(loc), torch.tensor(scale)),
+            stats.norm(loc, scale).logpdf(z).sum(-1),
+        ),
+    }[kind]
+    got = induced_log_density(lambda x: x @ a.T, torch.tensor(z), prior=prior)
+    np.testing.assert_allclose(got.numpy(), expected - np.log(s).sum(), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(("n", "m", "s"), LINEAR_CASES)
+@pytest.mark.parametrize("steps", [3, 17, 33])
+def test_dip_linear_map_closed_form(n, m, s, steps, rng):
+    """``dip = -|z_0 - z_1|^2 / 4`` exactly.
+
+    ``lp(t) = -|z_t|^2 / 2 + c`` with ``z_t = (1 - t) z_0 + t z_1`` and
+    ``s(t) = |A (z_1 - z_0)| t``, so the arclength midpoint is ``t = 1/2`` (a sample for odd
+    ``steps``) and
+    ``lp(0) + lp(1) - 2 lp(1/2) = -(|z_0|^2 + |z_1|^2) / 2 + |z_0 + z_1|^2 / 4
+    = -|z_0 - z_1|^2 / 4``.
+    """
+    a = linear_map(n, m, np.array(s), rng)
+    z0, z1 = rng.standard_normal((6, m)), rng.standard_normal((6, m))
+    expected = -((z0 - z1) ** 2).sum(-1) / 4
+    a64 = torch.tensor(a)
+    got = dip_scores(lambda x: x @ a64.T, torch.tensor(z0), torch.tensor(z1), steps=steps)
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    # float32: the Jacobian is A exactly, so psi cancels; what is left is float32 rounding of the
+    # path points and outputs (about 1e-7 relative), well inside 1e-5.
+    a32 = torch.tensor(a, dtype=torch.float32)
+    z0_32, z1_32 = torch.tensor(z0, dtype=torch.float32), torch.tensor(z1, dtype=torch.float32)
+    got32 = dip_scores(lambda x: x @ a32.T, z0_32, z1_32, steps=steps)
+    np.testing.assert_allclose(got32.numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("n", "m", "s"), LINEAR_CASES)
+def test_decay_linear_map_closed_form(n, m, s, rng):
+    """``eta(r) = -r / s_1^2`` along the top singular direction ``v``.
+
+    ``s(t) = s_1 |t|``, so ``t_± = ±r / s_1``; ``lp(t) = -|z|^2 / 2 - t (z . v) - t^2 / 2 + c``
+    gives ``lp(t_+) + lp(t_-) - 2 lp(0) = -r^2 / s_1^2``, divided by ``r``. Another singular
+    direction would give ``-r / s_i^2`` instead. A radius past ``s_1 * LATENT_LIMIT`` is not
+    reached: NaN for that column only.
+    """
+    a = linear_map(n, m, np.array(s), rng)
+    z = rng.standard_normal((5, m))
+    radii = (0.25, 0.5, 1.0, 2.0, 1.5 * s[0] * LATENT_LIMIT)
+    expected = -np.array(radii[:-1]) / s[0] ** 2
+    a64 = torch.tensor(a)
+    got = decay_scores(lambda x: x @ a64.T, torch.tensor(z), radii=radii)
+    assert got.shape == (5, len(radii)) and got.dtype == torch.float64
+    np.testing.assert_allclose(got[:, :-1].numpy(), np.broadcast_to(expected, (5, 4)), rtol=1e-6)
+    assert torch.isnan(got[:, -1]).all()
+    # float32: the offsets come from float32 output chords (relative error ~1e-6); the term
+    # (z . v)(t_+ + t_-) amplifies it by about |z| s_1 / r <= 40 here, so 1e-3 relative.
+    a32 = torch.tensor(a, dtype=torch.float32)
+    got32 = decay_scores(lambda x: x @ a32.T, torch.tensor(z, dtype=torch.float32), radii=radii)
+    np.testing.assert_allclose(got32[:, :-1].numpy(), np.broadcast_to(expected, (5, 4)), rtol=1e-3)
+
+
+@pytest.mark.parametrize("steps", [16, 17])
+def test_dip_matches_float64_reference_on_an_mlp(tanh_mlp, steps):
+    """Procedure 1 re-done in numpy: FD Jacobians, chords, ``np.interp`` at half the arclength."""
+    module = Scaled(tanh_mlp, 3.0).double()
+    z0, z1 = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    got = dip_scores(module, z0, z1, steps=steps)
+    t = np.linspace(0.0, 1.0, steps)[:, None]
+    for i in range(4):
+        path = (1 - t) * z0[i].numpy() + t * z1[i].numpy()
+        lp = reference_lp(module, path, int(reference_rank(module, path[:1])[0]))
+        with torch.no_grad():
+            x = module(torch.as_tensor(path)).numpy()
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(x, axis=0), axis=1))])
+        expected = lp[0] + lp[-1] - 2 * np.interp(arc[-1] / 2, arc, lp)
+        assert got[i].item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_decay_matches_a_fine_grid_reference(tanh_mlp):
+    """Procedure 2 with 64,000 uniform samples per side: the coarse-then-fine search in
+    ``decay_scores`` keeps the offsets within its chord error (observed 2.5e-4 relative)."""
+    module = Scaled(tanh_mlp, 3.0).double()
+    z = torch.randn(5, 5, dtype=torch.float64)
+    radii = (0.25, 0.5, 1.0)
+    got = decay_scores(module, z, radii=radii).numpy()
+    ts = np.linspace(0.0, LATENT_LIMIT, 64001)
+    for i, zi in enumerate(z.numpy()):
+        jac = finite_difference_jacobian(module, torch.as_tensor(zi[None]))[0]
+        _, s, vt = np.linalg.svd(jac)
+        k = int((s > 1e-4 * s[0]).sum())
+        offsets = []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                x = module(torch.as_tensor(zi + sign * ts[:, None] * vt[0])).numpy()
+            arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(x, axis=0), axis=1))])
+            assert arc[-1] > max(radii)
+            offsets.append(sign * np.interp(radii, arc, ts))
+        for j, r in enumerate(radii):
+            ends = np.stack([zi + offsets[0][j] * vt[0], zi + offsets[1][j] * vt[0], zi])
+            lp = reference_lp(module, ends, k)
+            expected = (lp[0] + lp[1] - 2 * lp[2]) / r
+            assert got[i, j] == pytest.approx(expected, rel=2e-3, abs=1e-4)
+
+
+def soft_nearest_centre(tau: float):
+    """A memorizing generator: ``f(z) = sum_j softmax_j(-|z - c_j|^2 / tau) x_j``.
+
+    Four centres in R^2 (the origin and three at radius 2, 120 degrees apart) and four fixed
+    outputs in R^16. Each centre's neighbourhood maps to almost one output, and the output
+    crossfades near the Voronoi boundaries (distance 1 from the origin): the induced density is
+    concentrated on the four outputs.
+    """
+    gen = torch.Generator().manual_seed(7)
+    angles = torch.tensor([90.0, 210.0, 330.0]) * math.pi / 180
+    centres = torch.cat([torch.zeros(1, 2), 2 * torch.stack([angles.cos(), angles.sin()], -1)])
+    outputs = torch.randn(4, 16, generator=gen)
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        d2 = (z[:, None, :] - centres).square().sum(-1)
+        return torch.softmax(-d2 / tau, dim=-1) @ outputs
+
+    return f, centres, outputs
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0])
+def test_memorizing_generator_dips_and_decays(tau):
+    """Positive dip between centres, decay at the central centre far below a linear map's.
+
+    Comparable linear map: one whose single stretch ``s_bar`` is the generator's mean output
+    distance per latent distance between the centre and its neighbours; its dip over a latent
+    distance of 2 is ``-1`` and its decay ``-r / s_bar^2`` (closed forms above).
+    Observed (seed 7, float32; s_bar = 2.63, linear decay -0.072 at r = 0.5, -0.144 at r = 1):
+    tau = 0.5: dip 18.6 to 18.9; decay -21.5 to -24.3 (r = 0.5), -12.2 to -13.9 (r = 1).
+    tau = 1.0: dip 6.7 to 7.0; decay -3.7 to -6.0 (r = 0.5), -3.2 to -4.3 (r = 1).
+    """
+    f, centres, outputs = soft_nearest_centre(tau)
+    dip = dip_scores(f, centres[:1].expand(3, 2), centres[1:])
+    s_bar = ((outputs[1:] - outputs[0]).norm(dim=-1) / 2).mean().item()
+    print(f"tau={tau}: dip {dip.numpy().round(2)}, s_bar {s_bar:.2f}")
+    assert (dip > 1.0).all(), "a memorizing map's density sags between its outputs"
+    gen = torch.Generator().manual_seed(0)
+    near_centre = torch.cat([torch.zeros(1, 2), 0.1 * torch.randn(3, 2, generator=gen)])
+    radii = (0.5, 1.0)
+    decay = decay_scores(f, near_centre, radii=radii)
+    linear = -torch.tensor(radii, dtype=torch.float64) / s_bar**2
+    print(f"tau={tau}: decay {decay.numpy().round(2).tolist()}, linear {linear.numpy().round(3)}")
+    assert (decay < 10 * linear).all(), "at least ten times steeper than a linear map's"
+
+
+def test_fixed_rank_keeps_lp_continuous_when_the_rank_falls():
+    """``f(z) = (z_1, g(z_1) z_2)``, ``g(u) = exp(-1.5 u^2)``, path ``(0, 0) -> (3, 0)``.
+
+    ``J = diag(1, g)`` on the path, so with ``k = 2`` fixed at the start ``psi = -1.5 z_1^2`` and
+    ``lp = -z_1^2 / 2 - log(2 pi) + 1.5 z_1^2 = s^2 - log(2 pi)`` (arclength ``s = z_1``): the
+    dip of ``s^2`` over ``[0, 3]`` is ``9 / 2``. ``g(3) = 1.4e-6 < rtol``: a per-point rank
+    would drop to 1 near the end and ``lp`` would jump by ``log g``.
+    """
+
+    def f(z):
+        return torch.stack([z[:, 0], torch.exp(-1.5 * z[:, 0] ** 2) * z[:, 1]], dim=-1)
+
+    z0 = torch.zeros(1, 2, dtype=torch.float64)
+    z1 = torch.tensor([[3.0, 0.0]], dtype=torch.float64)
+    assert dip_scores(f, z0, z1).item() == pytest.approx(4.5, rel=1e-9)
+    path = torch.stack([torch.linspace(0, 3, 61, dtype=torch.float64), torch.zeros(61)], -1)
+    fixed = induced_log_density(f, path, k=2)
+    expected = path[:, 0] ** 2 - math.log(2 * math.pi)
+    torch.testing.assert_close(fixed, expected, rtol=0, atol=1e-9)
+    per_point = induced_log_density(f, path)  # k from rtol at each point
+    assert per_point.diff().abs().max() > 5.0 > fixed.diff().abs().max()
+
+
+def test_non_finite_paths_are_nan_only_there(tanh_mlp):
+    """A decoder that is NaN wherever ``z_1 > 50``: paths that touch that half-space are NaN."""
+
+    def f(z):
+        return tanh_mlp(z) * torch.where(z[:, :1] > 50, torch.nan, 3.0)
+
+    z0, z1 = torch.randn(6, 5), torch.randn(6, 5)
+    z0[1, 0] = 100.0  # starts in the NaN region
+    z1[4, 0] = 100.0  # ends in it
+    bad = torch.tensor([False, True, False, False, True, False])
+    dip = dip_scores(f, z0, z1)
+    assert torch.isnan(dip[bad]).all()
+    torch.testing.assert_close(dip[~bad], dip_scores(f, z0[~bad], z1[~bad]), rtol=0, atol=1e-6)
+    decay = decay_scores(f, z0, radii=(0.1, 0.2))
+    assert torch.isnan(decay[1]).all() and torch.isfinite(decay[[0, 2, 3, 5]]).all()
+    torch.testing.assert_close(decay[~bad], decay_scores(f, z0[~bad], radii=(0.1, 0.2)))
+
+
+def identity(z):
+    return z
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: dip_scores(identity, torch.zeros(2, 3), torch.zeros(2, 3), steps=2), "steps"),
+        (lambda: dip_scores(identity, torch.zeros(2, 3), torch.zeros(2, 3), steps=5.0), "steps"),
+        (lambda: dip_scores(identity, torch.zeros(2, 3), torch.zeros(2, 3), steps=True), "steps"),
+        (lambda: dip_scores(identity, torch.zeros(2, 3), torch.zeros(3, 3)), "same shape"),
+        (lambda: dip_scores(identity, torch.zeros(3), torch.zeros(3)), "z_start"),
+        (lambda: dip_scores(identity, torch.zeros(2, 3), torch.zeros(2, 3, dtype=int)), "z_end"),
+        (lambda: dip_scores(identity, torch.zeros(2, 3), torch.ones(2, 3), rtol=1.0), "rtol"),
+        (lambda: decay_scores(identity, torch.zeros(2, 3), radii=()), "radii"),
+        (lambda: decay_scores(identity, torch.zeros(2, 3), radii=(0.5, -1.0)), "radii"),
+        (lambda: decay_scores(identity, torch.zeros(2, 3), radii=(math.nan,)), "radii"),
+        (lambda: decay_scores(identity, torch.zeros(2, 3), radii=0.5), "radii"),
+        (lambda: decay_scores(identity, torch.zeros(2, 3), radii="ab"), "radii"),
+        (lambda: decay_scores(identity, torch.zeros(3)), "`z`"),
+        (lambda: decay_scores(identity, torch.zeros(2, 3), rtol=-0.1), "rtol"),
+        (lambda: induced_log_density(identity, torch.zeros(2, 3), k=4), "`k`"),
+        (lambda: induced_log_density(identity, torch.zeros(2, 3), prior="normal"), "prior"),
+        (lambda: induced_log_density(identity, torch.zeros(0, 3)), "empty"),
+        (
+            lambda: induced_log_density(
+                identity, torch.zeros(2, 3), prior=D.Normal(torch.zeros(2, 1, 3), 1.0)
+            ),
+            "log_prob",
+        ),
+    ],
+)
+def test_invalid_arguments_raise(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_grad_modes_give_the_same_values(tanh_mlp):
+    z0, z1 = torch.randn(4, 5), torch.randn(4, 5)
+    calls = {
+        "lp": lambda a, b: induced_log_density(tanh_mlp, a),
+        "dip": lambda a, b: dip_scores(tanh_mlp, a, b),
+        "decay": lambda a, b: decay_scores(tanh_mlp, a, radii=(0.05, 0.1)),
+    }
+    for name, call in calls.items():
+        expected = call(z0, z1)
+        assert torch.isfinite(expected).all(), name
+        with torch.no_grad():
+            under_no_grad = call(z0, z1)
+        with torch.inference_mode():
+            a, b = z0.clone(), z1.clone()  # inference tensors, as trainer.validate hands over
+            under_inference = call(a, b)
+        torch.testing.assert_close(under_no_grad, expected, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(under_inference, expected, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [(torch.float64, 1e-9), (torch.float32, 1e-5)])
+def test_batched_equals_per_path(tanh_mlp, dtype, atol):
+    """One call for all paths equals one call per path.
+
+    float64: to 1e-9 (the batching itself is exact). float32: BLAS rounds a batch of 6 and a
+    batch of 1 differently (about 1e-7 relative in each Jacobian entry), which moves ``psi`` by a
+    few 1e-7 and ``eta = (...) / r`` by up to ``2e-6`` at ``r = 0.5``: 1e-5.
+    """
+    module = Scaled(tanh_mlp, 3.0).to(dtype)
+    z0, z1 = torch.randn(6, 5, dtype=dtype), torch.randn(6, 5, dtype=dtype)
+    batched = {
+        "lp": induced_log_density(module, z0),
+        "dip": dip_scores(module, z0, z1),
+        "decay": decay_scores(module, z0),
+    }
+    single = {
+        "lp": torch.cat([induced_log_density(module, z0[i : i + 1]) for i in range(6)]),
+        "dip": torch.cat([dip_scores(module, z0[i : i + 1], z1[i : i + 1]) for i in range(6)]),
+        "decay": torch.cat([decay_scores(module, z0[i : i + 1]) for i in range(6)]),
+    }
+    for name, value in batched.items():
+        assert torch.isfinite(value).all(), name
+        torch.testing.assert_close(value, single[name], rtol=0, atol=atol, msg=name)
