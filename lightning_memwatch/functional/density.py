@@ -25,12 +25,13 @@ from lightning_memwatch.functional.jacobian import (
     Decoder,
     _check_latents,
     as_plain_tensor,
-    differentiable_context,
     map_jacobian_chunks,
 )
+from lightning_memwatch.functional.paths import arclength, interp
 from lightning_memwatch.functional.spectrum import (
     _check_rtol,
     gram_singular_values,
+    gram_singular_values_and_top_vector,
     intrinsic_dim,
     local_scaling,
 )
@@ -66,39 +67,6 @@ def _scaling_at_rank(s: Tensor, k: Tensor) -> Tensor:
     """``psi_k`` with ``k`` broadcast over ``s``'s leading dims; NaN where ``k = -1``."""
     k = k.expand(s.shape[:-1])
     return torch.where(k >= 0, local_scaling(s, k=k.clamp_min(0)), torch.nan)
-
-
-def _decode(f: Decoder, z: Tensor) -> Tensor:
-    """Plain forward pass, outputs flattened: ``(B, n)``; no graph, any outer grad mode."""
-    with differentiable_context():
-        return f(z).reshape(z.shape[0], -1)
-
-
-def _arclength(f: Decoder, points: Tensor) -> Tensor:
-    """Cumulative output arclength along rows of samples ``(..., T, m)``: ``(..., T)``, float64.
-
-    Summed L2 chords ``|f(z_{k+1}) - f(z_k)|`` (feiszli procedure 1, step 3), ``0`` at the first
-    sample; one decoder call for all samples.
-    """
-    x = _decode(f, points.reshape(-1, points.shape[-1])).reshape(*points.shape[:-1], -1)
-    chords = x.diff(dim=-2).to(torch.float64).norm(dim=-1)
-    return torch.cat([torch.zeros_like(chords[..., :1]), chords.cumsum(dim=-1)], dim=-1)
-
-
-def _interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
-    """Row-wise ``np.interp``: ``fp`` linear in ``xp`` (non-decreasing, ``(..., T)``) at ``x``.
-
-    Takes the last sample with ``xp <= x`` and the next one; a zero-width interval takes its
-    left value; ``x`` outside ``[xp_0, xp_T]`` is clamped to the end values.
-    """
-    xq = x.unsqueeze(-1).contiguous()
-    idx = torch.searchsorted(xp.contiguous(), xq, right=True) - 1
-    idx = idx.clamp(0, xp.shape[-1] - 2)
-    x0, x1 = xp.gather(-1, idx), xp.gather(-1, idx + 1)
-    f0, f1 = fp.gather(-1, idx), fp.gather(-1, idx + 1)
-    width = x1 - x0
-    weight = torch.where(width > 0, (xq - x0) / torch.where(width > 0, width, 1.0), 0.0)
-    return (f0 + weight.clamp(0.0, 1.0) * (f1 - f0)).squeeze(-1)
 
 
 def induced_log_density(
@@ -198,26 +166,11 @@ def dip_scores(
     s = map_jacobian_chunks(f, flat, gram_singular_values).reshape(batch, steps, -1)
     k = intrinsic_dim(s[:, 0], rtol=rtol)
     lp = _log_prior(path) - _scaling_at_rank(s, k[:, None])
-    arc = _arclength(f, path)
+    arc = arclength(f, path)
     total = arc[:, -1]
-    dip = lp[:, 0] + lp[:, -1] - 2 * _interp(total / 2, arc, lp)
+    dip = lp[:, 0] + lp[:, -1] - 2 * interp(total / 2, arc, lp)
     valid = torch.isfinite(lp).all(dim=-1) & torch.isfinite(arc).all(dim=-1) & (total > 0)
     return torch.where(valid, dip, torch.nan)
-
-
-def _spectrum_and_top_direction(jac: Tensor) -> Tensor:
-    """Singular values and top right-singular vector ``v`` per point: ``(B, r + m)`` float64.
-
-    ``v`` is the eigenvector of the float64 Gram ``J^T J`` with the largest eigenvalue, its
-    largest-magnitude entry made positive (the sign is arbitrary; the decay is symmetric in it).
-    """
-    j = jac.to(torch.float64)
-    gram = j.mT @ j
-    finite = torch.isfinite(gram).all(dim=-1).all(dim=-1)
-    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    v = torch.linalg.eigh(torch.where(finite[:, None, None], gram, eye)).eigenvectors[..., -1]
-    v = v * v.gather(-1, v.abs().argmax(dim=-1, keepdim=True)).sign()
-    return torch.cat([gram_singular_values(jac), torch.where(finite[:, None], v, torch.nan)], -1)
 
 
 def _radius_offsets(f: Decoder, z: Tensor, v: Tensor, radii: Tensor) -> Tensor:
@@ -241,7 +194,7 @@ def _radius_offsets(f: Decoder, z: Tensor, v: Tensor, radii: Tensor) -> Tensor:
         shape = (batch,) + (1,) * (t.ndim - 1) + (dim,)
         return (z.double().reshape(shape) + t[..., None] * v.reshape(shape)).to(z.dtype)
 
-    arc = _arclength(f, line(t))
+    arc = arclength(f, line(t))
     arc = torch.where(torch.isnan(arc), torch.inf, arc)  # keep rows sorted past a NaN output
     hi = torch.searchsorted(arc, radii, right=False)  # first sample with arclength >= r
     reached = hi <= COARSE_STEPS
@@ -249,8 +202,8 @@ def _radius_offsets(f: Decoder, z: Tensor, v: Tensor, radii: Tensor) -> Tensor:
     t_lo, t_hi, arc_lo = t.gather(-1, hi - 1), t.gather(-1, hi), arc.gather(-1, hi - 1)
     frac = torch.linspace(0.0, 1.0, FINE_STEPS + 1, **opts)
     fine_t = t_lo[..., None] + (t_hi - t_lo)[..., None] * frac
-    fine_arc = arc_lo[..., None] + _arclength(f, line(fine_t))
-    offsets = _interp(radii, fine_arc, fine_t)
+    fine_arc = arc_lo[..., None] + arclength(f, line(fine_t))
+    offsets = interp(radii, fine_arc, fine_t)
     reached &= torch.isfinite(fine_arc).all(dim=-1)
     return torch.where(reached, offsets, torch.nan)
 
@@ -300,7 +253,7 @@ def decay_scores(
     _check_rtol(rtol)
     z = as_plain_tensor(z)
     dim = z.shape[1]
-    head = map_jacobian_chunks(f, z, _spectrum_and_top_direction)
+    head = map_jacobian_chunks(f, z, gram_singular_values_and_top_vector)
     s0, v = head[:, :-dim], head[:, -dim:]
     k = intrinsic_dim(s0, rtol=rtol)
     v = v.nan_to_num(0.0)  # a NaN Jacobian: a zero line never reaches r, so NaN below

@@ -15,6 +15,16 @@ from torch import Tensor
 from lightning_memwatch.functional.jacobian import Decoder, map_jacobian_chunks
 
 
+def _finite_gram(gram: Tensor) -> tuple[Tensor, Tensor]:
+    """Gram matrices with the non-finite ones replaced by ``I`` (so LAPACK never sees a NaN),
+    and the mask of the finite ones."""
+    finite = torch.isfinite(gram).all(dim=-1).all(dim=-1)
+    if not bool(finite.all()):
+        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+        gram = torch.where(finite[:, None, None], gram, eye)
+    return gram, finite
+
+
 def gram_singular_values(jac: Tensor) -> Tensor:
     """Singular values of a batch of matrices from their float64 Gram matrices.
 
@@ -29,13 +39,31 @@ def gram_singular_values(jac: Tensor) -> Tensor:
     """
     jt = jac.mT.to(torch.float64)  # (B, m, n): n innermost for the layout jacobian() makes
     n, m = jac.shape[-2:]
-    gram = jt @ jt.mT if n >= m else jt.mT @ jt
-    finite = torch.isfinite(gram).all(dim=-1).all(dim=-1)
-    if not bool(finite.all()):
-        eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-        gram = torch.where(finite[:, None, None], gram, eye)
+    gram, finite = _finite_gram(jt @ jt.mT if n >= m else jt.mT @ jt)
     s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(-1)
     return torch.where(finite[:, None], s, torch.nan)
+
+
+def gram_singular_values_and_top_vector(jac: Tensor) -> Tensor:
+    """Singular values and the top right-singular vector ``v_1`` per matrix, from one ``eigh``.
+
+    ``v_1`` is the eigenvector of the float64 ``J^T J`` with the largest eigenvalue, its
+    largest-magnitude entry made positive (the sign of a singular vector is arbitrary).
+
+    Args:
+        jac: ``(B, n, m)`` Jacobians.
+
+    Returns:
+        ``(B, min(n, m) + m)`` float64: ``s`` descending, then ``v_1``; NaN rows where ``J`` is
+        not finite.
+    """
+    jt = jac.mT.to(torch.float64)
+    gram, finite = _finite_gram(jt @ jt.mT)
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+    s = eigenvalues.clamp_min(0).sqrt().flip(-1)[..., : min(jac.shape[-2:])]
+    v = eigenvectors[..., -1]
+    v = v * v.gather(-1, v.abs().argmax(dim=-1, keepdim=True)).sign()
+    return torch.where(finite[:, None], torch.cat([s, v], dim=-1), torch.nan)
 
 
 def singular_values(f: Decoder, z: Tensor, *, chunk_size: int | None = None) -> Tensor:
