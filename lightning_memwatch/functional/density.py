@@ -135,8 +135,9 @@ def dip_scores(
     ``z_t = (1 - t) z_start + t z_end`` at ``steps`` uniform ``t``; arclength ``s`` by summed
     output chords; ``lp = log N(z; 0, I) - psi_k`` with ``k`` fixed at ``z_start`` (by ``rtol``);
     ``lp`` at the arclength midpoint is linearly interpolated in ``s``. **Positive dip =
-    memorization** (the density sags between the two outputs). One Jacobian pass and one decoder
-    pass for all ``B * steps`` points.
+    memorization** (the density sags between the two outputs). One decoder pass for all
+    ``B * steps`` points gives the arclength; ``lp`` is needed, and its Jacobians computed (one
+    pass), only at four samples per path: both ends and the two that bracket the midpoint.
 
     Args:
         f: any callable from a ``(B, m)`` latent batch to a ``(B, ...)`` output batch.
@@ -162,13 +163,20 @@ def dip_scores(
     batch, dim = z0.shape
     t = torch.linspace(0.0, 1.0, steps, dtype=torch.float64, device=z0.device)[:, None]
     path = ((1 - t) * z0.double()[:, None] + t * z1.double()[:, None]).to(z0.dtype)
-    flat = path.reshape(-1, dim)
-    s = map_jacobian_chunks(f, flat, gram_singular_values).reshape(batch, steps, -1)
-    k = intrinsic_dim(s[:, 0], rtol=rtol)
-    lp = _log_prior(path) - _scaling_at_rank(s, k[:, None])
     arc = arclength(f, path)
     total = arc[:, -1]
-    dip = lp[:, 0] + lp[:, -1] - 2 * interp(total / 2, arc, lp)
+    # lp is needed at four samples per path: both ends and the two bracketing the midpoint.
+    below = torch.searchsorted(arc.contiguous(), (total / 2)[:, None].contiguous(), right=True)
+    below = (below - 1).clamp(0, steps - 2)
+    cols = torch.cat(
+        [torch.zeros_like(below), torch.full_like(below, steps - 1), below, below + 1], 1
+    )
+    anchors = path.gather(1, cols[..., None].expand(-1, -1, dim))
+    s = map_jacobian_chunks(f, anchors.reshape(-1, dim), gram_singular_values)
+    s = s.reshape(batch, 4, -1)
+    k = intrinsic_dim(s[:, 0], rtol=rtol)
+    lp = _log_prior(anchors) - _scaling_at_rank(s, k[:, None])
+    dip = lp[:, 0] + lp[:, 1] - 2 * interp(total / 2, arc.gather(1, cols[:, 2:]), lp[:, 2:])
     valid = torch.isfinite(lp).all(dim=-1) & torch.isfinite(arc).all(dim=-1) & (total > 0)
     return torch.where(valid, dip, torch.nan)
 
