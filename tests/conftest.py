@@ -87,3 +87,89 @@ def tanh_mlp() -> TanhMLP:
 def conv_decoder() -> ConvDecoder:
     torch.manual_seed(0)
     return ConvDecoder()
+
+
+# ---------------------------------------------------------------- Lightning fixtures
+def digits_tensors(n_train: int = 96, n_val: int = 64, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Disjoint train / validation digits from ``sklearn.datasets.load_digits``, (N, 1, 8, 8)."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images.astype(np.float32) / 16.0
+    order = np.random.default_rng(seed).permutation(len(images))
+    train = torch.from_numpy(images[order[:n_train]]).unsqueeze(1)
+    val = torch.from_numpy(images[order[n_train : n_train + n_val]]).unsqueeze(1)
+    return train, val
+
+
+def digits_loaders(
+    n_train: int = 96, n_val: int = 64, batch_size: int = 32, shuffle: bool = True
+) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    train, val = digits_tensors(n_train, n_val)
+    return (
+        DataLoader(TensorDataset(train), batch_size=batch_size, shuffle=shuffle),
+        DataLoader(TensorDataset(val), batch_size=batch_size),
+    )
+
+
+def make_autoencoder(
+    latent_dim: int = 4, hidden: int = 32, batchnorm: bool = True, dropout: float = 0.1
+):
+    """A tiny Lightning autoencoder on 8 x 8 digits; BatchNorm and dropout in the decoder so that
+    a monitor that changed training would show it."""
+    import lightning as L
+
+    class TinyAutoencoder(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"latent_dim": latent_dim})
+            self.encoder = nn.Sequential(
+                nn.Flatten(), nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, latent_dim)
+            )
+            norm = nn.BatchNorm1d(hidden) if batchnorm else nn.Identity()
+            self.decoder = nn.Sequential(
+                nn.Linear(latent_dim, hidden),
+                norm,
+                nn.Tanh(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, 64),
+                nn.Sigmoid(),
+                nn.Unflatten(1, (1, 8, 8)),
+            )
+            self.losses: list[float] = []
+
+        def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            z = self.encoder(x)
+            return z, torch.zeros_like(z)  # (mean, logvar)-style tuple
+
+        def training_step(self, batch, batch_idx):
+            (x,) = batch
+            loss = nn.functional.mse_loss(self.decoder(self.encoder(x)), x)
+            self.losses.append(loss.item())
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            (x,) = batch
+            self.log("val_loss", nn.functional.mse_loss(self.decoder(self.encoder(x)), x))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+    return TinyAutoencoder()
+
+
+def quiet_trainer(**kwargs):
+    import lightning as L
+
+    options = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "max_epochs": 2,
+    }
+    options.update(kwargs)
+    return L.Trainer(**options)

@@ -1,0 +1,5 @@
+"""Lightning callbacks: thin glue around :mod:`lightning_memwatch.metrics` (no maths here)."""
+
+from lightning_memwatch.callbacks.geometry import GeometryMonitor
+
+__all__ = ["GeometryMonitor"]

@@ -1,0 +1,180 @@
+"""GeometryMonitor: the spectrum and density families on a fixed train and validation probe."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, latents_of
+from lightning_memwatch.callbacks.probes import InputKey, shard
+from lightning_memwatch.functional import decay_scores, dip_scores, singular_values
+from lightning_memwatch.metrics import DensityGap, SpectrumGap, TrainValGap
+
+FAMILIES = ("spectrum", "density")
+
+
+def nearest_train_neighbours(queries: Tensor, pool: Tensor, query_index: Tensor | None) -> Tensor:
+    """Index in ``pool`` of each query's nearest neighbour (L2, inputs flattened).
+
+    ``query_index`` gives, for queries taken from the pool itself, their own row so that a point
+    is never its own neighbour (feiszli §4.1, remark 2b: paths join nearest neighbours).
+    """
+    dist = torch.cdist(queries.flatten(1).double(), pool.flatten(1).double())
+    if query_index is not None:
+        dist[torch.arange(len(queries), device=dist.device), query_index] = torch.inf
+    return dist.argmin(dim=1)
+
+
+def family_scalars(metric: TrainValGap) -> dict[str, Tensor]:
+    """A family's computed metric as log keys: per-descriptor values, and one ``nonfinite``:
+    the largest count of dropped per-sample values among the family's descriptors."""
+    out = metric.compute()
+    scalars = {key: value for key, value in out.items() if not key.endswith("/nonfinite")}
+    counts = torch.stack([out[f"{d}/nonfinite"] for d in metric.descriptors])
+    scalars["nonfinite"] = counts.max().to(torch.float32)
+    metric.reset()
+    return scalars
+
+
+class GeometryMonitor(MemwatchMonitor):
+    """Watch the decoder's local geometry at the probes: spectrum (psi, nu, intrinsic dimension,
+    log condition) and density (dip, decay), train against validation.
+
+    Logs (DESIGN §3), each descriptor with ``/{train,val,gap,ks_pvalue}``:
+    ``memwatch/spectrum/{log_volume,local_rank,intrinsic_dim,log_condition}``,
+    ``memwatch/density/{dip,decay}``; and per family ``memwatch/<family>/{seconds,probe_size,
+    nonfinite}``. Sources: ``papers/feiszli_latent_geometry.txt`` (spectrum, dip, decay),
+    ``papers/humayun_local_geometry.txt`` (psi, nu), ``papers/ramirez_geometry_poster.txt``
+    (log condition).
+
+    The latents of the probe are the encoder's, or recovered by latent optimisation when there is
+    no encoder. Dip paths join each probe point (train and validation alike) to its nearest
+    neighbour in the train probe; decay lines run through each probe point.
+
+    Args:
+        families: which families to measure, a subset of ``("spectrum", "density")``.
+        rtol: relative threshold of the non-degenerate singular values.
+        radii: output-space arclength radii of the decay score (feiszli §5.3 uses 0.5 and 1 for
+            MNIST in ``[-1, 1]``); choose them below the typical distance between training
+            samples, else most lines never reach them and the decay is NaN (counted in
+            ``nonfinite``).
+        Others: see :class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`.
+    """
+
+    known_families = FAMILIES
+
+    def __init__(
+        self,
+        decoder: str = "decoder",
+        encoder: str | None = None,
+        latent_dim: int | None = None,
+        probe_size: int = 64,
+        every_n_epochs: int = 1,
+        families: Sequence[str] = FAMILIES,
+        rtol: float = 1e-4,
+        input_key: InputKey = 0,
+        max_overhead: float = 0.05,
+        seed: int = 0,
+        radii: Sequence[float] = (0.5, 1.0),
+    ) -> None:
+        super().__init__(
+            decoder, encoder, latent_dim, probe_size, every_n_epochs, input_key, max_overhead, seed
+        )
+        if isinstance(families, str) or not families or any(f not in FAMILIES for f in families):
+            raise ValueError(
+                f"Expected `families` to be a non-empty subset of {FAMILIES} but got {families!r}"
+            )
+        self._families = tuple(f for f in FAMILIES if f in families)
+        self.spectrum_metric = SpectrumGap(rtol=rtol)
+        self.density_metric = DensityGap()
+        self.rtol = float(rtol)
+        if (
+            isinstance(radii, str)
+            or not radii
+            or any(
+                isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0 for r in radii
+            )
+        ):
+            raise ValueError(
+                f"Expected `radii` to be a non-empty list of positive numbers but got {radii!r}"
+            )
+        self.radii = tuple(float(r) for r in radii)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return self._families
+
+    @property
+    def logged_keys(self) -> frozenset[str]:
+        keys = set()
+        for family, metric in (
+            ("spectrum", self.spectrum_metric),
+            ("density", self.density_metric),
+        ):
+            if family not in self._families:
+                continue
+            keys |= {
+                f"memwatch/{family}/{d}/{s}"
+                for d in metric.descriptors
+                for s in (*SPLITS, "gap", "ks_pvalue")
+            }
+            keys |= {f"memwatch/{family}/{k}" for k in ("seconds", "probe_size", "nonfinite")}
+        return frozenset(keys)
+
+    def latents(self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Tensor) -> Tensor:
+        """The probe's latents: the encoder's, else recovered (seeded per epoch, so a resumed
+        run recovers the same latents)."""
+        encoder = self.encoder(pl_module)
+        if encoder is not None:
+            with torch.no_grad():
+                return latents_of(encoder(x)).detach()
+        from lightning_memwatch.functional import recover_latents
+
+        generator = torch.Generator(device=x.device).manual_seed(self.seed + trainer.current_epoch)
+        z, _ = recover_latents(
+            self.decoder(pl_module), x, latent_dim=self.latent_dim, generator=generator
+        )
+        return z
+
+    def measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: dict[str, Tensor]
+    ) -> dict[str, dict[str, Any]]:
+        decoder = self.decoder(pl_module)
+        size = len(inputs["train"])
+        rank, world = trainer.global_rank, trainer.world_size
+        cache: dict[str, Tensor] = {}
+
+        def latents(split: str) -> Tensor:
+            if split not in cache:
+                cache[split] = self.latents(trainer, pl_module, inputs[split])
+            return cache[split]
+
+        def spectrum() -> dict[str, Tensor]:
+            for split in SPLITS:
+                z = shard(latents(split), rank, world)
+                self.spectrum_metric.update(singular_values(decoder, z), split)
+            return family_scalars(self.spectrum_metric)
+
+        def density() -> dict[str, Tensor]:
+            pool = latents("train")
+            own = shard(torch.arange(size, device=pool.device), rank, world)
+            for split in SPLITS:
+                x, z = shard(inputs[split], rank, world), shard(latents(split), rank, world)
+                neighbours = nearest_train_neighbours(
+                    x, inputs["train"], own if split == "train" else None
+                )
+                dip = dip_scores(decoder, z, pool[neighbours], rtol=self.rtol)
+                self.density_metric.update(
+                    split, dip=dip, decay=decay_scores(decoder, z, radii=self.radii, rtol=self.rtol)
+                )
+            return family_scalars(self.density_metric)
+
+        steps: dict[str, Callable[[], dict[str, Tensor]]] = {
+            "spectrum": spectrum,
+            "density": density,
+        }
+        return {family: self.timed(family, size, steps[family]) for family in self._families}

@@ -1,0 +1,53 @@
+"""The context a measurement runs in, so that it cannot change training (DESIGN §5).
+
+Inside: reverse- and forward-mode AD enabled whatever the caller's grad mode (validation runs
+under ``no_grad``, ``trainer.validate`` under ``inference_mode``), autocast off, TF32 matmuls off,
+every submodule in eval mode (no dropout draws, no BatchNorm running-stat updates) and the global
+RNG streams (CPU and CUDA) saved. On exit modes, TF32 flags and RNG states are restored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch import nn
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    modes = [(sub, sub.training) for sub in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for sub, training in modes:
+            sub.training = training
+
+
+@contextmanager
+def _tf32_disabled() -> Iterator[None]:
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextmanager
+def measurement_context(module: nn.Module, device: torch.device) -> Iterator[None]:
+    """Run a measurement on ``module`` without a trace on training (see module docstring)."""
+    include_cuda = device.type == "cuda"
+    with (
+        isolate_rng(include_cuda=include_cuda),
+        torch.inference_mode(False),
+        torch.enable_grad(),
+        torch.autocast(device_type=device.type, enabled=False),
+        _tf32_disabled(),
+        _eval_mode(module),
+    ):
+        yield

@@ -1,0 +1,283 @@
+"""What every memwatch monitor shares: configuration checks, probes, schedule, budget, logging.
+
+A monitor names the module's decoder (and optional encoder) by attribute, draws a fixed train and
+validation probe when training starts, and at the end of every ``every_n_epochs``-th validation
+epoch measures its families inside
+:func:`~lightning_memwatch.callbacks.isolation.measurement_context` and logs the scalars with
+``pl_module.log`` (DESIGN §3, §5). Subclasses implement :meth:`MemwatchMonitor.measure` and
+:attr:`MemwatchMonitor.families`; no maths lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from lightning_memwatch.callbacks.budget import CostBudget
+from lightning_memwatch.callbacks.isolation import measurement_context
+from lightning_memwatch.callbacks.probes import (
+    InputKey,
+    draw_indices,
+    first_dataloader,
+    gather_inputs,
+    map_style_dataset,
+)
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"Expected `{name}` to be a positive integer but got {value!r}")
+
+
+def latents_of(output: Any) -> Tensor:
+    """The latent batch in an encoder's output: a tensor, a tuple's first element, a
+    distribution's mean (DESIGN §3)."""
+    if isinstance(output, torch.distributions.Distribution) or (
+        not isinstance(output, Tensor) and isinstance(getattr(output, "mean", None), Tensor)
+    ):
+        output = output.mean
+    elif isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    if not isinstance(output, Tensor) or output.ndim != 2:
+        raise ValueError(
+            "Expected the encoder to return a (B, m) latent batch, a tuple whose first element is "
+            f"one, or a distribution with such a mean, but got {type(output).__name__}"
+        )
+    return output
+
+
+class MemwatchMonitor(Callback):
+    """Base class of the monitors: the probe / context / schedule / budget / logging glue.
+
+    Args:
+        decoder: name of the module's attribute (module or method) mapping ``(B, m)`` latents to
+            outputs.
+        encoder: name of an attribute mapping inputs to latents (a tensor, a tuple whose first
+            element is the latents, or a distribution whose mean is). ``None``: latents come
+            from latent recovery.
+        latent_dim: latent size ``m``; ``None``: inferred from the encoder's output, else from a
+            ``latent_dim`` attribute or hyperparameter of the module.
+        probe_size: samples per split (train and validation) in the probe.
+        every_n_epochs: measure at the end of every n-th validation epoch.
+        input_key: picks the input out of a dataset sample (tuple index or dict key; ``None``: the
+            sample is the input).
+        max_overhead: fraction of training wall time the monitor may spend, in ``(0, 1]``.
+        seed: seeds the probe draw and every random start of the monitor (own generator).
+    """
+
+    #: Families this monitor can measure; subclasses set it.
+    known_families: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        decoder: str = "decoder",
+        encoder: str | None = None,
+        latent_dim: int | None = None,
+        probe_size: int = 64,
+        every_n_epochs: int = 1,
+        input_key: InputKey = 0,
+        max_overhead: float = 0.05,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not isinstance(decoder, str) or not decoder:
+            raise ValueError(f"Expected `decoder` to name a module attribute but got {decoder!r}")
+        if encoder is not None and (not isinstance(encoder, str) or not encoder):
+            raise ValueError(
+                f"Expected `encoder` to name a module attribute or be None but got {encoder!r}"
+            )
+        if latent_dim is not None:
+            _check_positive_int("latent_dim", latent_dim)
+        _check_positive_int("probe_size", probe_size)
+        _check_positive_int("every_n_epochs", every_n_epochs)
+        if input_key is not None and (
+            isinstance(input_key, bool) or not isinstance(input_key, (int, str))
+        ):
+            raise ValueError(
+                "Expected `input_key` to be a tuple index, a dict key or None but got "
+                f"{input_key!r}"
+            )
+        if (
+            isinstance(max_overhead, bool)
+            or not isinstance(max_overhead, (int, float))
+            or not 0 < max_overhead <= 1
+        ):
+            raise ValueError(
+                f"Expected `max_overhead` to be a fraction in (0, 1] but got {max_overhead!r}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"Expected `seed` to be an integer but got {seed!r}")
+        self.decoder_name, self.encoder_name, self.latent_dim = decoder, encoder, latent_dim
+        self.probe_size, self.every_n_epochs, self.input_key = probe_size, every_n_epochs, input_key
+        self.max_overhead, self.seed = float(max_overhead), seed
+        self.budget = CostBudget(self.max_overhead, probe_size)
+        self.indices: dict[str, Tensor] = {}
+        self.inputs: dict[str, Tensor] = {}
+        self.last_logged_epoch: int | None = None
+        self._warned_no_probe = False
+
+    # ----------------------------------------------------------------- configuration
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            decoder=self.decoder_name, probe_size=self.probe_size, seed=self.seed
+        )
+
+    @property
+    def logged_keys(self) -> frozenset[str]:
+        """Every key this monitor can log (used by ``MemorizationEarlyStopping`` at setup)."""
+        raise NotImplementedError
+
+    def _attribute(self, pl_module: pl.LightningModule, name: str, role: str) -> Callable[..., Any]:
+        if not hasattr(pl_module, name):
+            raise ValueError(
+                f"Expected the LightningModule to have a `{name}` attribute for the {role} but "
+                f"{type(pl_module).__name__} has none: pass `{role}=` the name of the attribute "
+                f"(module or method) that is the {role}"
+            )
+        value = getattr(pl_module, name)
+        if not callable(value):
+            raise ValueError(
+                f"Expected `{type(pl_module).__name__}.{name}` (the {role}) to be callable but "
+                f"got {type(value).__name__}: name a module or a method"
+            )
+        return value
+
+    def decoder(self, pl_module: pl.LightningModule) -> Callable[[Tensor], Tensor]:
+        return self._attribute(pl_module, self.decoder_name, "decoder")
+
+    def encoder(self, pl_module: pl.LightningModule) -> Callable[[Tensor], Any] | None:
+        if self.encoder_name is None:
+            return None
+        return self._attribute(pl_module, self.encoder_name, "encoder")
+
+    def _module_latent_dim(self, pl_module: pl.LightningModule) -> int | None:
+        for value in (getattr(pl_module, "latent_dim", None), pl_module.hparams.get("latent_dim")):
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.decoder(pl_module)
+        self.encoder(pl_module)
+        if self.latent_dim is None and self.encoder_name is None:
+            self.latent_dim = self._module_latent_dim(pl_module)
+            if self.latent_dim is None:
+                raise ValueError(
+                    f"Expected a latent size for {type(self).__name__} but there is no encoder to "
+                    "infer it from and the module has no `latent_dim` attribute or hyperparameter: "
+                    "pass `latent_dim=`"
+                )
+
+    # ----------------------------------------------------------------------- probes
+    def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draw (or, after a resume, re-gather) the probes; check the data on the way."""
+        loaders = {"train": trainer.train_dataloader, "val": trainer.val_dataloaders}
+        for offset, split in enumerate(SPLITS):
+            what = "training" if split == "train" else "validation"
+            dataset = map_style_dataset(first_dataloader(loaders[split], split), what)
+            if split not in self.indices:
+                self.indices[split] = draw_indices(
+                    len(dataset), self.probe_size, self.seed + offset, what
+                )
+            self.inputs[split] = gather_inputs(dataset, self.indices[split], self.input_key)
+        encoder = self.encoder(pl_module)
+        if encoder is not None and self.latent_dim is None:
+            with measurement_context(pl_module, pl_module.device):
+                probe = self.inputs["train"][:1].to(pl_module.device)
+                self.latent_dim = latents_of(encoder(probe)).shape[1]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._prepare_probes(trainer, pl_module)
+
+    # ------------------------------------------------------------------ scheduling
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.budget.start_train_epoch()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.budget.end_train_epoch()
+
+    def _should_skip(self, trainer: pl.Trainer) -> bool:
+        return trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs != 0
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._should_skip(trainer):
+            return
+        if not self.inputs:
+            if trainer.train_dataloader is None:
+                if not self._warned_no_probe:
+                    rank_zero_warn(f"{type(self).__name__} has no probe: run `trainer.fit` first")
+                    self._warned_no_probe = True
+                return
+            self._prepare_probes(trainer, pl_module)
+        size = trainer.strategy.broadcast(self.budget.next_probe_size(), src=0)
+        scalars: dict[str, Tensor | float] = {}
+        if size > 0:
+            self.budget.probe_size = size
+            device = pl_module.device
+            with measurement_context(pl_module, device):
+                # clones: inputs gathered under inference mode cannot enter autograd
+                inputs = {split: self.inputs[split][:size].to(device).clone() for split in SPLITS}
+                for timed in self.measure(trainer, pl_module, inputs).values():
+                    scalars.update(timed)
+        for family in self.families:
+            scalars.setdefault(f"memwatch/{family}/probe_size", float(size))
+            scalars.setdefault(f"memwatch/{family}/seconds", 0.0)
+        for key, value in scalars.items():
+            pl_module.log(
+                key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False
+            )
+        self.last_logged_epoch = trainer.current_epoch
+
+    def timed(
+        self, family: str, size: int, compute: Callable[[], dict[str, Tensor]]
+    ) -> dict[str, Any]:
+        """Run one family's measurement, prefix its keys, add its seconds and probe size."""
+        start = time.perf_counter()
+        values = compute()
+        seconds = time.perf_counter() - start
+        self.budget.record(seconds)
+        out = {f"memwatch/{family}/{key}": value for key, value in values.items()}
+        out[f"memwatch/{family}/seconds"] = seconds
+        out[f"memwatch/{family}/probe_size"] = float(size)
+        return out
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: dict[str, Tensor]
+    ) -> dict[str, dict[str, Any]]:
+        """Measure every family on the probe ``inputs`` (the whole probe of each split, on the
+        module's device; each rank measures its ``shard`` of the per-sample work). Returns the
+        scalars to log per family, from :meth:`timed`."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "indices": {split: idx.clone() for split, idx in self.indices.items()},
+            "budget": self.budget.state_dict(),
+            "last_logged_epoch": self.last_logged_epoch,
+            "latent_dim": self.latent_dim,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.indices = {split: idx.clone() for split, idx in state_dict["indices"].items()}
+        self.budget.load_state_dict(state_dict["budget"])
+        self.last_logged_epoch = state_dict["last_logged_epoch"]
+        self.latent_dim = state_dict["latent_dim"]
+        self.inputs = {}

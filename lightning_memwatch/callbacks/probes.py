@@ -1,0 +1,88 @@
+"""Fixed probe samples drawn from the datasets behind the trainer's dataloaders (DESIGN §3).
+
+A probe is ``probe_size`` samples drawn once, with a seeded generator of its own, from the
+training and the validation dataset; the indices are saved in the callback's ``state_dict`` so a
+resumed run watches the same points. Under DDP every rank draws the same indices and measures its
+own shard ``indices[rank::world_size]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+InputKey = int | str | None
+
+
+def first_dataloader(loaders: Any, what: str) -> DataLoader:
+    """The dataloader itself, or the first of a list/dict of them (``trainer.val_dataloaders``)."""
+    if isinstance(loaders, Mapping):
+        loaders = next(iter(loaders.values()), None)
+    elif isinstance(loaders, Sequence):
+        loaders = loaders[0] if loaders else None
+    if loaders is None:
+        raise ValueError(
+            f"Expected {what} data to draw a probe from but the trainer has none: pass "
+            f"`{what}_dataloaders` to `trainer.fit` or define `{what}_dataloader()`"
+        )
+    return loaders
+
+
+def map_style_dataset(loader: DataLoader, what: str) -> Dataset:
+    """The dataset behind ``loader``; it must be map-style (``__len__`` and ``__getitem__``)."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        raise ValueError(
+            f"Expected the {what} dataloader to wrap a map-style dataset (with `__len__` and "
+            f"`__getitem__`) but got {type(dataset).__name__}: memwatch draws a fixed probe by "
+            "index; wrap an iterable dataset's samples in a `TensorDataset` for the probe"
+        )
+    return dataset
+
+
+def draw_indices(dataset_size: int, probe_size: int, seed: int, what: str) -> Tensor:
+    """``probe_size`` distinct indices of ``range(dataset_size)``, drawn with a generator
+    seeded by ``seed``."""
+    if probe_size > dataset_size:
+        raise ValueError(
+            f"Expected `probe_size` to be at most the {what} dataset's size ({dataset_size}) but "
+            f"got {probe_size}: pass a smaller `probe_size`"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(dataset_size, generator=generator)[:probe_size]
+
+
+def select_input(sample: Any, input_key: InputKey) -> Tensor:
+    """The model input inside one dataset sample (tuple index, dict key, or the sample itself)."""
+    if input_key is None:
+        value = sample
+    else:
+        try:
+            value = sample[input_key]
+        except (KeyError, IndexError, TypeError) as error:
+            kind = type(sample).__name__
+            raise ValueError(
+                f"Expected `input_key={input_key!r}` to pick the input out of a {kind} sample but "
+                f"it failed ({error}): pass the tuple index or dict key of the input, or None "
+                "when the sample is the input"
+            ) from None
+    if not isinstance(value, Tensor):
+        raise ValueError(
+            f"Expected `input_key={input_key!r}` to pick a tensor out of each sample but got "
+            f"{type(value).__name__}: pass the tuple index or dict key of the input"
+        )
+    return value
+
+
+def gather_inputs(dataset: Dataset, indices: Tensor, input_key: InputKey) -> Tensor:
+    """Stack the inputs of ``dataset[i]`` for each index: ``(P, ...)``."""
+    return torch.stack([select_input(dataset[int(i)], input_key) for i in indices])
+
+
+def shard(values: Tensor, rank: int, world_size: int) -> Tensor:
+    """This rank's share of a probe: every ``world_size``-th row from ``rank``."""
+    return values[rank::world_size]

@@ -1,0 +1,215 @@
+"""GeometryMonitor in real (tiny) Lightning runs on CPU."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from lightning_memwatch.callbacks import GeometryMonitor
+from lightning_memwatch.functional import singular_values
+from lightning_memwatch.metrics import SpectrumGap
+from tests.conftest import digits_loaders, make_autoencoder, quiet_trainer
+
+RADII = (0.1, 0.2)  # 8 x 8 digits in [0, 1]: nearest neighbours are ~1-3 apart
+
+
+def monitor(**kwargs) -> GeometryMonitor:
+    options = {"encoder": "encode", "probe_size": 12, "max_overhead": 1.0, "radii": RADII}
+    options.update(kwargs)
+    return GeometryMonitor(**options)
+
+
+def fit(callbacks, max_epochs=2, seed=0, model=None, **trainer_kwargs):
+    L.seed_everything(seed, verbose=False)
+    model = model or make_autoencoder()
+    train, val = digits_loaders()
+    trainer = quiet_trainer(callbacks=callbacks, max_epochs=max_epochs, **trainer_kwargs)
+    trainer.fit(model, train, val)
+    return trainer, model
+
+
+def test_logs_every_key_it_declares():
+    cb = monitor()
+    trainer, _ = fit([cb])
+    logged = {k for k in trainer.callback_metrics if k.startswith("memwatch/")}
+    assert logged == set(cb.logged_keys)
+    for key in ("memwatch/spectrum/log_volume/gap", "memwatch/density/dip/ks_pvalue"):
+        assert key in logged
+    assert trainer.callback_metrics["memwatch/spectrum/probe_size"] == 12
+    assert cb.last_logged_epoch == 1
+
+
+def test_spectrum_values_equal_an_independent_recomputation():
+    """The logged train/val means equal numpy on singular values computed outside the callback."""
+    cb = monitor(families=("spectrum",))
+    trainer, model = fit([cb], max_epochs=1)
+    model.eval()
+    psi = {}
+    for split in ("train", "val"):
+        x = cb.inputs[split]
+        with torch.no_grad():
+            z = model.encoder(x)
+        s = singular_values(model.decoder, z).numpy()
+        k = (s > 1e-4 * s[:, :1]).sum(1)
+        psi[split] = np.mean([np.log(row[:ki]).sum() for row, ki in zip(s, k, strict=True)])
+    got = trainer.callback_metrics
+    assert got["memwatch/spectrum/log_volume/train"].item() == pytest.approx(psi["train"], rel=1e-6)
+    assert got["memwatch/spectrum/log_volume/val"].item() == pytest.approx(psi["val"], rel=1e-6)
+
+
+def test_training_is_bit_identical_with_and_without_the_monitor():
+    _, plain = fit([], max_epochs=3)
+    _, watched = fit([monitor()], max_epochs=3)
+    assert plain.losses == watched.losses
+    for a, b in zip(plain.state_dict().values(), watched.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_measurement_leaves_no_trace():
+    """Callbacks before and after the monitor in one hook see identical modes (mixed on
+    purpose), BatchNorm statistics, parameter grads and CPU RNG state."""
+    seen = {}
+
+    def snapshot(model):
+        return {
+            "modes": [m.training for m in model.modules()],
+            "stats": copy.deepcopy(model.decoder[1].state_dict()),
+            "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+            "rng": torch.get_rng_state(),
+        }
+
+    class Before(L.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            pl_module.decoder.train()  # BatchNorm and dropout live, encoder stays in eval
+            first = next(pl_module.parameters())
+            first.grad = torch.full_like(first, 3.0)
+            seen["before"] = snapshot(pl_module)
+
+    class After(L.Callback):
+        def on_validation_epoch_end(self, trainer, pl_module):
+            seen["after"] = snapshot(pl_module)
+
+    fit([Before(), monitor(), After()], max_epochs=1)
+    before, after = seen["before"], seen["after"]
+    assert before["modes"] == after["modes"] and any(before["modes"]) and not all(before["modes"])
+    for key, value in before["stats"].items():
+        assert torch.equal(value, after["stats"][key]), key
+    for a, b in zip(before["grads"], after["grads"], strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert torch.equal(before["rng"], after["rng"])
+
+
+@pytest.mark.parametrize("inference_mode", [True, False])
+def test_grad_modes_and_validate(inference_mode):
+    cb = monitor(families=("spectrum",))
+    trainer, model = fit([cb], max_epochs=1, inference_mode=inference_mode)
+    fitted = trainer.callback_metrics["memwatch/spectrum/log_volume/train"].item()
+    _, val = digits_loaders()
+    trainer.validate(model, val, verbose=False)
+    assert trainer.callback_metrics["memwatch/spectrum/log_volume/train"].item() == pytest.approx(
+        fitted, rel=1e-6
+    )
+
+
+def test_bf16_mixed_precision_measures_in_float32():
+    cb = monitor(families=("spectrum",))
+    trainer, model = fit([cb], max_epochs=1, precision="bf16-mixed")
+    metric = SpectrumGap()
+    model.eval()
+    for split in ("train", "val"):
+        with torch.no_grad():
+            z = model.encoder(cb.inputs[split])
+        metric.update(singular_values(model.decoder, z), split)
+    expected = metric.compute()["log_volume/gap"].item()
+    got = trainer.callback_metrics["memwatch/spectrum/log_volume/gap"].item()
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_resume_watches_the_same_probe_and_gives_the_same_metrics(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(max_epochs, ckpt_path=None):
+        """No shuffling and no dropout: a resumed Lightning run then trains bit-identically
+        (the global RNG is not in the checkpoint), so any difference would be the monitor's."""
+        cb = monitor()
+        ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+        L.seed_everything(0, verbose=False)
+        train, val = digits_loaders(shuffle=False)
+        trainer = quiet_trainer(
+            callbacks=[cb, ckpt], max_epochs=max_epochs, enable_checkpointing=True
+        )
+        trainer.fit(make_autoencoder(dropout=0.0), train, val, ckpt_path=ckpt_path)
+        return trainer, cb
+
+    whole, cb_whole = run(3)
+    resumed, cb_resumed = run(3, ckpt_path=str(tmp_path / "epoch=1-step=6.ckpt"))
+    for split in ("train", "val"):
+        assert torch.equal(cb_whole.indices[split], cb_resumed.indices[split])
+    for key in cb_whole.logged_keys:
+        if key.endswith("/seconds"):
+            continue
+        a, b = whole.callback_metrics[key].item(), resumed.callback_metrics[key].item()
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True), key
+
+
+def test_skips_the_sanity_check_and_honours_every_n_epochs():
+    class Spy(GeometryMonitor):
+        epochs: list[int]
+
+        def measure(self, trainer, pl_module, inputs):
+            self.epochs.append((trainer.current_epoch, trainer.sanity_checking))
+            return super().measure(trainer, pl_module, inputs)
+
+    cb = Spy(encoder="encode", probe_size=8, max_overhead=1.0, every_n_epochs=2, radii=RADII)
+    cb.epochs = []
+    fit([cb], max_epochs=5, num_sanity_val_steps=2)
+    assert cb.epochs == [(1, False), (3, False)]
+
+
+def test_slow_decoder_makes_the_budget_shrink_the_probe_then_skip():
+    model = make_autoencoder()
+    decoder = model.decoder
+
+    class Slow(torch.nn.Module):
+        def forward(self, z):
+            total = z.new_zeros(())
+            for _ in range(200):  # busy work, same output
+                total = total + (z * 0).sum()
+            return decoder(z) + total
+
+    model.slow_decoder = Slow()
+    cb = monitor(decoder="slow_decoder", probe_size=32, max_overhead=0.01)
+    sizes = []
+
+    class Record(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            if not trainer.sanity_checking:
+                sizes.append(int(trainer.callback_metrics["memwatch/spectrum/probe_size"]))
+
+    fit([cb, Record()], max_epochs=5, model=model)
+    assert sizes[0] == 32
+    assert sizes == sorted(sizes, reverse=True) or 0 in sizes
+    assert min(sizes) < 32
+    assert cb.budget.spent_seconds > 0 and cb.budget.overhead > 0
+
+
+def test_nan_decoder_is_counted_and_training_continues():
+    model = make_autoencoder()
+    decoder = model.decoder
+
+    def half_nan(z):
+        out = decoder(z)
+        bad = (z[:, 0] > 0).reshape(-1, *([1] * (out.ndim - 1)))
+        return torch.where(bad, out * torch.nan, out)
+
+    model.nan_decoder = half_nan
+    cb = monitor(decoder="nan_decoder", families=("spectrum",))
+    trainer, _ = fit([cb], max_epochs=2, model=model)
+    assert trainer.current_epoch == 2
+    nonfinite = trainer.callback_metrics["memwatch/spectrum/nonfinite"].item()
+    assert 0 < nonfinite < 24
+    assert np.isfinite(trainer.callback_metrics["memwatch/spectrum/log_volume/train"].item())
