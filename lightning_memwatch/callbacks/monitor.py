@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from lightning_memwatch.callbacks.budget import CostBudget
@@ -56,6 +57,17 @@ def latents_of(output: Any) -> Tensor:
             f"one, or a distribution with such a mean, but got {type(output).__name__}"
         )
     return output
+
+
+def _train_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+    """The training dataloader; outside ``fit`` (``trainer.validate``) the datamodule's or the
+    module's ``train_dataloader()``, so a validate-only run can draw its probe too."""
+    if trainer.train_dataloader is not None:
+        return trainer.train_dataloader
+    for source in (trainer.datamodule, pl_module):
+        if source is not None and is_overridden("train_dataloader", source):
+            return source.train_dataloader()
+    return None
 
 
 class MemwatchMonitor(Callback):
@@ -184,7 +196,7 @@ class MemwatchMonitor(Callback):
     # ----------------------------------------------------------------------- probes
     def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw (or, after a resume, re-gather) the probes; check the data on the way."""
-        loaders = {"train": trainer.train_dataloader, "val": trainer.val_dataloaders}
+        loaders = {"train": _train_loader(trainer, pl_module), "val": trainer.val_dataloaders}
         for offset, split in enumerate(SPLITS):
             what = "training" if split == "train" else "validation"
             dataset = map_style_dataset(first_dataloader(loaders[split], split), what)
@@ -216,9 +228,12 @@ class MemwatchMonitor(Callback):
         if self._should_skip(trainer):
             return
         if not self.inputs:
-            if trainer.train_dataloader is None:
+            if _train_loader(trainer, pl_module) is None:
                 if not self._warned_no_probe:
-                    rank_zero_warn(f"{type(self).__name__} has no probe: run `trainer.fit` first")
+                    rank_zero_warn(
+                        f"{type(self).__name__} has no training data to draw its probe from: "
+                        "run `trainer.fit` first, or validate with a datamodule"
+                    )
                     self._warned_no_probe = True
                 return
             self._prepare_probes(trainer, pl_module)

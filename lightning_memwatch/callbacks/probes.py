@@ -18,16 +18,21 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 InputKey = int | str | None
 
 
-def first_dataloader(loaders: Any, what: str) -> DataLoader:
-    """The dataloader itself, or the first of a list/dict of them (``trainer.val_dataloaders``)."""
+def first_dataloader(loaders: Any, split: str) -> DataLoader:
+    """The dataloader itself, or the first of a list/dict of them (``trainer.val_dataloaders``).
+
+    ``split`` is ``"train"`` or ``"val"``, as in ``trainer.fit(train_dataloaders=...,
+    val_dataloaders=...)``.
+    """
     if isinstance(loaders, Mapping):
         loaders = next(iter(loaders.values()), None)
     elif isinstance(loaders, Sequence):
         loaders = loaders[0] if loaders else None
     if loaders is None:
+        what = "training" if split == "train" else "validation"
         raise ValueError(
             f"Expected {what} data to draw a probe from but the trainer has none: pass "
-            f"`{what}_dataloaders` to `trainer.fit` or define `{what}_dataloader()`"
+            f"`{split}_dataloaders` to `trainer.fit` or define `{split}_dataloader()`"
         )
     return loaders
 
