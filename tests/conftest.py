@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -113,55 +114,68 @@ def digits_loaders(
     )
 
 
+class TinyAutoencoder(L.LightningModule):
+    """A tiny Lightning autoencoder on 8 x 8 digits; BatchNorm and dropout in the decoder so that
+    a monitor that changed training would show it. Module-level, so ``ddp_spawn`` can pickle it."""
+
+    def __init__(
+        self, latent_dim: int = 4, hidden: int = 32, batchnorm: bool = True, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, latent_dim)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, hidden),
+            nn.BatchNorm1d(hidden) if batchnorm else nn.Identity(),
+            nn.Tanh(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, 64),
+            nn.Sigmoid(),
+            nn.Unflatten(1, (1, 8, 8)),
+        )
+        self.losses: list[float] = []
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(x)
+        return z, torch.zeros_like(z)  # (mean, logvar)-style tuple
+
+    def training_step(self, batch, batch_idx):
+        (x,) = batch
+        loss = nn.functional.mse_loss(self.decoder(self.encoder(x)), x)
+        self.losses.append(loss.item())
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        (x,) = batch
+        self.log("val_loss", nn.functional.mse_loss(self.decoder(self.encoder(x)), x))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+class DigitsDataModule(L.LightningDataModule):
+    """Train / validation digits as a datamodule (picklable, for ``ddp_spawn``)."""
+
+    def __init__(self, n_train: int = 96, n_val: int = 64, batch_size: int = 32) -> None:
+        super().__init__()
+        self.n_train, self.n_val, self.batch_size = n_train, n_val, batch_size
+
+    def train_dataloader(self):
+        return digits_loaders(self.n_train, self.n_val, self.batch_size, shuffle=False)[0]
+
+    def val_dataloader(self):
+        return digits_loaders(self.n_train, self.n_val, self.batch_size)[1]
+
+
 def make_autoencoder(
     latent_dim: int = 4, hidden: int = 32, batchnorm: bool = True, dropout: float = 0.1
-):
-    """A tiny Lightning autoencoder on 8 x 8 digits; BatchNorm and dropout in the decoder so that
-    a monitor that changed training would show it."""
-    import lightning as L
-
-    class TinyAutoencoder(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.save_hyperparameters({"latent_dim": latent_dim})
-            self.encoder = nn.Sequential(
-                nn.Flatten(), nn.Linear(64, hidden), nn.Tanh(), nn.Linear(hidden, latent_dim)
-            )
-            norm = nn.BatchNorm1d(hidden) if batchnorm else nn.Identity()
-            self.decoder = nn.Sequential(
-                nn.Linear(latent_dim, hidden),
-                norm,
-                nn.Tanh(),
-                nn.Dropout(dropout),
-                nn.Linear(hidden, 64),
-                nn.Sigmoid(),
-                nn.Unflatten(1, (1, 8, 8)),
-            )
-            self.losses: list[float] = []
-
-        def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            z = self.encoder(x)
-            return z, torch.zeros_like(z)  # (mean, logvar)-style tuple
-
-        def training_step(self, batch, batch_idx):
-            (x,) = batch
-            loss = nn.functional.mse_loss(self.decoder(self.encoder(x)), x)
-            self.losses.append(loss.item())
-            return loss
-
-        def validation_step(self, batch, batch_idx):
-            (x,) = batch
-            self.log("val_loss", nn.functional.mse_loss(self.decoder(self.encoder(x)), x))
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=1e-2)
-
-    return TinyAutoencoder()
+) -> TinyAutoencoder:
+    return TinyAutoencoder(latent_dim, hidden, batchnorm, dropout)
 
 
 def quiet_trainer(**kwargs):
-    import lightning as L
-
     options = {
         "accelerator": "cpu",
         "devices": 1,

@@ -204,10 +204,11 @@ class MemwatchMonitor(Callback):
                 self.indices[split] = draw_indices(
                     len(dataset), self.probe_size, self.seed + offset, what
                 )
-            self.inputs[split] = gather_inputs(dataset, self.indices[split], self.input_key)
+            with torch.inference_mode(False):  # trainer.validate runs in inference mode
+                self.inputs[split] = gather_inputs(dataset, self.indices[split], self.input_key)
         encoder = self.encoder(pl_module)
         if encoder is not None and self.latent_dim is None:
-            with measurement_context(pl_module, pl_module.device):
+            with measurement_context(pl_module, pl_module.device), torch.no_grad():
                 probe = self.inputs["train"][:1].to(pl_module.device)
                 self.latent_dim = latents_of(encoder(probe)).shape[1]
 
