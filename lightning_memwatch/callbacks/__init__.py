@@ -1,5 +1,6 @@
 """Lightning callbacks: thin glue around :mod:`lightning_memwatch.metrics` (no maths here)."""
 
+from lightning_memwatch.callbacks.early_stopping import MemorizationEarlyStopping
 from lightning_memwatch.callbacks.geometry import GeometryMonitor
 
-__all__ = ["GeometryMonitor"]
+__all__ = ["GeometryMonitor", "MemorizationEarlyStopping"]
