@@ -1,0 +1,1 @@
+"""Tests of the TensorBoard artifacts (lightning_memwatch.viz)."""
