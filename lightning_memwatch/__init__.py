@@ -5,8 +5,17 @@ The public surface is the callbacks, the torchmetrics metrics and the :mod:`func
 """
 
 from lightning_memwatch import functional
+from lightning_memwatch.callbacks import GeometryMonitor, MemorizationEarlyStopping
 from lightning_memwatch.metrics import DensityGap, SpectrumGap, TrainValGap
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["DensityGap", "SpectrumGap", "TrainValGap", "__version__", "functional"]
+__all__ = [
+    "DensityGap",
+    "GeometryMonitor",
+    "MemorizationEarlyStopping",
+    "SpectrumGap",
+    "TrainValGap",
+    "__version__",
+    "functional",
+]

@@ -11,8 +11,17 @@ from torch import Tensor
 
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, latents_of
 from lightning_memwatch.callbacks.probes import InputKey, shard
-from lightning_memwatch.functional import decay_scores, dip_scores, singular_values
+from lightning_memwatch.functional import (
+    decay_scores,
+    dip_scores,
+    induced_log_density,
+    intrinsic_dim,
+    singular_values,
+)
+from lightning_memwatch.functional.paths import arclength
 from lightning_memwatch.metrics import DensityGap, SpectrumGap, TrainValGap
+from lightning_memwatch.viz import add_layout, global_step, tensorboard_writer
+from lightning_memwatch.viz.geometry import write_density, write_spectrum
 
 FAMILIES = ("spectrum", "density")
 
@@ -27,6 +36,18 @@ def nearest_train_neighbours(queries: Tensor, pool: Tensor, query_index: Tensor 
     if query_index is not None:
         dist[torch.arange(len(queries), device=dist.device), query_index] = torch.inf
     return dist.argmin(dim=1)
+
+
+def path_profile(decoder: Callable[[Tensor], Tensor], z0: Tensor, z1: Tensor, rtol: float):
+    """Latent segment ``z0 -> z1`` at 17 points: output arclength, ``lp`` with ``k`` fixed at
+    ``z0`` (feiszli procedure 1), and the decoded outputs; for the dip-path figure and strip."""
+    t = torch.linspace(0.0, 1.0, 17, device=z0.device, dtype=z0.dtype)[:, None]
+    path = (1 - t) * z0 + t * z1
+    k = intrinsic_dim(singular_values(decoder, z0[None]), rtol=rtol)
+    lp = induced_log_density(decoder, path, k=int(k.clamp_min(0)), rtol=rtol)
+    with torch.no_grad():
+        outputs = decoder(path)
+    return arclength(decoder, path[None])[0], lp, outputs
 
 
 def family_scalars(metric: TrainValGap) -> dict[str, Tensor]:
@@ -103,6 +124,7 @@ class GeometryMonitor(MemwatchMonitor):
                 f"Expected `radii` to be a non-empty list of positive numbers but got {radii!r}"
             )
         self.radii = tuple(float(r) for r in radii)
+        self._layout_written = False
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -153,10 +175,14 @@ class GeometryMonitor(MemwatchMonitor):
                 cache[split] = self.latents(trainer, pl_module, inputs[split])
             return cache[split]
 
+        writer = tensorboard_writer(trainer)
+        artifacts: dict[str, Any] = {"log_s": {}, "dip": {}, "decay": {}, "paths": {}}
+
         def spectrum() -> dict[str, Tensor]:
             for split in SPLITS:
-                z = shard(latents(split), rank, world)
-                self.spectrum_metric.update(singular_values(decoder, z), split)
+                s = singular_values(decoder, shard(latents(split), rank, world))
+                self.spectrum_metric.update(s, split)
+                artifacts["log_s"][split] = s.log()
             return family_scalars(self.spectrum_metric)
 
         def density() -> dict[str, Tensor]:
@@ -164,17 +190,37 @@ class GeometryMonitor(MemwatchMonitor):
             own = shard(torch.arange(size, device=pool.device), rank, world)
             for split in SPLITS:
                 x, z = shard(inputs[split], rank, world), shard(latents(split), rank, world)
-                neighbours = nearest_train_neighbours(
-                    x, inputs["train"], own if split == "train" else None
-                )
-                dip = dip_scores(decoder, z, pool[neighbours], rtol=self.rtol)
-                self.density_metric.update(
-                    split, dip=dip, decay=decay_scores(decoder, z, radii=self.radii, rtol=self.rtol)
-                )
+                query = own if split == "train" else None
+                ends = pool[nearest_train_neighbours(x, inputs["train"], query)]
+                dip = dip_scores(decoder, z, ends, rtol=self.rtol)
+                decay = decay_scores(decoder, z, radii=self.radii, rtol=self.rtol)
+                self.density_metric.update(split, dip=dip, decay=decay)
+                if writer is not None:
+                    artifacts["dip"][split], artifacts["decay"][split] = dip, decay
+                    artifacts["paths"][split] = path_profile(decoder, z[0], ends[0], self.rtol)
             return family_scalars(self.density_metric)
 
         steps: dict[str, Callable[[], dict[str, Tensor]]] = {
             "spectrum": spectrum,
             "density": density,
         }
-        return {family: self.timed(family, size, steps[family]) for family in self._families}
+        scalars = {family: self.timed(family, size, steps[family]) for family in self._families}
+        if writer is not None:
+            self._write_artifacts(writer, global_step(trainer), artifacts)
+        return scalars
+
+    def _write_artifacts(self, writer: Any, step: int, artifacts: dict[str, Any]) -> None:
+        if not self._layout_written:
+            add_layout(writer, self.logged_keys)
+            self._layout_written = True
+        if "spectrum" in self._families:
+            write_spectrum(writer, step, artifacts["log_s"])
+        if "density" in self._families:
+            paths = {split: (arc, lp) for split, (arc, lp, _) in artifacts["paths"].items()}
+            write_density(
+                writer,
+                step,
+                {"dip": artifacts["dip"], "decay": artifacts["decay"]},
+                paths,
+                artifacts["paths"]["train"][2],
+            )

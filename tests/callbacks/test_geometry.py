@@ -213,3 +213,73 @@ def test_nan_decoder_is_counted_and_training_continues():
     nonfinite = trainer.callback_metrics["memwatch/spectrum/nonfinite"].item()
     assert 0 < nonfinite < 24
     assert np.isfinite(trainer.callback_metrics["memwatch/spectrum/log_volume/train"].item())
+
+
+def test_tensorboard_event_file_has_scalars_histograms_images_figures_and_layout(tmp_path):
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+
+    cb = monitor()
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    fit([cb], max_epochs=2, logger=logger)
+    logger.experiment.flush()
+    events = EventAccumulator(
+        str(tmp_path / "run" / "version_0"),
+        size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0},
+    )
+    events.Reload()
+    tags = events.Tags()
+    assert set(cb.logged_keys) <= set(tags["scalars"])
+    for split in ("train", "val"):
+        assert f"memwatch/spectrum/log_s/{split}" in tags["histograms"]
+        assert f"memwatch/density/dip_samples/{split}" in tags["histograms"]
+    assert {
+        "memwatch/spectrum/mean_spectrum",
+        "memwatch/density/dip_path_lp",
+        "memwatch/density/dip_path_images",
+    } <= set(tags["images"])
+    strip = events.Images("memwatch/density/dip_path_images")[-1]
+    assert (strip.height, strip.width) == (8, 17 * 9 - 1)
+    # images line up with the scalars' steps
+    scalar_steps = [e.step for e in events.Scalars("memwatch/spectrum/log_volume/train")]
+    image_steps = [e.step for e in events.Images("memwatch/spectrum/mean_spectrum")]
+    assert scalar_steps == image_steps
+    # the custom-scalars layout puts train and val of one descriptor on one chart
+    layout = layout_pb2.Layout()
+    layout.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = [c for cat in layout.category for c in cat.chart if c.title.startswith("log_volume")]
+    assert any(len(c.multiline.tag) == 2 for c in charts)
+
+
+def test_scalars_with_csv_logger_only(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    cb = monitor()
+    fit([cb], max_epochs=1, logger=CSVLogger(tmp_path, name="csv", version=0))
+    header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0]
+    assert set(cb.logged_keys) <= set(header.split(","))
+
+
+def test_without_matplotlib_figures_are_skipped_with_one_warning(tmp_path, monkeypatch):
+    import sys
+
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from lightning_memwatch.viz import figures
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    monkeypatch.setattr(figures, "_warned_missing_matplotlib", False)
+    cb = monitor()
+    logger = TensorBoardLogger(tmp_path, name="run", version=0)
+    with pytest.warns(UserWarning, match=r"lightning-memwatch\[viz\]") as record:
+        fit([cb], max_epochs=2, logger=logger)
+    assert sum("matplotlib" in str(w.message) for w in record) == 1
+    logger.experiment.flush()
+    events = EventAccumulator(str(tmp_path / "run" / "version_0"))
+    events.Reload()
+    assert set(cb.logged_keys) <= set(events.Tags()["scalars"])
+    assert "memwatch/spectrum/log_s/train" in events.Tags()["histograms"]
+    assert "memwatch/spectrum/mean_spectrum" not in events.Tags()["images"]

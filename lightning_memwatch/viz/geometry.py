@@ -1,0 +1,52 @@
+"""GeometryMonitor's TensorBoard artifacts, from the per-sample values of one measurement.
+
+Written on global rank zero only, at the step of Lightning's scalars (DESIGN §3, §5):
+
+- ``memwatch/spectrum/log_s/{train,val}``: histograms of log singular values;
+- ``memwatch/spectrum/mean_spectrum``: the mean log spectrum, train vs val
+  (``papers/feiszli_latent_geometry.txt`` fig. 2);
+- ``memwatch/density/{dip,decay}_samples/{train,val}``: histograms of per-sample scores;
+- ``memwatch/density/dip_path_lp``: ``lp`` against output arclength along the first train and
+  val dip path (feiszli fig. 4, 5);
+- ``memwatch/density/dip_path_images``: that train path decoded, as an image strip, when the
+  outputs are images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from torch import Tensor
+from torch.utils.tensorboard import SummaryWriter
+
+from lightning_memwatch.viz.figures import add_figure, profile_figure, spectrum_figure
+from lightning_memwatch.viz.images import as_images, image_strip
+from lightning_memwatch.viz.writer import add_histograms
+
+
+def write_spectrum(writer: SummaryWriter, step: int, log_s: Mapping[str, Tensor]) -> None:
+    """``log_s``: per split, ``(B, r)`` log singular values of the probe points."""
+    add_histograms(writer, "memwatch/spectrum/log_s", dict(log_s), step)
+    means = {split: values.nanmean(dim=0) for split, values in log_s.items() if len(values)}
+    add_figure(writer, "memwatch/spectrum/mean_spectrum", spectrum_figure(means), step)
+
+
+def write_density(
+    writer: SummaryWriter,
+    step: int,
+    scores: Mapping[str, Mapping[str, Tensor]],
+    paths: Mapping[str, tuple[Tensor, Tensor]],
+    path_outputs: Tensor | None,
+) -> None:
+    """``scores``: per score name (``dip``, ``decay``), per split, per-sample values;
+    ``paths``: per split, ``(arclength, lp)`` along one dip path; ``path_outputs``: the decoded
+    train path ``(T, ...)``."""
+    for name, per_split in scores.items():
+        add_histograms(writer, f"memwatch/density/{name}_samples", dict(per_split), step)
+    figure = profile_figure(
+        dict(paths), xlabel="output arclength s", ylabel="lp = log p(z) - psi_k", title="dip path"
+    )
+    add_figure(writer, "memwatch/density/dip_path_lp", figure, step)
+    images = as_images(path_outputs) if path_outputs is not None else None
+    if images is not None:
+        writer.add_image("memwatch/density/dip_path_images", image_strip(images), step)
