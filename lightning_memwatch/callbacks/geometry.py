@@ -67,8 +67,10 @@ class GeometryMonitor(MemwatchMonitor):
 
     Logs (DESIGN §3), each descriptor with ``/{train,val,gap,ks_pvalue}``:
     ``memwatch/spectrum/{log_volume,local_rank,intrinsic_dim,log_condition}``,
-    ``memwatch/density/{dip,decay}``; and per family ``memwatch/<family>/{seconds,probe_size,
-    nonfinite}``. Sources: ``papers/feiszli_latent_geometry.txt`` (spectrum, dip, decay),
+    ``memwatch/density/{dip,decay}``; per family ``memwatch/<family>/{seconds,probe_size,
+    nonfinite}``; and ``memwatch/spectrum/<descriptor>/prior``, the mean at ``probe_size``
+    latents drawn from the prior ``N(0, I)``, where the decoder is sampled. Sources:
+    ``papers/feiszli_latent_geometry.txt`` (spectrum, dip, decay),
     ``papers/humayun_local_geometry.txt`` (psi, nu), ``papers/ramirez_geometry_poster.txt``
     (log condition).
 
@@ -111,6 +113,7 @@ class GeometryMonitor(MemwatchMonitor):
             )
         self._families = tuple(f for f in FAMILIES if f in families)
         self.spectrum_metric = SpectrumGap(rtol=rtol)
+        self.prior_metric = SpectrumGap(rtol=rtol)
         self.density_metric = DensityGap()
         self.rtol = float(rtol)
         if (
@@ -145,6 +148,8 @@ class GeometryMonitor(MemwatchMonitor):
                 for s in (*SPLITS, "gap", "ks_pvalue")
             }
             keys |= {f"memwatch/{family}/{k}" for k in ("seconds", "probe_size", "nonfinite")}
+        if "spectrum" in self._families:
+            keys |= {f"memwatch/spectrum/{d}/prior" for d in self.spectrum_metric.descriptors}
         return frozenset(keys)
 
     def latents(self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Tensor) -> Tensor:
@@ -183,7 +188,19 @@ class GeometryMonitor(MemwatchMonitor):
                 s = singular_values(decoder, shard(latents(split), rank, world))
                 self.spectrum_metric.update(s, split)
                 artifacts["log_s"][split] = s.log()
-            return family_scalars(self.spectrum_metric)
+            # the same descriptors where the decoder is sampled: z ~ N(0, I), seeded per epoch
+            generator = torch.Generator().manual_seed(
+                self.seed + 7919 * (trainer.current_epoch + 1)
+            )
+            prior = torch.randn(size, self.latent_dim, generator=generator).to(inputs["train"])
+            self.prior_metric.update(singular_values(decoder, shard(prior, rank, world)), "train")
+            prior_means = {
+                key.replace("/train", "/prior"): value
+                for key, value in self.prior_metric.compute().items()
+                if key.endswith("/train")
+            }
+            self.prior_metric.reset()
+            return {**family_scalars(self.spectrum_metric), **prior_means}
 
         def density() -> dict[str, Tensor]:
             pool = latents("train")

@@ -56,7 +56,13 @@ def test_spectrum_values_equal_an_independent_recomputation():
         s = singular_values(model.decoder, z).numpy()
         k = (s > 1e-4 * s[:, :1]).sum(1)
         psi[split] = np.mean([np.log(row[:ki]).sum() for row, ki in zip(s, k, strict=True)])
+    # prior samples: N(0, I) from the monitor's own generator, seeded by seed and epoch (0)
+    prior = torch.randn(12, 4, generator=torch.Generator().manual_seed(cb.seed + 7919))
+    s = singular_values(model.decoder, prior).numpy()
+    psi["prior"] = np.log(s).sum(1).mean()  # full rank here: k = 4 everywhere
+    assert (s > 1e-4 * s[:, :1]).all()
     got = trainer.callback_metrics
+    assert got["memwatch/spectrum/log_volume/prior"].item() == pytest.approx(psi["prior"], rel=1e-6)
     assert got["memwatch/spectrum/log_volume/train"].item() == pytest.approx(psi["train"], rel=1e-6)
     assert got["memwatch/spectrum/log_volume/val"].item() == pytest.approx(psi["val"], rel=1e-6)
 
