@@ -6,6 +6,7 @@ Usable on a saved generator in a notebook: every function takes a decoder callab
 
 from lightning_memwatch.functional.density import decay_scores, dip_scores, induced_log_density
 from lightning_memwatch.functional.jacobian import jacobian
+from lightning_memwatch.functional.recovery import recover_latents
 from lightning_memwatch.functional.spectrum import (
     intrinsic_dim,
     local_rank,
@@ -26,5 +27,6 @@ __all__ = [
     "local_scaling",
     "log_condition",
     "mre_gap",
+    "recover_latents",
     "singular_values",
 ]
