@@ -25,3 +25,20 @@ def test_readme_leads_with_demo_then_tests():
     (script,) = re.findall(r"python (examples/\S+\.py)", demo)
     assert (ROOT / script).is_file()
     assert "pytest" in tests and "pip install" in demo and "pip install" in tests
+
+
+def test_readme_yaml_callbacks_instantiate():
+    """The LightningCLI snippet names real classes with arguments they accept."""
+    import importlib
+
+    import yaml
+
+    text = (ROOT / "README.md").read_text()
+    (block,) = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    callbacks = yaml.safe_load(block)["trainer"]["callbacks"]
+    built = []
+    for spec in callbacks:
+        module, name = spec["class_path"].rsplit(".", 1)
+        built.append(getattr(importlib.import_module(module), name)(**spec["init_args"]))
+    assert [type(cb).__name__ for cb in built] == ["GeometryMonitor", "MemorizationEarlyStopping"]
+    assert built[1].monitor in built[0].logged_keys

@@ -14,11 +14,10 @@ from lightning_memwatch.callbacks.probes import InputKey, shard
 from lightning_memwatch.functional import (
     decay_scores,
     dip_scores,
-    induced_log_density,
-    intrinsic_dim,
+    recover_latents,
     singular_values,
 )
-from lightning_memwatch.functional.paths import arclength
+from lightning_memwatch.functional.profiles import line_profile, path_profile
 from lightning_memwatch.metrics import DensityGap, SpectrumGap, TrainValGap
 from lightning_memwatch.viz import add_layout, global_step, tensorboard_writer
 from lightning_memwatch.viz.geometry import write_density, write_spectrum
@@ -36,18 +35,6 @@ def nearest_train_neighbours(queries: Tensor, pool: Tensor, query_index: Tensor 
     if query_index is not None:
         dist[torch.arange(len(queries), device=dist.device), query_index] = torch.inf
     return dist.argmin(dim=1)
-
-
-def path_profile(decoder: Callable[[Tensor], Tensor], z0: Tensor, z1: Tensor, rtol: float):
-    """Latent segment ``z0 -> z1`` at 17 points: output arclength, ``lp`` with ``k`` fixed at
-    ``z0`` (feiszli procedure 1), and the decoded outputs; for the dip-path figure and strip."""
-    t = torch.linspace(0.0, 1.0, 17, device=z0.device, dtype=z0.dtype)[:, None]
-    path = (1 - t) * z0 + t * z1
-    k = intrinsic_dim(singular_values(decoder, z0[None]), rtol=rtol)
-    lp = induced_log_density(decoder, path, k=int(k.clamp_min(0)), rtol=rtol)
-    with torch.no_grad():
-        outputs = decoder(path)
-    return arclength(decoder, path[None])[0], lp, outputs
 
 
 def family_scalars(metric: TrainValGap) -> dict[str, Tensor]:
@@ -159,8 +146,6 @@ class GeometryMonitor(MemwatchMonitor):
         if encoder is not None:
             with torch.no_grad():
                 return latents_of(encoder(x)).detach()
-        from lightning_memwatch.functional import recover_latents
-
         generator = torch.Generator(device=x.device).manual_seed(self.seed + trainer.current_epoch)
         z, _ = recover_latents(
             self.decoder(pl_module), x, latent_dim=self.latent_dim, generator=generator
@@ -181,7 +166,7 @@ class GeometryMonitor(MemwatchMonitor):
             return cache[split]
 
         writer = tensorboard_writer(trainer)
-        artifacts: dict[str, Any] = {"log_s": {}, "dip": {}, "decay": {}, "paths": {}}
+        artifacts: dict[str, Any] = {"log_s": {}, "dip": {}, "decay": {}, "paths": {}, "lines": {}}
 
         def spectrum() -> dict[str, Tensor]:
             for split in SPLITS:
@@ -214,7 +199,12 @@ class GeometryMonitor(MemwatchMonitor):
                 self.density_metric.update(split, dip=dip, decay=decay)
                 if writer is not None:
                     artifacts["dip"][split], artifacts["decay"][split] = dip, decay
-                    artifacts["paths"][split] = path_profile(decoder, z[0], ends[0], self.rtol)
+                    arc, lp, points = path_profile(decoder, z[0], ends[0], rtol=self.rtol)
+                    artifacts["paths"][split] = (arc, lp)
+                    artifacts["lines"][split] = line_profile(decoder, z[0], rtol=self.rtol)
+                    if split == "train":
+                        with torch.no_grad():
+                            artifacts["path_outputs"] = decoder(points)
             return family_scalars(self.density_metric)
 
         steps: dict[str, Callable[[], dict[str, Tensor]]] = {
@@ -233,11 +223,10 @@ class GeometryMonitor(MemwatchMonitor):
         if "spectrum" in self._families:
             write_spectrum(writer, step, artifacts["log_s"])
         if "density" in self._families:
-            paths = {split: (arc, lp) for split, (arc, lp, _) in artifacts["paths"].items()}
             write_density(
                 writer,
                 step,
                 {"dip": artifacts["dip"], "decay": artifacts["decay"]},
-                paths,
-                artifacts["paths"]["train"][2],
+                {"dip_path": artifacts["paths"], "decay_line": artifacts["lines"]},
+                artifacts.get("path_outputs"),
             )

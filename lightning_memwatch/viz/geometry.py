@@ -8,6 +8,8 @@ Written on global rank zero only, at the step of Lightning's scalars (DESIGN §3
 - ``memwatch/density/{dip,decay}_samples/{train,val}``: histograms of per-sample scores;
 - ``memwatch/density/dip_path_lp``: ``lp`` against output arclength along the first train and
   val dip path (feiszli fig. 4, 5);
+- ``memwatch/density/decay_line_lp``: ``lp`` along the top singular direction through the first
+  train and val point, against signed arclength (feiszli fig. 3);
 - ``memwatch/density/dip_path_images``: that train path decoded, as an image strip, when the
   outputs are images.
 """
@@ -35,18 +37,20 @@ def write_density(
     writer: SummaryWriter,
     step: int,
     scores: Mapping[str, Mapping[str, Tensor]],
-    paths: Mapping[str, tuple[Tensor, Tensor]],
+    profiles: Mapping[str, Mapping[str, tuple[Tensor, Tensor]]],
     path_outputs: Tensor | None,
 ) -> None:
     """``scores``: per score name (``dip``, ``decay``), per split, per-sample values;
-    ``paths``: per split, ``(arclength, lp)`` along one dip path; ``path_outputs``: the decoded
-    train path ``(T, ...)``."""
+    ``profiles``: per profile (``dip_path``, ``decay_line``), per split, ``(arclength, lp)``;
+    ``path_outputs``: the decoded train dip path ``(T, ...)``."""
     for name, per_split in scores.items():
         add_histograms(writer, f"memwatch/density/{name}_samples", dict(per_split), step)
-    figure = profile_figure(
-        dict(paths), xlabel="output arclength s", ylabel="lp = log p(z) - psi_k", title="dip path"
-    )
-    add_figure(writer, "memwatch/density/dip_path_lp", figure, step)
+    for name, curves in profiles.items():
+        title = name.replace("_", " ")
+        figure = profile_figure(
+            dict(curves), xlabel="output arclength s", ylabel="lp = log p(z) - psi_k", title=title
+        )
+        add_figure(writer, f"memwatch/density/{name}_lp", figure, step)
     images = as_images(path_outputs) if path_outputs is not None else None
     if images is not None:
         writer.add_image("memwatch/density/dip_path_images", image_strip(images), step)

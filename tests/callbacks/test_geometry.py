@@ -243,6 +243,7 @@ def test_tensorboard_event_file_has_scalars_histograms_images_figures_and_layout
     assert {
         "memwatch/spectrum/mean_spectrum",
         "memwatch/density/dip_path_lp",
+        "memwatch/density/decay_line_lp",
         "memwatch/density/dip_path_images",
     } <= set(tags["images"])
     strip = events.Images("memwatch/density/dip_path_images")[-1]
@@ -289,3 +290,23 @@ def test_without_matplotlib_figures_are_skipped_with_one_warning(tmp_path, monke
     assert set(cb.logged_keys) <= set(events.Tags()["scalars"])
     assert "memwatch/spectrum/log_s/train" in events.Tags()["histograms"]
     assert "memwatch/spectrum/mean_spectrum" not in events.Tags()["images"]
+
+
+def test_without_encoder_latents_come_from_recovery():
+    """No encoder: the probe's latents are recovered (latent size from the hyperparameter), and
+    the logged spectrum is the decoder's at those latents."""
+    from lightning_memwatch.functional import recover_latents
+
+    cb = GeometryMonitor(probe_size=8, max_overhead=1.0, families=("spectrum",))
+    trainer, model = fit([cb], max_epochs=1)
+    assert cb.latent_dim == 4
+    model.eval()
+    generator = torch.Generator().manual_seed(cb.seed + 0)
+    z, errors = recover_latents(
+        model.decoder, cb.inputs["train"], latent_dim=4, generator=generator
+    )
+    s = singular_values(model.decoder, z).numpy()
+    psi = np.mean([np.log(row[: (row > 1e-4 * row[0]).sum()]).sum() for row in s])
+    got = trainer.callback_metrics["memwatch/spectrum/log_volume/train"].item()
+    assert got == pytest.approx(psi, rel=1e-5)
+    assert torch.isfinite(errors).all()
