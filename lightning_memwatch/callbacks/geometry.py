@@ -17,6 +17,7 @@ from lightning_memwatch.functional import (
     recover_latents,
     singular_values,
 )
+from lightning_memwatch.functional.density import check_radii
 from lightning_memwatch.functional.profiles import line_profile, path_profile
 from lightning_memwatch.metrics import DensityGap, SpectrumGap, TrainValGap
 from lightning_memwatch.viz import add_layout, global_step, tensorboard_writer
@@ -103,17 +104,7 @@ class GeometryMonitor(MemwatchMonitor):
         self.prior_metric = SpectrumGap(rtol=rtol)
         self.density_metric = DensityGap()
         self.rtol = float(rtol)
-        if (
-            isinstance(radii, str)
-            or not radii
-            or any(
-                isinstance(r, bool) or not isinstance(r, (int, float)) or not r > 0 for r in radii
-            )
-        ):
-            raise ValueError(
-                f"Expected `radii` to be a non-empty list of positive numbers but got {radii!r}"
-            )
-        self.radii = tuple(float(r) for r in radii)
+        self.radii = tuple(check_radii(radii).tolist())
         self._layout_written = False
 
     @property

@@ -216,10 +216,14 @@ def _radius_offsets(f: Decoder, z: Tensor, v: Tensor, radii: Tensor) -> Tensor:
     return torch.where(reached, offsets, torch.nan)
 
 
-def _check_radii(radii: Sequence[float]) -> Tensor:
+def check_radii(radii: Sequence[float]) -> Tensor:
+    """``radii`` as a 1-D float64 tensor; ``ValueError`` unless a non-empty sequence of finite
+    positive numbers (``bool`` is not a number here)."""
     try:
         r = torch.as_tensor(radii, dtype=torch.float64).detach().cpu()
     except (TypeError, ValueError, RuntimeError):
+        r = None
+    if isinstance(radii, Sequence) and any(isinstance(v, bool) for v in radii):
         r = None
     if r is None or r.ndim != 1 or r.numel() == 0 or not bool((torch.isfinite(r) & (r > 0)).all()):
         raise ValueError(
@@ -257,7 +261,7 @@ def decay_scores(
         tensor([[-0.1250, -0.2500]], dtype=torch.float64)
     """
     _check_latents(z)
-    r = _check_radii(radii).to(z.device)
+    r = check_radii(radii).to(z.device)
     _check_rtol(rtol)
     z = as_plain_tensor(z)
     dim = z.shape[1]

@@ -10,18 +10,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_memwatch.functional.density import induced_log_density
+from lightning_memwatch.functional.density import _log_prior, _scaling_at_rank
 from lightning_memwatch.functional.jacobian import Decoder, map_jacobian_chunks
 from lightning_memwatch.functional.paths import arclength
 from lightning_memwatch.functional.spectrum import (
+    gram_singular_values,
     gram_singular_values_and_top_vector,
     intrinsic_dim,
 )
 
 
-def _anchored_lp(f: Decoder, points: Tensor, s_anchor: Tensor, rtol: float) -> Tensor:
-    k = int(intrinsic_dim(s_anchor, rtol=rtol).clamp_min(0))
-    return induced_log_density(f, points, k=k, rtol=rtol)
+def _anchored_lp(f: Decoder, points: Tensor, s_anchor: Tensor | None, rtol: float) -> Tensor:
+    """``lp = log N(z; 0, I) - psi_k`` at ``points`` (one Jacobian pass), ``k`` the rank of the
+    anchor's spectrum ``s_anchor`` (``(1, r)``; ``None``: the anchor is ``points[0]``)."""
+    s = map_jacobian_chunks(f, points, gram_singular_values)
+    anchor = s[:1] if s_anchor is None else s_anchor
+    return _log_prior(points) - _scaling_at_rank(s, intrinsic_dim(anchor, rtol=rtol))
 
 
 def path_profile(
@@ -35,9 +39,7 @@ def path_profile(
     """
     t = torch.linspace(0.0, 1.0, steps, device=z_start.device, dtype=z_start.dtype)[:, None]
     points = (1 - t) * z_start + t * z_end
-    head = map_jacobian_chunks(f, z_start[None], gram_singular_values_and_top_vector)
-    s_anchor = head[:, : -z_start.shape[0]]
-    return arclength(f, points[None])[0], _anchored_lp(f, points, s_anchor, rtol), points
+    return arclength(f, points[None])[0], _anchored_lp(f, points, None, rtol), points
 
 
 def line_profile(
