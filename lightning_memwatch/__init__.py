@@ -6,11 +6,12 @@ The public surface is the callbacks, the torchmetrics metrics and the :mod:`func
 
 from lightning_memwatch import functional
 from lightning_memwatch.callbacks import GeometryMonitor, MemorizationEarlyStopping
-from lightning_memwatch.metrics import DensityGap, SpectrumGap, TrainValGap
+from lightning_memwatch.metrics import ComplexityGap, DensityGap, SpectrumGap, TrainValGap
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ComplexityGap",
     "DensityGap",
     "GeometryMonitor",
     "MemorizationEarlyStopping",

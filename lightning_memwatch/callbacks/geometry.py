@@ -42,8 +42,9 @@ def family_scalars(metric: TrainValGap) -> dict[str, Tensor]:
     """A family's computed metric as log keys: per-descriptor values, and one ``nonfinite``:
     the largest count of dropped per-sample values among the family's descriptors."""
     out = metric.compute()
-    scalars = {key: value for key, value in out.items() if not key.endswith("/nonfinite")}
-    counts = torch.stack([out[f"{d}/nonfinite"] for d in metric.descriptors])
+    nonfinite = [metric.key(d, "nonfinite") for d in metric.descriptors]
+    scalars = {key: value for key, value in out.items() if key not in nonfinite}
+    counts = torch.stack([out[key] for key in nonfinite])
     scalars["nonfinite"] = counts.max().to(torch.float32)
     metric.reset()
     return scalars
