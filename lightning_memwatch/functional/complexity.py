@@ -108,14 +108,15 @@ def piecewise_linear_activations(module: Any) -> list[tuple[nn.Module, tuple[flo
     return found
 
 
-def _check_radius(radius: Any) -> float:
+def check_radius(radius: Any, name: str = "radius") -> float:
+    """``radius`` as a float; ``ValueError`` (naming ``name``) unless finite and positive."""
     if (
         isinstance(radius, bool)
         or not isinstance(radius, (int, float))
         or not math.isfinite(radius)
         or radius <= 0
     ):
-        raise ValueError(f"Expected `radius` to be a finite positive number but got {radius!r}")
+        raise ValueError(f"Expected `{name}` to be a finite positive number but got {radius!r}")
     return float(radius)
 
 
@@ -218,7 +219,7 @@ def local_complexity(
     """
     activations = piecewise_linear_activations(module)
     _check_latents(z)
-    r = _check_radius(radius)
+    r = check_radius(radius)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
         raise ValueError(
             f"Expected `num_samples` to be a non-negative integer but got {num_samples!r}"
