@@ -93,11 +93,11 @@ class GeometryMonitor(MemwatchMonitor):
             ``nonfinite``).
         complexity_radius: l1 radius ``r`` of the complexity balls, in latent units. The paper
             uses ``1e-4`` for Stable Diffusion's VQGAN decoder (humayun §3), whose millions of
-            neurons cut even a tiny ball; a decoder of a few hundred neurons has none there
+            neurons cut even a tiny ball; a small decoder has no boundary there
             (measured: 0 everywhere for a 32-unit ReLU decoder on digits). ``0.1``, a tenth of a
             N(0, I) prior's standard deviation and below the typical distance between probe
             latents, cuts a few boundaries per point on such a decoder without saturating
-            (measured: 3-5 of 32 neurons on average, never all).
+            (measured: about 3 to 5 of 32 neurons on average over 0-20 epochs, never all).
         complexity_samples: random points per ball besides its ``2 m`` vertices.
         Others: see :class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`.
     """

@@ -108,3 +108,13 @@ def test_a_decoder_without_piecewise_linear_activations_fails_at_setup():
 def test_bad_complexity_arguments_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GeometryMonitor(**kwargs)
+
+
+def test_a_method_decoder_that_runs_no_hooked_activation_says_so():
+    """Setup passes (the module has a ReLU, in its encoder) but ``decode`` runs none: the first
+    measurement names the problem instead of logging zeros."""
+    model = ReluAutoencoder()
+    model.decoder[2] = nn.Tanh()
+    cb = monitor(decoder="decode", families=("complexity",))
+    with pytest.raises(ValueError, match=r"none ran.*F\.relu"):
+        fit([cb], max_epochs=1, model=model)
