@@ -10,11 +10,18 @@ from lightning_memwatch.callbacks import (
     MemorizationEarlyStopping,
     RecoveryMonitor,
 )
-from lightning_memwatch.metrics import DensityGap, RecoveryGap, SpectrumGap, TrainValGap
+from lightning_memwatch.metrics import (
+    ComplexityGap,
+    DensityGap,
+    RecoveryGap,
+    SpectrumGap,
+    TrainValGap,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ComplexityGap",
     "DensityGap",
     "GeometryMonitor",
     "MemorizationEarlyStopping",
