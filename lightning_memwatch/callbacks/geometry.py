@@ -12,11 +12,11 @@ from torch import Tensor
 
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, latents_of
 from lightning_memwatch.callbacks.probes import InputKey, shard
+from lightning_memwatch.callbacks.recovery import CHUNK, recover_chunk
 from lightning_memwatch.functional import (
     decay_scores,
     dip_scores,
     local_complexity,
-    recover_latents,
     singular_values,
 )
 from lightning_memwatch.functional.complexity import check_radius, piecewise_linear_activations
@@ -183,18 +183,27 @@ class GeometryMonitor(MemwatchMonitor):
                     "leave 'complexity' out of `families`"
                 ) from None
 
-    def latents(self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Tensor) -> Tensor:
-        """The probe's latents: the encoder's, else recovered (seeded per epoch, so a resumed
-        run recovers the same latents)."""
+    def latents(self, pl_module: pl.LightningModule, x: Tensor, split: str) -> Tensor:
+        """The latents of probe ``split`` (``x``): the encoder's, else recovered as
+        :class:`~lightning_memwatch.callbacks.recovery.RecoveryMonitor` recovers them (chunks of
+        the probe, prior restarts seeded by ``seed`` and the chunk, the same every epoch)."""
         encoder = self.encoder(pl_module)
         if encoder is not None:
             with torch.no_grad():
                 return latents_of(encoder(x)).detach()
-        generator = torch.Generator(device=x.device).manual_seed(self.seed + trainer.current_epoch)
-        z, _ = recover_latents(
-            self.decoder(pl_module), x, latent_dim=self.latent_dim, generator=generator
-        )
-        return z
+        decoder = self.decoder(pl_module)
+        chunks = [
+            recover_chunk(
+                decoder,
+                x[start : start + CHUNK],
+                split,
+                start // CHUNK,
+                latent_dim=self.latent_dim,
+                seed=self.seed,
+            )[0]
+            for start in range(0, len(x), CHUNK)
+        ]
+        return torch.cat(chunks)
 
     def measure(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: dict[str, Tensor]
@@ -206,7 +215,7 @@ class GeometryMonitor(MemwatchMonitor):
 
         def latents(split: str) -> Tensor:
             if split not in cache:
-                cache[split] = self.latents(trainer, pl_module, inputs[split])
+                cache[split] = self.latents(pl_module, inputs[split], split)
             return cache[split]
 
         writer = tensorboard_writer(trainer)

@@ -3,6 +3,7 @@ samples (``papers/webster_latent_recovery.txt`` §2-§3)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
@@ -30,6 +31,34 @@ def chunk_seed(seed: int, split: str, index: int) -> int:
     chunk's place in the probe only. Every epoch starts from the same draws, so an epoch-to-epoch
     change of the curves is the model's, and a resumed or a DDP run draws what one process does."""
     return ((seed * len(SPLITS) + SPLITS.index(split)) * 10_007 + index) % 2**63
+
+
+def recover_chunk(
+    decoder: Callable[[Tensor], Tensor],
+    x: Tensor,
+    split: str,
+    index: int,
+    *,
+    latent_dim: int,
+    seed: int,
+    z_init: Tensor | None = None,
+    steps: int = 50,
+    restarts: int = 2,
+) -> tuple[Tensor, Tensor]:
+    """:func:`~lightning_memwatch.functional.recover_latents` on the ``index``-th chunk ``x``
+    (at most :data:`CHUNK` samples) of probe ``split``, its prior restarts drawn from a generator
+    seeded by :func:`chunk_seed`. Every monitor that recovers probe latents goes through here, so
+    they all recover the same latents for the same probe and seed."""
+    generator = torch.Generator(device=x.device).manual_seed(chunk_seed(seed, split, index))
+    return recover_latents(
+        decoder,
+        x,
+        latent_dim=latent_dim,
+        z_init=z_init,
+        steps=steps,
+        restarts=restarts if steps > 0 else 0,
+        generator=generator,
+    )
 
 
 class RecoveryMonitor(MemwatchMonitor):
@@ -139,16 +168,16 @@ class RecoveryMonitor(MemwatchMonitor):
         if encoder is not None:
             with torch.no_grad():
                 z_init = latents_of(encoder(x)).detach()
-        generator = torch.Generator(device=x.device)
-        generator.manual_seed(chunk_seed(self.seed, split, index))
-        return recover_latents(
+        return recover_chunk(
             self.decoder(pl_module),
             x,
+            split,
+            index,
             latent_dim=self.latent_dim,
+            seed=self.seed,
             z_init=z_init,
             steps=self.steps,
-            restarts=self.restarts if self.steps > 0 else 0,
-            generator=generator,
+            restarts=self.restarts,
         )
 
     def measure(

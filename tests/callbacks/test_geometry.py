@@ -275,15 +275,16 @@ def test_without_matplotlib_figures_are_skipped_with_one_warning(tmp_path, monke
 
 
 def test_without_encoder_latents_come_from_recovery():
-    """No encoder: the probe's latents are recovered (latent size from the hyperparameter), and
-    the logged spectrum is the decoder's at those latents."""
+    """No encoder: the probe's latents are recovered (latent size from the hyperparameter) with
+    the starts RecoveryMonitor uses, and the logged spectrum is the decoder's at those latents."""
+    from lightning_memwatch.callbacks.recovery import chunk_seed
     from lightning_memwatch.functional import recover_latents
 
     cb = GeometryMonitor(probe_size=8, max_overhead=1.0, families=("spectrum",))
     trainer, model = fit([cb], max_epochs=1)
     assert cb.latent_dim == 4
     model.eval()
-    generator = torch.Generator().manual_seed(cb.seed + 0)
+    generator = torch.Generator().manual_seed(chunk_seed(cb.seed, "train", 0))
     z, errors = recover_latents(
         model.decoder, cb.inputs["train"], latent_dim=4, generator=generator
     )
