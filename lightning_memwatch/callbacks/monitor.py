@@ -207,6 +207,9 @@ class MemwatchMonitor(Callback):
                 self.latent_dim = latents_of(encoder(probe)).shape[1]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        every = trainer.check_val_every_n_epoch
+        if trainer.val_dataloaders is None and every and (trainer.current_epoch + 1) % every:
+            return  # Lightning loads the validation data at the first epoch that validates
         self._prepare_probes(trainer, pl_module)
 
     # ------------------------------------------------------------------ scheduling

@@ -159,6 +159,15 @@ def test_skips_the_sanity_check_and_honours_every_n_epochs():
     assert cb.epochs == [(1, False), (3, False)]
 
 
+def test_validation_every_second_epoch_draws_the_probe_when_validation_first_runs():
+    """With ``check_val_every_n_epoch=2`` and no sanity check, Lightning has not loaded the
+    validation data when training starts: the probe is drawn at the first validation instead."""
+    cb = monitor(families=("spectrum",))
+    trainer, _ = fit([cb], max_epochs=4, check_val_every_n_epoch=2, num_sanity_val_steps=0)
+    assert cb.last_logged_epoch == 3 and len(cb.inputs["val"]) == 12
+    assert "memwatch/spectrum/log_volume/val" in trainer.callback_metrics
+
+
 def test_slow_decoder_makes_the_budget_shrink_the_probe_then_skip():
     model = make_autoencoder()
     decoder = model.decoder
