@@ -6,13 +6,17 @@ The public surface is the callbacks, the torchmetrics metrics and the :mod:`func
 
 from lightning_memwatch import functional
 from lightning_memwatch.callbacks import GeometryMonitor, MemorizationEarlyStopping
+from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
 from lightning_memwatch.metrics import DensityGap, SpectrumGap, TrainValGap
+from lightning_memwatch.metrics.likelihood import LikelihoodGap
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DensityGap",
     "GeometryMonitor",
+    "LikelihoodGap",
+    "LikelihoodMonitor",
     "MemorizationEarlyStopping",
     "SpectrumGap",
     "TrainValGap",
