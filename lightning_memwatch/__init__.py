@@ -7,6 +7,7 @@ The public surface is the callbacks, the torchmetrics metrics and the :mod:`func
 from lightning_memwatch import functional
 from lightning_memwatch.callbacks import GeometryMonitor, MemorizationEarlyStopping
 from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
+from lightning_memwatch.kfold import KFoldMemorization, kfold_memorization_scores
 from lightning_memwatch.metrics import DensityGap, SpectrumGap, TrainValGap
 from lightning_memwatch.metrics.likelihood import LikelihoodGap
 
@@ -15,6 +16,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "DensityGap",
     "GeometryMonitor",
+    "KFoldMemorization",
     "LikelihoodGap",
     "LikelihoodMonitor",
     "MemorizationEarlyStopping",
@@ -22,4 +24,5 @@ __all__ = [
     "TrainValGap",
     "__version__",
     "functional",
+    "kfold_memorization_scores",
 ]
