@@ -239,3 +239,12 @@ def test_a_module_method_as_likelihood():
     ]
     torch.testing.assert_close(values[0], values[1], rtol=1e-9, atol=1e-9)
     assert np.isfinite(values[0].numpy()).all()
+
+
+def test_memorization_early_stopping_watches_the_likelihood_gap():
+    """A rule that holds at every measurement (gap above -1e9) stops at the first one."""
+    from lightning_memwatch import MemorizationEarlyStopping
+
+    stopper = MemorizationEarlyStopping("memwatch/likelihood/gap", threshold=-1e9, mode="above")
+    trainer, _ = fit([monitor(every_n_epochs=2), stopper], max_epochs=5)
+    assert stopper.stopped_epoch == 1 and trainer.current_epoch == 2

@@ -129,19 +129,18 @@ def test_worse_encoder_mean_of_weights_is_unbiased_and_n1_bias_is_the_kl(vae, rn
 
 
 def test_worse_encoder_bias_is_negative_and_shrinks_with_n(vae, rng):
-    """Jensen: E[log p_hat] <= log p(x), the gap shrinking as N grows."""
-    shift, widen = 0.7, 1.4
-    x = np.repeat(vae.sample(1, rng), 400, axis=0)
+    """Jensen: E[log p_hat] <= log p(x), the gap shrinking as N grows (the estimator is
+    consistent); each comparison is made several standard errors wide."""
+    shift, widen, repeats = 0.7, 1.4, 300
+    x = np.repeat(vae.sample(1, rng), repeats, axis=0)
     truth = float(vae.log_px(x[:1]))
-    bias = {
-        n: estimate(vae, x, num_samples=n, seed=n, shift=shift, widen=widen).mean() - truth
-        for n in (1, 10, 1000)
-    }
-    kl = vae.kl_to_posterior(shift, widen)
-    assert bias[1] == pytest.approx(-kl, abs=0.1)
-    assert bias[1] < bias[10] < 0
-    assert -0.01 < bias[1000] < 0.005
-    assert abs(bias[1000]) < abs(bias[10]) / 5
+    bias, stderr = {}, {}
+    for n in (1, 10, 1000):
+        error = estimate(vae, x, num_samples=n, seed=n, shift=shift, widen=widen) - truth
+        bias[n], stderr[n] = error.mean(), error.std(ddof=1) / math.sqrt(repeats)
+    assert abs(bias[1] + vae.kl_to_posterior(shift, widen)) < 4 * stderr[1]
+    assert bias[1] + 4 * stderr[1] < bias[10] < -3 * stderr[10]
+    assert abs(bias[1000]) < 4 * stderr[1000] < abs(bias[10]) / 5
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 64])
