@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,6 +17,7 @@ from lightning_memwatch.functional.likelihood import (
     Posterior,
     as_posterior,
     bernoulli_log_likelihood,
+    check_scale,
     gaussian_log_likelihood,
     importance_estimate,
     posterior_from_encoder,
@@ -99,15 +99,8 @@ class LikelihoodMonitor(MemwatchMonitor):
                 f"Expected `likelihood` to be one of {BUILTIN_LIKELIHOODS} or the name of a "
                 f"module method but got {likelihood!r}"
             )
-        if (
-            isinstance(scale, bool)
-            or not isinstance(scale, (int, float))
-            or not math.isfinite(scale)
-            or scale <= 0
-        ):
-            raise ValueError(f"Expected `scale` to be a positive number but got {scale!r}")
         _check_positive_int("num_samples", num_samples)
-        self.likelihood, self.scale, self.num_samples = likelihood, float(scale), num_samples
+        self.likelihood, self.scale, self.num_samples = likelihood, check_scale(scale), num_samples
         self.metric = LikelihoodGap()
         self._layout_written = False
 

@@ -333,6 +333,18 @@ def bernoulli_log_likelihood(decoder: Decoder, *, logits: bool = True) -> LogLik
     return log_likelihood
 
 
+def check_scale(scale: float) -> float:
+    """``scale`` as a float, or a ``ValueError`` unless it is a finite positive number."""
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not math.isfinite(scale)
+        or scale <= 0
+    ):
+        raise ValueError(f"Expected `scale` to be a positive number but got {scale!r}")
+    return float(scale)
+
+
 def gaussian_log_likelihood(decoder: Decoder, scale: float) -> LogLikelihood:
     """``log p(x|z)`` of a Gaussian with mean ``decoder(z)`` and fixed scale: ``(x, z) -> (R,)``.
 
@@ -351,14 +363,7 @@ def gaussian_log_likelihood(decoder: Decoder, scale: float) -> LogLikelihood:
     """
     if not callable(decoder):
         raise ValueError(f"Expected `decoder` to be callable but got {type(decoder).__name__}")
-    if (
-        isinstance(scale, bool)
-        or not isinstance(scale, (int, float))
-        or not math.isfinite(scale)
-        or scale <= 0
-    ):
-        raise ValueError(f"Expected `scale` to be a positive number but got {scale!r}")
-    sigma = float(scale)
+    sigma = check_scale(scale)
 
     def log_likelihood(x: Tensor, z: Tensor) -> Tensor:
         out, target = _decoded(decoder, x, z)
