@@ -8,7 +8,8 @@ et al. 2018) trains a decoder ``G`` jointly with one latent ``z_i`` per training
 
     min_{G, z_1..z_N} sum_i ||G(z_i) - x_i||^2,        z_i on the unit sphere
 
-Here the latents are an ``nn.Embedding`` and the decoder first normalises its input,
+(webster's footnote 1 keeps its ``z_i ~ N(0, I)`` fixed; here they are learned, as in Bojanowski's
+GLO). The latents are an ``nn.Embedding`` and the decoder first normalises its input,
 ``G(z) = g(z / ||z||)``, so that the latent space is the sphere (Bojanowski's projection) and
 every ``N(0, I)`` start of ``recover_latents`` is a uniform point on it. The same GLO is trained,
 with a Lightning ``Trainer`` and the same number of optimizer steps, on the first N of a fixed
@@ -158,16 +159,18 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, float]]:
     if args.fast:
         args.steps, args.probe, args.lbfgs_steps, args.restarts = 300, 32, 20, 2
 
-    threads = torch.get_num_threads()
+    threads, log = torch.get_num_threads(), logging.getLogger("lightning.pytorch")
+    level = log.level
     torch.set_num_threads(args.threads)
+    log.setLevel(logging.WARNING)  # no accelerator / max_steps chatter for each of the 4 fits
     try:
         return _run(args)
     finally:
         torch.set_num_threads(threads)
+        log.setLevel(level)
 
 
 def _run(args: argparse.Namespace) -> dict[int, dict[str, float]]:
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no device / max_steps chatter
     start = time.perf_counter()
     pool, val = digits_pool(n_val=N_VAL, seed=args.seed)
     val = val[: args.probe]
