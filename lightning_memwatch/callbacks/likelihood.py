@@ -12,13 +12,15 @@ from lightning_memwatch.callbacks.geometry import family_scalars
 from lightning_memwatch.callbacks.isolation import measurement_context
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, check_int
 from lightning_memwatch.callbacks.probes import InputKey, shard
+from lightning_memwatch.functional.decoder_likelihood import (
+    bernoulli_log_likelihood,
+    check_scale,
+    gaussian_log_likelihood,
+)
 from lightning_memwatch.functional.likelihood import (
     LogLikelihood,
     Posterior,
     as_posterior,
-    bernoulli_log_likelihood,
-    check_scale,
-    gaussian_log_likelihood,
     importance_estimate,
     posterior_from_encoder,
     sample_posterior,

@@ -5,11 +5,13 @@ Usable on a saved generator in a notebook: every function takes a decoder callab
 """
 
 from lightning_memwatch.functional.complexity import local_complexity
+from lightning_memwatch.functional.decoder_likelihood import (
+    bernoulli_log_likelihood,
+    gaussian_log_likelihood,
+)
 from lightning_memwatch.functional.density import decay_scores, dip_scores, induced_log_density
 from lightning_memwatch.functional.jacobian import jacobian
 from lightning_memwatch.functional.likelihood import (
-    bernoulli_log_likelihood,
-    gaussian_log_likelihood,
     importance_log_likelihood,
     posterior_from_encoder,
 )
