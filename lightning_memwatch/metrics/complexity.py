@@ -36,7 +36,4 @@ class ComplexityGap(TrainValGap):
 
     def update(self, counts: Tensor, split: str) -> None:
         """Record per-sample ``counts`` (``(B,)``) for ``split``."""
-        if not isinstance(counts, Tensor) or counts.ndim != 1:
-            got = tuple(counts.shape) if isinstance(counts, Tensor) else type(counts).__name__
-            raise ValueError(f"Expected `counts` to be a (B,) tensor but got {got}")
-        self._append(split, {"complexity": counts})
+        self._append_one(counts, split, "counts")

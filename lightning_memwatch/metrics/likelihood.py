@@ -36,7 +36,4 @@ class LikelihoodGap(TrainValGap):
 
     def update(self, log_px: Tensor, split: str) -> None:
         """Record per-sample log-likelihoods ``log_px`` (``(B,)``) for ``split``."""
-        if not isinstance(log_px, Tensor) or log_px.ndim != 1:
-            got = tuple(log_px.shape) if isinstance(log_px, Tensor) else type(log_px).__name__
-            raise ValueError(f"Expected `log_px` to be a (B,) tensor but got {got}")
-        self._append(split, {"likelihood": log_px})
+        self._append_one(log_px, split, "log_px")

@@ -42,9 +42,7 @@ class RecoveryGap(TrainValGap):
 
     def update(self, errors: Tensor, split: str) -> None:
         """Record the per-sample recovery ``errors`` (``(B,)``) of probe ``split``."""
-        if errors.ndim != 1:
-            raise ValueError(f"Expected `errors` to be a (B,) tensor but got {tuple(errors.shape)}")
-        self._append(split, {"errors": errors})
+        self._append_one(errors, split, "errors")
 
     def compute(self) -> dict[str, Tensor]:
         train, val = self._samples("errors", "train"), self._samples("errors", "val")

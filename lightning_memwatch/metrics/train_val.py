@@ -71,6 +71,15 @@ class TrainValGap(Metric):
         descriptor level."""
         return f"{name}/{stat}" if self.descriptor_level else stat
 
+    def _append_one(self, values: Tensor, split: str, what: str) -> None:
+        """Record the per-sample ``values`` (``(B,)``, called ``what`` in errors) of the one
+        descriptor of a single-descriptor family for ``split``."""
+        if not isinstance(values, Tensor) or values.ndim != 1:
+            got = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(f"Expected `{what}` to be a (B,) tensor but got {got}")
+        (name,) = self.descriptors
+        self._append(split, {name: values})
+
     def _append(self, split: str, values: dict[str, Tensor]) -> None:
         """Record per-sample ``values`` (one 1-D tensor per descriptor) for ``split``."""
         self._check_split(split)

@@ -17,7 +17,12 @@ from lightning_memwatch.functional import (
     posterior_from_encoder,
 )
 from tests.callbacks.test_geometry import fit
-from tests.conftest import digits_loaders, digits_tensors, make_autoencoder, quiet_trainer
+from tests.conftest import (
+    assert_resume_gives_the_same_metrics,
+    digits_tensors,
+    make_autoencoder,
+    quiet_trainer,
+)
 
 
 def monitor(**kwargs) -> LikelihoodMonitor:
@@ -151,23 +156,7 @@ def test_sharded_probe_gives_the_single_process_values():
 
 
 def test_resume_gives_the_same_numbers(tmp_path):
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    def run(ckpt_path=None):
-        cb = monitor()
-        ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
-        L.seed_everything(0, verbose=False)
-        train, val = digits_loaders(shuffle=False)
-        trainer = quiet_trainer(callbacks=[cb, ckpt], max_epochs=2, enable_checkpointing=True)
-        trainer.fit(make_autoencoder(dropout=0.0), train, val, ckpt_path=ckpt_path)
-        return trainer
-
-    whole = run()
-    resumed = run(ckpt_path=str(tmp_path / "epoch=0-step=3.ckpt"))
-    for key in ("train", "val", "gap", "ks_pvalue"):
-        a = whole.callback_metrics[f"memwatch/likelihood/{key}"].item()
-        b = resumed.callback_metrics[f"memwatch/likelihood/{key}"].item()
-        assert a == pytest.approx(b, rel=1e-6), key
+    assert_resume_gives_the_same_metrics(monitor, tmp_path)
 
 
 def test_a_vae_that_memorizes_gives_its_training_digits_higher_likelihood():
