@@ -278,16 +278,27 @@ class GeometryMonitor(MemwatchMonitor):
             "density": density,
             "complexity": complexity,
         }
-        scalars = {family: self.timed(family, size, steps[family]) for family in self._families}
+        step = global_step(trainer)
         if writer is not None:
-            self._write_artifacts(writer, global_step(trainer), artifacts)
-        return scalars
+            self.write_layout_once(writer)
+        return {
+            family: self.timed(
+                family,
+                size,
+                steps[family],
+                None
+                if writer is None
+                else lambda f=family: self._write(writer, step, f, artifacts),
+            )
+            for family in self._families
+        }
 
-    def _write_artifacts(self, writer: Any, step: int, artifacts: dict[str, Any]) -> None:
-        self.write_layout_once(writer)
-        if "spectrum" in self._families:
+    @staticmethod
+    def _write(writer: Any, step: int, family: str, artifacts: dict[str, Any]) -> None:
+        """Write one family's TensorBoard artifacts."""
+        if family == "spectrum":
             write_spectrum(writer, step, artifacts["log_s"])
-        if "density" in self._families:
+        elif family == "density":
             write_density(
                 writer,
                 step,
@@ -295,5 +306,5 @@ class GeometryMonitor(MemwatchMonitor):
                 {"dip_path": artifacts["paths"], "decay_line": artifacts["lines"]},
                 artifacts.get("path_outputs"),
             )
-        if "complexity" in self._families:
+        else:
             write_complexity(writer, step, artifacts["complexity"])

@@ -194,9 +194,10 @@ class LikelihoodMonitor(MemwatchMonitor):
                 self.metric.update(values[split], split)
             return family_scalars(self.metric)
 
-        scalars = {FAMILY: self.timed(FAMILY, size, likelihood)}
         writer = tensorboard_writer(trainer)
-        if writer is not None:
+
+        def write() -> None:
             self.write_layout_once(writer)
             add_histograms(writer, f"memwatch/{FAMILY}/log_px", values, global_step(trainer))
-        return scalars
+
+        return {FAMILY: self.timed(FAMILY, size, likelihood, write if writer else None)}

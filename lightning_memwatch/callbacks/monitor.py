@@ -18,6 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
@@ -78,7 +79,10 @@ class MemwatchMonitor(Callback):
         every_n_epochs: measure at the end of every n-th validation epoch.
         input_key: picks the input out of a dataset sample (tuple index or dict key; ``None``: the
             sample is the input).
-        max_overhead: fraction of training wall time the monitor may spend, in ``(0, 1]``.
+        max_overhead: share of the run's wall time outside the monitor that it may spend, a
+            positive number (``0.05``: 5%); ``float("inf")`` turns the budget off, so that every
+            ``every_n_epochs``-th epoch is measured on the whole probe
+            (:mod:`~lightning_memwatch.callbacks.budget`).
         seed: seeds the probe draw and every random start of the monitor (own generator).
     """
 
@@ -117,10 +121,11 @@ class MemwatchMonitor(Callback):
         if (
             isinstance(max_overhead, bool)
             or not isinstance(max_overhead, (int, float))
-            or not 0 < max_overhead <= 1
+            or not max_overhead > 0
         ):
             raise ValueError(
-                f"Expected `max_overhead` to be a fraction in (0, 1] but got {max_overhead!r}"
+                "Expected `max_overhead` to be a positive share of the training time (or inf for "
+                f"no budget) but got {max_overhead!r}"
             )
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"Expected `seed` to be an integer but got {seed!r}")
@@ -207,18 +212,13 @@ class MemwatchMonitor(Callback):
                 self.latent_dim = latents_of(encoder(probe)).shape[1]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.budget.start()
         every = trainer.check_val_every_n_epoch
         if trainer.val_dataloaders is None and every and (trainer.current_epoch + 1) % every:
             return  # Lightning loads the validation data at the first epoch that validates
         self._prepare_probes(trainer, pl_module)
 
     # ------------------------------------------------------------------ scheduling
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.budget.start_train_epoch()
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.budget.end_train_epoch()
-
     def _should_skip(self, trainer: pl.Trainer) -> bool:
         return trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs != 0
 
@@ -235,16 +235,21 @@ class MemwatchMonitor(Callback):
                     self._warned_no_probe = True
                 return
             self._prepare_probes(trainer, pl_module)
-        size = trainer.strategy.broadcast(self.budget.next_probe_size(), src=0)
+        # the budget is a share of training time: outside fit (validate) the whole probe
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        size = self.budget.next_probe_size() if fitting else self.probe_size
+        size = trainer.strategy.broadcast(size, src=0)
         scalars: dict[str, Tensor | float] = {}
         if size > 0:
-            self.budget.probe_size = size
+            start = time.perf_counter()
             device = pl_module.device
             with measurement_context(pl_module, device):
                 # clones: inputs gathered under inference mode cannot enter autograd
                 inputs = {split: self.inputs[split][:size].to(device).clone() for split in SPLITS}
                 for timed in self.measure(trainer, pl_module, inputs).values():
                     scalars.update(timed)
+            if fitting:
+                self.budget.record(size, time.perf_counter() - start)
         for family in self.families:
             scalars.setdefault(f"memwatch/{family}/probe_size", float(size))
             scalars.setdefault(f"memwatch/{family}/seconds", 0.0)
@@ -255,13 +260,19 @@ class MemwatchMonitor(Callback):
         self.last_logged_epoch = trainer.current_epoch
 
     def timed(
-        self, family: str, size: int, compute: Callable[[], dict[str, Tensor]]
+        self,
+        family: str,
+        size: int,
+        compute: Callable[[], dict[str, Tensor]],
+        write: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
-        """Run one family's measurement, prefix its keys, add its seconds and probe size."""
+        """Run one family's measurement, then ``write`` its TensorBoard artifacts (both count in
+        its seconds), prefix its keys, add its seconds and probe size."""
         start = time.perf_counter()
         values = compute()
+        if write is not None:
+            write()
         seconds = time.perf_counter() - start
-        self.budget.record(seconds)
         out = {f"memwatch/{family}/{key}": value for key, value in values.items()}
         out[f"memwatch/{family}/seconds"] = seconds
         out[f"memwatch/{family}/probe_size"] = float(size)

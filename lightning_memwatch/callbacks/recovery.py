@@ -202,9 +202,9 @@ class RecoveryMonitor(MemwatchMonitor):
             scalars["nonfinite"] = scalars["nonfinite"].to(torch.float32)
             return scalars
 
-        scalars = {"recovery": self.timed("recovery", size, recovery)}
-        if writer is not None:
+        def write() -> None:
             self.write_layout_once(writer)
             merged = {split: torch.cat(values) for split, values in errors.items() if values}
             write_recovery(writer, global_step(trainer), merged, pairs)
-        return scalars
+
+        return {"recovery": self.timed("recovery", size, recovery, write if writer else None)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import lightning as L
 import numpy as np
@@ -24,7 +25,7 @@ RADII = (0.1, 0.2)  # 8 x 8 digits in [0, 1]: nearest neighbours are ~1-3 apart
 
 
 def monitor(**kwargs) -> GeometryMonitor:
-    options = {"encoder": "encode", "probe_size": 12, "max_overhead": 1.0, "radii": RADII}
+    options = {"encoder": "encode", "probe_size": 12, "max_overhead": math.inf, "radii": RADII}
     options.update(kwargs)
     return GeometryMonitor(**options)
 
@@ -153,7 +154,7 @@ def test_skips_the_sanity_check_and_honours_every_n_epochs():
             self.epochs.append((trainer.current_epoch, trainer.sanity_checking))
             return super().measure(trainer, pl_module, inputs)
 
-    cb = Spy(encoder="encode", probe_size=8, max_overhead=1.0, every_n_epochs=2, radii=RADII)
+    cb = Spy(encoder="encode", probe_size=8, max_overhead=math.inf, every_n_epochs=2, radii=RADII)
     cb.epochs = []
     fit([cb], max_epochs=5, num_sanity_val_steps=2)
     assert cb.epochs == [(1, False), (3, False)]
@@ -283,7 +284,7 @@ def test_without_encoder_latents_come_from_recovery():
     from lightning_memwatch.callbacks.recovery import chunk_seed
     from lightning_memwatch.functional import recover_latents
 
-    cb = GeometryMonitor(probe_size=8, max_overhead=1.0, families=("spectrum",))
+    cb = GeometryMonitor(probe_size=8, max_overhead=math.inf, families=("spectrum",))
     trainer, model = fit([cb], max_epochs=1)
     assert cb.latent_dim == 4
     model.eval()

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import numpy as np
 import pytest
@@ -62,7 +64,7 @@ def pca_module(digits: torch.Tensor, k: int = 20) -> FixedDecoderModule:
 
 def test_memorizing_decoder_is_caught_and_every_key_is_logged():
     train, val = digits_tensors(n_train=24, n_val=40)
-    cb = RecoveryMonitor(probe_size=16, max_overhead=1.0)
+    cb = RecoveryMonitor(probe_size=16, max_overhead=math.inf)
     trainer = fit([cb], memorizing_module(train), *loaders(train, val))
     got = logged(trainer)
     assert set(got) == set(cb.logged_keys)
@@ -80,7 +82,7 @@ def test_generalizing_decoder_values_equal_numpy_on_pca_residuals():
     p-value equal numpy / scipy on the residuals of the monitor's probe (two chunks a split)."""
     train, val = digits_tensors(n_train=200, n_val=100)
     model = pca_module(torch.cat([train, val]))
-    cb = RecoveryMonitor(probe_size=CHUNK + 16, max_overhead=1.0)
+    cb = RecoveryMonitor(probe_size=CHUNK + 16, max_overhead=math.inf)
     got = logged(fit([cb], model, *loaders(train, val)))
     mean, basis = model.decoder.mean.double().numpy(), model.decoder.basis.double().numpy()
     residual = {}
@@ -99,7 +101,7 @@ def test_generalizing_decoder_values_equal_numpy_on_pca_residuals():
 
 def test_steps_zero_gives_the_autoencoder_reconstruction_errors():
     model = make_autoencoder(dropout=0.0)
-    cb = RecoveryMonitor(encoder="encode", steps=0, probe_size=16, max_overhead=1.0)
+    cb = RecoveryMonitor(encoder="encode", steps=0, probe_size=16, max_overhead=math.inf)
     got = logged(fit([cb], model, *digits_loaders(), max_epochs=2))
     model.eval()
     errors = {}
@@ -122,7 +124,7 @@ def test_encoder_start_never_loses_to_steps_zero():
     for steps in (0, 20):
         L.seed_everything(0, verbose=False)
         model = make_autoencoder(dropout=0.0)
-        cb = RecoveryMonitor(encoder="encode", steps=steps, probe_size=16, max_overhead=1.0)
+        cb = RecoveryMonitor(encoder="encode", steps=steps, probe_size=16, max_overhead=math.inf)
         got = logged(fit([cb], model, *digits_loaders()))
         medians[steps] = [got[f"memwatch/recovery/mre/{s}"] for s in ("train", "val")]
     assert all(a <= b for a, b in zip(medians[20], medians[0], strict=True))
@@ -137,7 +139,9 @@ def test_training_is_bit_identical_with_and_without_the_monitor():
         return model
 
     plain = run([])
-    watched = run([RecoveryMonitor(encoder="encode", probe_size=16, steps=10, max_overhead=1.0)])
+    watched = run(
+        [RecoveryMonitor(encoder="encode", probe_size=16, steps=10, max_overhead=math.inf)]
+    )
     assert plain.losses == watched.losses
     for a, b in zip(plain.state_dict().values(), watched.state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -147,7 +151,7 @@ def test_early_stopping_on_the_ks_pvalue_stops_a_memorizing_run_only():
     train, val = digits_tensors(n_train=24, n_val=40)
     stopper = MemorizationEarlyStopping(threshold=0.01, mode="below", patience=1)
     trainer = fit(
-        [RecoveryMonitor(probe_size=16, max_overhead=1.0), stopper],
+        [RecoveryMonitor(probe_size=16, max_overhead=math.inf), stopper],
         memorizing_module(train),
         *loaders(train, val),
         max_epochs=6,
@@ -157,7 +161,7 @@ def test_early_stopping_on_the_ks_pvalue_stops_a_memorizing_run_only():
     train, val = digits_tensors(n_train=200, n_val=100)
     stopper = MemorizationEarlyStopping(threshold=0.01, mode="below")
     trainer = fit(
-        [RecoveryMonitor(probe_size=32, max_overhead=1.0), stopper],
+        [RecoveryMonitor(probe_size=32, max_overhead=math.inf), stopper],
         pca_module(torch.cat([train, val])),
         *loaders(train, val),
         max_epochs=3,
@@ -169,7 +173,7 @@ def test_tensorboard_histograms_error_figure_and_pairs(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
 
     train, val = digits_tensors(n_train=24, n_val=40)
-    cb = RecoveryMonitor(probe_size=16, max_overhead=1.0)
+    cb = RecoveryMonitor(probe_size=16, max_overhead=math.inf)
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
     fit([cb], memorizing_module(train), *loaders(train, val), max_epochs=2, logger=logger)
     logger.experiment.flush()
@@ -194,6 +198,6 @@ def test_tensorboard_histograms_error_figure_and_pairs(tmp_path):
 
 def test_resume_watches_the_same_probe_and_gives_the_same_metrics(tmp_path):
     assert_resume_gives_the_same_metrics(
-        lambda: RecoveryMonitor(encoder="encode", probe_size=16, steps=10, max_overhead=1.0),
+        lambda: RecoveryMonitor(encoder="encode", probe_size=16, steps=10, max_overhead=math.inf),
         tmp_path,
     )
