@@ -1,0 +1,190 @@
+"""Training wall time of the demo VAE with and without the memwatch callbacks, default settings.
+
+    python benchmarks/overhead.py                    # about 3-5 minutes on 2 CPU cores
+    python benchmarks/overhead.py --repeats 5 --epochs 40
+    python benchmarks/overhead.py --logger none      # no TensorBoardLogger: no figures
+
+The model and data of ``examples/vae_memorization.py`` run B (:class:`digits_vae.DigitsVAE`,
+latent 8, on 1,400 digits, batch 64, validated on 256) are trained ``--repeats`` times without
+callbacks and ``--repeats`` times with ``GeometryMonitor(encoder="encode")``,
+``RecoveryMonitor(encoder="encode")`` and ``MemorizationEarlyStopping()`` at their defaults
+(``probe_size=64``, ``every_n_epochs=1``, ``max_overhead=0.05``; recovery ``steps=50,
+restarts=2``; decay radii ``(0.5, 1.0)``), interleaved (the order alternates every repeat) so
+that a change of machine load hits both alike. Every fit starts from the same seed.
+
+Printed: the median ``trainer.fit`` wall time of each configuration and their ratio; the
+callbacks' own ``memwatch/<family>/seconds`` (summed over the epochs of one fit, read back from
+the TensorBoard event files) and ``probe_size`` per epoch; and the monitors' own budget view
+(seconds spent / training-epoch seconds), which is what ``max_overhead`` bounds.
+
+``--logger tensorboard`` (the default, as Lightning's own default logger is a
+``TensorBoardLogger`` when tensorboard is installed) lets the monitors write their TensorBoard
+artifacts (histograms, figures, image strips); ``--logger none`` runs without a logger, so only
+the scalars are computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+from digits_vae import DigitsDataModule, DigitsVAE  # noqa: E402
+
+from lightning_memwatch import (  # noqa: E402
+    GeometryMonitor,
+    MemorizationEarlyStopping,
+    RecoveryMonitor,
+)
+
+FAMILIES = ("spectrum", "density", "recovery")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def memwatch_callbacks() -> list[Any]:
+    """The three callbacks at their defaults (only the encoder is named: the VAE has one)."""
+    return [
+        GeometryMonitor(encoder="encode"),
+        RecoveryMonitor(encoder="encode"),
+        MemorizationEarlyStopping(),
+    ]
+
+
+def fit_once(with_callbacks: bool, epochs: int, log_dir: Path | None, seed: int) -> dict[str, Any]:
+    """One ``trainer.fit``; its wall time and, with callbacks, the monitors' own bookkeeping."""
+    L.seed_everything(seed, verbose=False)
+    datamodule = DigitsDataModule(n_train=1400, n_val=256, batch_size=64, seed=seed)
+    model = DigitsVAE(latent_dim=8)
+    callbacks = memwatch_callbacks() if with_callbacks else []
+    logger = (
+        TensorBoardLogger(str(log_dir), name="with" if with_callbacks else "without")
+        if log_dir is not None
+        else False
+    )
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    out: dict[str, Any] = {"seconds": time.perf_counter() - start}
+    monitors = [c for c in callbacks if hasattr(c, "budget")]
+    out["spent"] = sum(m.budget.spent_seconds for m in monitors)
+    out["train_epochs"] = max((m.budget.train_seconds for m in monitors), default=0.0)
+    if logger:
+        out["log_dir"] = logger.log_dir
+    return out
+
+
+def logged_seconds(log_dir: str) -> dict[str, tuple[float, list[int]]]:
+    """Per family: the sum of logged ``memwatch/<family>/seconds`` and the logged probe sizes."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(log_dir, size_guidance={"scalars": 0})
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    out = {}
+    for family in FAMILIES:
+        key = f"memwatch/{family}/seconds"
+        if key in tags:
+            seconds = sum(e.value for e in accumulator.Scalars(key))
+            sizes = [int(e.value) for e in accumulator.Scalars(f"memwatch/{family}/probe_size")]
+            out[family] = (seconds, sizes)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="fits per configuration")
+    parser.add_argument("--epochs", type=int, default=30, help="epochs per fit (22 steps each)")
+    parser.add_argument("--logger", choices=("tensorboard", "none"), default="tensorboard")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as tmp, quiet():
+        log_dir = Path(tmp) if args.logger == "tensorboard" else None
+        for repeat in range(args.repeats):
+            order = (False, True) if repeat % 2 == 0 else (True, False)
+            for with_callbacks in order:
+                run = fit_once(with_callbacks, args.epochs, log_dir, args.seed)
+                if "log_dir" in run and with_callbacks:
+                    run["logged"] = logged_seconds(run["log_dir"])
+                runs[with_callbacks].append(run)
+                label = "with   " if with_callbacks else "without"
+                print(f"repeat {repeat}: {label} callbacks {run['seconds']:7.2f} s", flush=True)
+
+    without = statistics.median(r["seconds"] for r in runs[False])
+    with_ = statistics.median(r["seconds"] for r in runs[True])
+    budget = statistics.median(
+        r["spent"] / r["train_epochs"] for r in runs[True] if r["train_epochs"] > 0
+    )
+    print(
+        f"\nDemo VAE on 1,400 digits, {args.epochs} epochs, {args.repeats} fits each, "
+        f"logger: {args.logger}, torch threads: {args.threads}\n"
+    )
+    print("| configuration | median fit wall time (s) | all fits (s) |")
+    print("|---|---:|---|")
+    for label, key in (("without callbacks", False), ("with the 3 callbacks", True)):
+        all_fits = ", ".join(f"{r['seconds']:.1f}" for r in runs[key])
+        median = statistics.median(r["seconds"] for r in runs[key])
+        print(f"| {label} | {median:.2f} | {all_fits} |")
+    print(
+        f"\nratio with / without: {with_ / without:.3f} "
+        f"(overhead {100 * (with_ / without - 1):+.1f} % of the fit's wall time)\n"
+        f"monitors' own budget view, seconds measuring / seconds in training epochs (median): "
+        f"{100 * budget:.1f} % (max_overhead 5 % per monitor)"
+    )
+    logged = [r["logged"] for r in runs[True] if "logged" in r]
+    if logged:
+        print("\nlogged memwatch/<family>/seconds, summed over one fit (median of fits):")
+        for family in FAMILIES:
+            totals = [entry[family][0] for entry in logged if family in entry]
+            if totals:
+                sizes = logged[0][family][1]
+                print(
+                    f"  {family:9s} {statistics.median(totals):6.2f} s; probe_size per epoch "
+                    f"(first fit): {sizes}"
+                )
+    return {"without": without, "with": with_, "ratio": with_ / without, "budget": budget}
+
+
+if __name__ == "__main__":
+    main()
