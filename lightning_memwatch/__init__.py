@@ -5,15 +5,28 @@ The public surface is the callbacks, the torchmetrics metrics and the :mod:`func
 """
 
 from lightning_memwatch import functional
-from lightning_memwatch.callbacks import GeometryMonitor, MemorizationEarlyStopping
-from lightning_memwatch.metrics import DensityGap, SpectrumGap, TrainValGap
+from lightning_memwatch.callbacks import (
+    GeometryMonitor,
+    MemorizationEarlyStopping,
+    RecoveryMonitor,
+)
+from lightning_memwatch.metrics import (
+    ComplexityGap,
+    DensityGap,
+    RecoveryGap,
+    SpectrumGap,
+    TrainValGap,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "ComplexityGap",
     "DensityGap",
     "GeometryMonitor",
     "MemorizationEarlyStopping",
+    "RecoveryGap",
+    "RecoveryMonitor",
     "SpectrumGap",
     "TrainValGap",
     "__version__",

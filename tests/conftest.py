@@ -90,6 +90,25 @@ def conv_decoder() -> ConvDecoder:
     return ConvDecoder()
 
 
+class SoftNearestCentre(nn.Module):
+    """``f(z) = sum_j softmax_j(-|z - c_j|^2 / tau) x_j``: its range is the hull of the ``x_j``.
+
+    Centres ``c_j = scale * e_j`` in ``R^J``; the logits reduce to ``2 scale z_j / tau``, so
+    ``scale = 1, tau = 1`` is smooth from prior draws, ``scale = 3`` saturates (flat far from
+    the right centre: random starts get stuck).
+    """
+
+    def __init__(self, images: torch.Tensor, scale: float = 1.0, tau: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("images", images)
+        self.register_buffer("centres", scale * torch.eye(len(images), dtype=images.dtype))
+        self.tau = tau
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        d2 = (z[:, None, :] - self.centres[None]).square().sum(-1)
+        return torch.softmax(-d2 / self.tau, dim=1) @ self.images
+
+
 # ---------------------------------------------------------------- Lightning fixtures
 def digits_tensors(n_train: int = 96, n_val: int = 64, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Disjoint train / validation digits from ``sklearn.datasets.load_digits``, (N, 1, 8, 8)."""
@@ -187,3 +206,83 @@ def quiet_trainer(**kwargs):
     }
     options.update(kwargs)
     return L.Trainer(**options)
+
+
+class FixedDecoderModule(L.LightningModule):
+    """A Lightning module around a fixed decoder with a known recovery answer (no encoder).
+
+    Training only moves an unrelated scalar, so the decoder, and with it every recovery error, is
+    the same at every epoch. ``latent_dim`` is an attribute, as monitors without an encoder need.
+    Module-level, so ``ddp_spawn`` can pickle it.
+    """
+
+    def __init__(self, decoder: nn.Module, latent_dim: int) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+        self.scalar = nn.Parameter(torch.ones(()))
+
+    def training_step(self, batch, batch_idx):
+        return (self.scalar - batch[0].mean()).square()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", (self.scalar - batch[0].mean()).square())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([self.scalar], lr=0.1)
+
+
+class ImageDecoder(nn.Module):
+    """``decoder`` followed by a reshape of its flat 64 outputs to ``(1, 8, 8)`` digits."""
+
+    def __init__(self, decoder: nn.Module) -> None:
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z).reshape(-1, 1, 8, 8)
+
+
+def memorizing_module(train: torch.Tensor) -> FixedDecoderModule:
+    """A module whose decoder can only produce the training digits ``train`` (N, 1, 8, 8)."""
+    return FixedDecoderModule(ImageDecoder(SoftNearestCentre(train.flatten(1))), len(train))
+
+
+class PCADecoder(nn.Module):
+    """``f(z) = mean + V z``: its range is the affine span of given principal directions
+    ``V`` (64, k), so every digit is recovered to its PCA residual, train and held-out alike."""
+
+    def __init__(self, mean: torch.Tensor, basis: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("basis", basis)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.mean + z @ self.basis.T
+
+
+def assert_resume_gives_the_same_metrics(make_monitor, tmp_path) -> None:
+    """A run resumed from its epoch-1 checkpoint watches the same probe and logs what the
+    uninterrupted run logs (``/seconds`` aside). No shuffling and no dropout: a resumed Lightning
+    run then trains bit-identically (the global RNG is not in the checkpoint), so any difference
+    would be the monitor's."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(ckpt_path=None):
+        cb = make_monitor()
+        ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+        L.seed_everything(0, verbose=False)
+        train, val = digits_loaders(shuffle=False)
+        trainer = quiet_trainer(callbacks=[cb, ckpt], max_epochs=3, enable_checkpointing=True)
+        trainer.fit(make_autoencoder(dropout=0.0), train, val, ckpt_path=ckpt_path)
+        return trainer, cb
+
+    whole, cb_whole = run()
+    resumed, cb_resumed = run(ckpt_path=str(tmp_path / "epoch=1-step=6.ckpt"))
+    for split in ("train", "val"):
+        assert torch.equal(cb_whole.indices[split], cb_resumed.indices[split])
+    for key in cb_whole.logged_keys:
+        if key.endswith("/seconds"):
+            continue
+        a, b = whole.callback_metrics[key].item(), resumed.callback_metrics[key].item()
+        assert a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True), key

@@ -40,5 +40,6 @@ def test_readme_yaml_callbacks_instantiate():
     for spec in callbacks:
         module, name = spec["class_path"].rsplit(".", 1)
         built.append(getattr(importlib.import_module(module), name)(**spec["init_args"]))
-    assert [type(cb).__name__ for cb in built] == ["GeometryMonitor", "MemorizationEarlyStopping"]
-    assert built[1].monitor in built[0].logged_keys
+    names = [type(cb).__name__ for cb in built]
+    assert names == ["GeometryMonitor", "RecoveryMonitor", "MemorizationEarlyStopping"]
+    assert built[2].monitor in built[1].logged_keys

@@ -2,5 +2,6 @@
 
 from lightning_memwatch.callbacks.early_stopping import MemorizationEarlyStopping
 from lightning_memwatch.callbacks.geometry import GeometryMonitor
+from lightning_memwatch.callbacks.recovery import RecoveryMonitor
 
-__all__ = ["GeometryMonitor", "MemorizationEarlyStopping"]
+__all__ = ["GeometryMonitor", "MemorizationEarlyStopping", "RecoveryMonitor"]

@@ -1,4 +1,5 @@
-"""GeometryMonitor: the spectrum and density families on a fixed train and validation probe."""
+"""GeometryMonitor: the spectrum, density and complexity families on a fixed train and
+validation probe."""
 
 from __future__ import annotations
 
@@ -11,19 +12,25 @@ from torch import Tensor
 
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, latents_of
 from lightning_memwatch.callbacks.probes import InputKey, shard
+from lightning_memwatch.callbacks.recovery import CHUNK, recover_chunk
 from lightning_memwatch.functional import (
     decay_scores,
     dip_scores,
-    recover_latents,
+    local_complexity,
     singular_values,
 )
+from lightning_memwatch.functional.complexity import check_radius, piecewise_linear_activations
 from lightning_memwatch.functional.density import check_radii
 from lightning_memwatch.functional.profiles import line_profile, path_profile
-from lightning_memwatch.metrics import DensityGap, SpectrumGap, TrainValGap
+from lightning_memwatch.metrics import ComplexityGap, DensityGap, SpectrumGap, TrainValGap
 from lightning_memwatch.viz import add_layout, global_step, tensorboard_writer
-from lightning_memwatch.viz.geometry import write_density, write_spectrum
+from lightning_memwatch.viz.geometry import write_complexity, write_density, write_spectrum
 
-FAMILIES = ("spectrum", "density")
+FAMILIES = ("spectrum", "density", "complexity")
+#: Measured unless ``families`` says otherwise: complexity needs a piecewise-linear decoder.
+DEFAULT_FAMILIES = ("spectrum", "density")
+#: Offset of the seed of the complexity family's ball samples (fixed across epochs).
+COMPLEXITY_SEED_OFFSET = 104729
 
 
 def nearest_train_neighbours(queries: Tensor, pool: Tensor, query_index: Tensor | None) -> Tensor:
@@ -42,8 +49,9 @@ def family_scalars(metric: TrainValGap) -> dict[str, Tensor]:
     """A family's computed metric as log keys: per-descriptor values, and one ``nonfinite``:
     the largest count of dropped per-sample values among the family's descriptors."""
     out = metric.compute()
-    scalars = {key: value for key, value in out.items() if not key.endswith("/nonfinite")}
-    counts = torch.stack([out[f"{d}/nonfinite"] for d in metric.descriptors])
+    nonfinite = [metric.key(d, "nonfinite") for d in metric.descriptors]
+    scalars = {key: value for key, value in out.items() if key not in nonfinite}
+    counts = torch.stack([out[key] for key in nonfinite])
     scalars["nonfinite"] = counts.max().to(torch.float32)
     metric.reset()
     return scalars
@@ -51,28 +59,46 @@ def family_scalars(metric: TrainValGap) -> dict[str, Tensor]:
 
 class GeometryMonitor(MemwatchMonitor):
     """Watch the decoder's local geometry at the probes: spectrum (psi, nu, intrinsic dimension,
-    log condition) and density (dip, decay), train against validation.
+    log condition), density (dip, decay) and, opt-in, local complexity, train against validation.
 
     Logs (DESIGN §3), each descriptor with ``/{train,val,gap,ks_pvalue}``:
     ``memwatch/spectrum/{log_volume,local_rank,intrinsic_dim,log_condition}``,
-    ``memwatch/density/{dip,decay}``; per family ``memwatch/<family>/{seconds,probe_size,
-    nonfinite}``; and ``memwatch/spectrum/<descriptor>/prior``, the mean at ``probe_size``
-    latents drawn from the prior ``N(0, I)``, where the decoder is sampled. Sources:
+    ``memwatch/density/{dip,decay}``, ``memwatch/complexity`` (no descriptor level:
+    ``memwatch/complexity/{train,val,gap,ks_pvalue}``); per family
+    ``memwatch/<family>/{seconds,probe_size,nonfinite}``; and
+    ``memwatch/spectrum/<descriptor>/prior``, the mean at ``probe_size`` latents drawn from the
+    prior ``N(0, I)``, where the decoder is sampled. Sources:
     ``papers/feiszli_latent_geometry.txt`` (spectrum, dip, decay),
-    ``papers/humayun_local_geometry.txt`` (psi, nu), ``papers/ramirez_geometry_poster.txt``
-    (log condition).
+    ``papers/humayun_local_geometry.txt`` (psi, nu; complexity §2),
+    ``papers/ramirez_geometry_poster.txt`` (log condition).
 
     The latents of the probe are the encoder's, or recovered by latent optimisation when there is
     no encoder. Dip paths join each probe point (train and validation alike) to its nearest
-    neighbour in the train probe; decay lines run through each probe point.
+    neighbour in the train probe; decay lines run through each probe point. Complexity counts
+    the activation boundaries of a piecewise-linear decoder inside the l1 ball of radius
+    ``complexity_radius`` around each probe latent
+    (:func:`~lightning_memwatch.functional.local_complexity`); its random ball points are seeded
+    by ``seed`` alone, the same every epoch, so the curve moves with the decoder, not the draws.
 
     Args:
-        families: which families to measure, a subset of ``("spectrum", "density")``.
+        families: which families to measure, a subset of ``("spectrum", "density",
+            "complexity")``; default ``("spectrum", "density")``. ``"complexity"`` needs a decoder
+            with ReLU / LeakyReLU / PReLU / Hardtanh (ReLU6) activation modules (checked at
+            setup); a decoder that is a method of the LightningModule has the module's
+            activations hooked, and only those the method runs count.
         rtol: relative threshold of the non-degenerate singular values.
         radii: output-space arclength radii of the decay score (feiszli §5.3 uses 0.5 and 1 for
             MNIST in ``[-1, 1]``); choose them below the typical distance between training
             samples, else most lines never reach them and the decay is NaN (counted in
             ``nonfinite``).
+        complexity_radius: l1 radius ``r`` of the complexity balls, in latent units. The paper
+            uses ``1e-4`` for Stable Diffusion's VQGAN decoder (humayun §3), whose millions of
+            neurons cut even a tiny ball; a small decoder has no boundary there
+            (measured: 0 everywhere for a 32-unit ReLU decoder on digits). ``0.1``, a tenth of a
+            N(0, I) prior's standard deviation and below the typical distance between probe
+            latents, cuts a few boundaries per point on such a decoder without saturating
+            (measured: about 3 to 5 of 32 neurons on average over 0-20 epochs, never all).
+        complexity_samples: random points per ball besides its ``2 m`` vertices.
         Others: see :class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`.
     """
 
@@ -85,12 +111,14 @@ class GeometryMonitor(MemwatchMonitor):
         latent_dim: int | None = None,
         probe_size: int = 64,
         every_n_epochs: int = 1,
-        families: Sequence[str] = FAMILIES,
+        families: Sequence[str] = DEFAULT_FAMILIES,
         rtol: float = 1e-4,
         input_key: InputKey = 0,
         max_overhead: float = 0.05,
         seed: int = 0,
         radii: Sequence[float] = (0.5, 1.0),
+        complexity_radius: float = 0.1,
+        complexity_samples: int = 64,
     ) -> None:
         super().__init__(
             decoder, encoder, latent_dim, probe_size, every_n_epochs, input_key, max_overhead, seed
@@ -103,8 +131,20 @@ class GeometryMonitor(MemwatchMonitor):
         self.spectrum_metric = SpectrumGap(rtol=rtol)
         self.prior_metric = SpectrumGap(rtol=rtol)
         self.density_metric = DensityGap()
+        self.complexity_metric = ComplexityGap()
         self.rtol = float(rtol)
         self.radii = tuple(check_radii(radii).tolist())
+        self.complexity_radius = check_radius(complexity_radius, "complexity_radius")
+        if (
+            isinstance(complexity_samples, bool)
+            or not isinstance(complexity_samples, int)
+            or complexity_samples < 0
+        ):
+            raise ValueError(
+                "Expected `complexity_samples` to be a non-negative integer but got "
+                f"{complexity_samples!r}"
+            )
+        self.complexity_samples = complexity_samples
         self._layout_written = False
 
     @property
@@ -117,11 +157,12 @@ class GeometryMonitor(MemwatchMonitor):
         for family, metric in (
             ("spectrum", self.spectrum_metric),
             ("density", self.density_metric),
+            ("complexity", self.complexity_metric),
         ):
             if family not in self._families:
                 continue
             keys |= {
-                f"memwatch/{family}/{d}/{s}"
+                f"memwatch/{family}/{metric.key(d, s)}"
                 for d in metric.descriptors
                 for s in (*SPLITS, "gap", "ks_pvalue")
             }
@@ -130,18 +171,39 @@ class GeometryMonitor(MemwatchMonitor):
             keys |= {f"memwatch/spectrum/{d}/prior" for d in self.spectrum_metric.descriptors}
         return frozenset(keys)
 
-    def latents(self, trainer: pl.Trainer, pl_module: pl.LightningModule, x: Tensor) -> Tensor:
-        """The probe's latents: the encoder's, else recovered (seeded per epoch, so a resumed
-        run recovers the same latents)."""
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if "complexity" in self._families:
+            try:
+                piecewise_linear_activations(self.decoder(pl_module))
+            except ValueError as error:
+                raise ValueError(
+                    f"GeometryMonitor(families={self._families!r}) measures local complexity, "
+                    f"which needs a piecewise-linear decoder `{self.decoder_name}`: {error}. Or "
+                    "leave 'complexity' out of `families`"
+                ) from None
+
+    def latents(self, pl_module: pl.LightningModule, x: Tensor, split: str) -> Tensor:
+        """The latents of probe ``split`` (``x``): the encoder's, else recovered as
+        :class:`~lightning_memwatch.callbacks.recovery.RecoveryMonitor` recovers them (chunks of
+        the probe, prior restarts seeded by ``seed`` and the chunk, the same every epoch)."""
         encoder = self.encoder(pl_module)
         if encoder is not None:
             with torch.no_grad():
                 return latents_of(encoder(x)).detach()
-        generator = torch.Generator(device=x.device).manual_seed(self.seed + trainer.current_epoch)
-        z, _ = recover_latents(
-            self.decoder(pl_module), x, latent_dim=self.latent_dim, generator=generator
-        )
-        return z
+        decoder = self.decoder(pl_module)
+        chunks = [
+            recover_chunk(
+                decoder,
+                x[start : start + CHUNK],
+                split,
+                start // CHUNK,
+                latent_dim=self.latent_dim,
+                seed=self.seed,
+            )[0]
+            for start in range(0, len(x), CHUNK)
+        ]
+        return torch.cat(chunks)
 
     def measure(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: dict[str, Tensor]
@@ -153,11 +215,18 @@ class GeometryMonitor(MemwatchMonitor):
 
         def latents(split: str) -> Tensor:
             if split not in cache:
-                cache[split] = self.latents(trainer, pl_module, inputs[split])
+                cache[split] = self.latents(pl_module, inputs[split], split)
             return cache[split]
 
         writer = tensorboard_writer(trainer)
-        artifacts: dict[str, Any] = {"log_s": {}, "dip": {}, "decay": {}, "paths": {}, "lines": {}}
+        artifacts: dict[str, Any] = {
+            "log_s": {},
+            "dip": {},
+            "decay": {},
+            "paths": {},
+            "lines": {},
+            "complexity": {},
+        }
 
         def spectrum() -> dict[str, Tensor]:
             for split in SPLITS:
@@ -198,9 +267,26 @@ class GeometryMonitor(MemwatchMonitor):
                             artifacts["path_outputs"] = decoder(points)
             return family_scalars(self.density_metric)
 
+        def complexity() -> dict[str, Tensor]:
+            # Every rank counts the whole probe (a few forward passes) with the same seeded
+            # draws, then records its shard: the gathered result is the single-process one.
+            generator = torch.Generator().manual_seed(self.seed + COMPLEXITY_SEED_OFFSET)
+            for split in SPLITS:
+                counts = local_complexity(
+                    decoder,
+                    latents(split),
+                    radius=self.complexity_radius,
+                    num_samples=self.complexity_samples,
+                    generator=generator,
+                )
+                self.complexity_metric.update(shard(counts, rank, world), split)
+                artifacts["complexity"][split] = counts
+            return family_scalars(self.complexity_metric)
+
         steps: dict[str, Callable[[], dict[str, Tensor]]] = {
             "spectrum": spectrum,
             "density": density,
+            "complexity": complexity,
         }
         scalars = {family: self.timed(family, size, steps[family]) for family in self._families}
         if writer is not None:
@@ -221,3 +307,5 @@ class GeometryMonitor(MemwatchMonitor):
                 {"dip_path": artifacts["paths"], "decay_line": artifacts["lines"]},
                 artifacts.get("path_outputs"),
             )
+        if "complexity" in self._families:
+            write_complexity(writer, step, artifacts["complexity"])

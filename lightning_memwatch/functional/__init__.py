@@ -4,6 +4,7 @@ Usable on a saved generator in a notebook: every function takes a decoder callab
 ``f: (B, m) -> (B, ...)`` and latent points, and returns per-point values (DESIGN §5b).
 """
 
+from lightning_memwatch.functional.complexity import local_complexity
 from lightning_memwatch.functional.density import decay_scores, dip_scores, induced_log_density
 from lightning_memwatch.functional.jacobian import jacobian
 from lightning_memwatch.functional.recovery import recover_latents
@@ -23,6 +24,7 @@ __all__ = [
     "intrinsic_dim",
     "jacobian",
     "ks_pvalue",
+    "local_complexity",
     "local_rank",
     "local_scaling",
     "log_condition",

@@ -1,7 +1,9 @@
 """torchmetrics metrics: thin stateful wrappers over :mod:`lightning_memwatch.functional`."""
 
+from lightning_memwatch.metrics.complexity import ComplexityGap
 from lightning_memwatch.metrics.density import DensityGap
+from lightning_memwatch.metrics.recovery import RecoveryGap
 from lightning_memwatch.metrics.spectrum import SpectrumGap
 from lightning_memwatch.metrics.train_val import TrainValGap
 
-__all__ = ["DensityGap", "SpectrumGap", "TrainValGap"]
+__all__ = ["ComplexityGap", "DensityGap", "RecoveryGap", "SpectrumGap", "TrainValGap"]

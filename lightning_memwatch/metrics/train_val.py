@@ -30,12 +30,29 @@ class TrainValGap(Metric):
     - ``d/nonfinite``: how many per-sample values, train and val together, were dropped.
 
     A split with no finite value gives NaN means, gap and p-value.
+
+    A family with a single descriptor whose keys have no descriptor level (DESIGN §3:
+    ``memwatch/complexity/{train,val,gap}``, ``memwatch/likelihood/{train,val,gap}``) sets
+    ``descriptor_level = False``: :meth:`key` then drops the ``d/`` prefix, so :meth:`compute`
+    gives ``train``, ``val``, ``gap``, ``ks_pvalue``, ``nonfinite``. The descriptor keeps its
+    name for the states and :meth:`samples`.
     """
 
     is_differentiable = False
     higher_is_better = None
     full_state_update = False
     descriptors: tuple[str, ...] = ()
+    #: Whether :meth:`compute`'s keys start with the descriptor's name (``d/train``); ``False``
+    #: is allowed for a single descriptor only (keys ``train``, ``val``, ...).
+    descriptor_level: bool = True
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.descriptor_level and len(cls.descriptors) != 1:
+            raise TypeError(
+                f"{cls.__name__}: `descriptor_level = False` needs exactly one descriptor but it "
+                f"has {cls.descriptors!r}"
+            )
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
@@ -47,6 +64,12 @@ class TrainValGap(Metric):
     def _check_split(split: str) -> None:
         if split not in SPLITS:
             raise ValueError(f"Expected `split` to be one of {SPLITS} but got {split!r}")
+
+    def key(self, name: str, stat: str) -> str:
+        """The :meth:`compute` key of descriptor ``name``'s ``stat`` (``train``, ``val``,
+        ``gap``, ``ks_pvalue``, ``nonfinite``): ``name/stat``, or ``stat`` without a
+        descriptor level."""
+        return f"{name}/{stat}" if self.descriptor_level else stat
 
     def _append(self, split: str, values: dict[str, Tensor]) -> None:
         """Record per-sample ``values`` (one 1-D tensor per descriptor) for ``split``."""
@@ -76,9 +99,9 @@ class TrainValGap(Metric):
                 finite = values[torch.isfinite(values)]
                 means[split] = finite.mean() if finite.numel() else values.new_tensor(math.nan)
             nonfinite = (~torch.isfinite(train)).sum() + (~torch.isfinite(val)).sum()
-            out[f"{name}/train"] = means["train"]
-            out[f"{name}/val"] = means["val"]
-            out[f"{name}/gap"] = means["train"] - means["val"]
-            out[f"{name}/ks_pvalue"] = train.new_tensor(ks_pvalue(train, val))
-            out[f"{name}/nonfinite"] = nonfinite
+            out[self.key(name, "train")] = means["train"]
+            out[self.key(name, "val")] = means["val"]
+            out[self.key(name, "gap")] = means["train"] - means["val"]
+            out[self.key(name, "ks_pvalue")] = train.new_tensor(ks_pvalue(train, val))
+            out[self.key(name, "nonfinite")] = nonfinite
         return out

@@ -11,7 +11,8 @@ Written on global rank zero only, at the step of Lightning's scalars (DESIGN §3
 - ``memwatch/density/decay_line_lp``: ``lp`` along the top singular direction through the first
   train and val point, against signed arclength (feiszli fig. 3);
 - ``memwatch/density/dip_path_images``: that train path decoded, as an image strip, when the
-  outputs are images.
+  outputs are images;
+- ``memwatch/complexity/samples/{train,val}``: histograms of the per-sample local complexity.
 """
 
 from __future__ import annotations
@@ -54,3 +55,8 @@ def write_density(
     images = as_images(path_outputs) if path_outputs is not None else None
     if images is not None:
         writer.add_image("memwatch/density/dip_path_images", image_strip(images), step)
+
+
+def write_complexity(writer: SummaryWriter, step: int, counts: Mapping[str, Tensor]) -> None:
+    """``counts``: per split, the ``(B,)`` local complexity of the probe points."""
+    add_histograms(writer, "memwatch/complexity/samples", dict(counts), step)

@@ -12,7 +12,12 @@ import torch
 from lightning_memwatch.callbacks import GeometryMonitor
 from lightning_memwatch.functional import singular_values
 from lightning_memwatch.metrics import SpectrumGap
-from tests.conftest import digits_loaders, make_autoencoder, quiet_trainer
+from tests.conftest import (
+    assert_resume_gives_the_same_metrics,
+    digits_loaders,
+    make_autoencoder,
+    quiet_trainer,
+)
 
 RADII = (0.1, 0.2)  # 8 x 8 digits in [0, 1]: nearest neighbours are ~1-3 apart
 
@@ -136,30 +141,7 @@ def test_bf16_mixed_precision_measures_in_float32():
 
 
 def test_resume_watches_the_same_probe_and_gives_the_same_metrics(tmp_path):
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    def run(max_epochs, ckpt_path=None):
-        """No shuffling and no dropout: a resumed Lightning run then trains bit-identically
-        (the global RNG is not in the checkpoint), so any difference would be the monitor's."""
-        cb = monitor()
-        ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
-        L.seed_everything(0, verbose=False)
-        train, val = digits_loaders(shuffle=False)
-        trainer = quiet_trainer(
-            callbacks=[cb, ckpt], max_epochs=max_epochs, enable_checkpointing=True
-        )
-        trainer.fit(make_autoencoder(dropout=0.0), train, val, ckpt_path=ckpt_path)
-        return trainer, cb
-
-    whole, cb_whole = run(3)
-    resumed, cb_resumed = run(3, ckpt_path=str(tmp_path / "epoch=1-step=6.ckpt"))
-    for split in ("train", "val"):
-        assert torch.equal(cb_whole.indices[split], cb_resumed.indices[split])
-    for key in cb_whole.logged_keys:
-        if key.endswith("/seconds"):
-            continue
-        a, b = whole.callback_metrics[key].item(), resumed.callback_metrics[key].item()
-        assert a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True), key
+    assert_resume_gives_the_same_metrics(monitor, tmp_path)
 
 
 def test_skips_the_sanity_check_and_honours_every_n_epochs():
@@ -293,15 +275,16 @@ def test_without_matplotlib_figures_are_skipped_with_one_warning(tmp_path, monke
 
 
 def test_without_encoder_latents_come_from_recovery():
-    """No encoder: the probe's latents are recovered (latent size from the hyperparameter), and
-    the logged spectrum is the decoder's at those latents."""
+    """No encoder: the probe's latents are recovered (latent size from the hyperparameter) with
+    the starts RecoveryMonitor uses, and the logged spectrum is the decoder's at those latents."""
+    from lightning_memwatch.callbacks.recovery import chunk_seed
     from lightning_memwatch.functional import recover_latents
 
     cb = GeometryMonitor(probe_size=8, max_overhead=1.0, families=("spectrum",))
     trainer, model = fit([cb], max_epochs=1)
     assert cb.latent_dim == 4
     model.eval()
-    generator = torch.Generator().manual_seed(cb.seed + 0)
+    generator = torch.Generator().manual_seed(chunk_seed(cb.seed, "train", 0))
     z, errors = recover_latents(
         model.decoder, cb.inputs["train"], latent_dim=4, generator=generator
     )

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from lightning_memwatch.callbacks import GeometryMonitor
+from lightning_memwatch.callbacks import GeometryMonitor, RecoveryMonitor
 from tests.conftest import digits_loaders, digits_tensors, make_autoencoder, quiet_trainer
 
 
@@ -116,3 +116,30 @@ def test_without_encoder_uses_the_latent_dim_hyperparameter():
     cb = GeometryMonitor()
     cb.setup(quiet_trainer(), make_autoencoder(latent_dim=5), "fit")
     assert cb.latent_dim == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"steps": 0}, r"`encoder` when `steps` or `restarts` is 0"),
+        ({"restarts": 0}, r"`encoder` when `steps` or `restarts` is 0"),
+        ({"steps": -1, "encoder": "encode"}, "steps"),
+        ({"restarts": 1.5}, "restarts"),
+        ({"probe_size": 0}, "probe_size"),
+    ],
+)
+def test_recovery_bad_arguments_fail_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RecoveryMonitor(**kwargs)
+
+
+def test_recovery_decoder_whose_outputs_do_not_match_the_inputs():
+    model = make_autoencoder()
+    model.half_decoder = lambda z: model.decoder(z)[..., :4]
+    with pytest.raises(ValueError, match=r"as many values per sample as an input has.*\(1, 8, 4\)"):
+        fit(RecoveryMonitor(decoder="half_decoder", encoder="encode"), model=model)
+
+
+def test_recovery_missing_decoder_attribute():
+    with pytest.raises(ValueError, match=r"`generator` attribute.*pass `decoder=`"):
+        fit(RecoveryMonitor(decoder="generator", encoder="encode"))

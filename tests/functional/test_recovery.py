@@ -18,7 +18,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from lightning_memwatch.functional import ks_pvalue, mre_gap, recover_latents
-from tests.conftest import linear_map, random_orthogonal
+from tests.conftest import SoftNearestCentre, linear_map, random_orthogonal
 
 
 class OrthoTanh(nn.Module):
@@ -34,25 +34,6 @@ class OrthoTanh(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.out(torch.tanh(self.hidden(z)))
-
-
-class SoftNearestCentre(nn.Module):
-    """``f(z) = sum_j softmax_j(-|z - c_j|^2 / tau) x_j``: its range is the hull of the ``x_j``.
-
-    Centres ``c_j = scale * e_j`` in ``R^J``; the logits reduce to ``2 scale z_j / tau``, so
-    ``scale = 1, tau = 1`` is smooth from prior draws, ``scale = 3`` saturates (flat far from
-    the right centre: random starts get stuck).
-    """
-
-    def __init__(self, images: torch.Tensor, scale: float = 1.0, tau: float = 1.0) -> None:
-        super().__init__()
-        self.register_buffer("images", images)
-        self.register_buffer("centres", scale * torch.eye(len(images), dtype=images.dtype))
-        self.tau = tau
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        d2 = (z[:, None, :] - self.centres[None]).square().sum(-1)
-        return torch.softmax(-d2 / self.tau, dim=1) @ self.images
 
 
 @pytest.fixture(scope="module")

@@ -109,7 +109,7 @@ def module_level_imports(path: Path) -> list[str]:
 
 def test_viz_imports_neither_matplotlib_nor_callbacks_nor_metrics_at_import() -> None:
     files = sorted(Path(lightning_memwatch.viz.__file__).parent.glob("*.py"))
-    assert len(files) == 6  # __init__, figures, geometry, images, layout, writer
+    assert len(files) == 7  # __init__, figures, geometry, images, layout, recovery, writer
     for path in files:
         for name in module_level_imports(path):
             assert not name.startswith(("matplotlib", "lightning_memwatch.callbacks")), path

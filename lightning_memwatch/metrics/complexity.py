@@ -1,0 +1,42 @@
+"""Complexity family: local complexity (humayun §2), train versus val."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from lightning_memwatch.metrics.train_val import TrainValGap
+
+
+class ComplexityGap(TrainValGap):
+    """Local complexity of the train probe against the validation probe.
+
+    ``papers/humayun_local_geometry.txt`` §2: per point, the number of activation boundaries of
+    a piecewise-linear decoder inside the l1 ball of radius ``r`` around its latent
+    (:func:`~lightning_memwatch.functional.local_complexity`). One descriptor, ``complexity``,
+    logged without a descriptor level (DESIGN §3 ``memwatch/complexity/{train,val,gap}``):
+    ``compute()`` gives ``{train,val,gap,ks_pvalue,nonfinite}``
+    (see :class:`~lightning_memwatch.metrics.train_val.TrainValGap`); the per-sample counts are
+    ``samples("complexity", split)``.
+
+    Example::
+
+        >>> import torch
+        >>> metric = ComplexityGap()
+        >>> metric.update(torch.tensor([4.0, 6.0]), "train")
+        >>> metric.update(torch.tensor([1.0, 2.0, float("nan")]), "val")
+        >>> out = metric.compute()
+        >>> [round(out[key].item(), 4) for key in ("train", "val", "gap", "ks_pvalue")]
+        [5.0, 1.5, 3.5, 0.3333]
+        >>> out["nonfinite"].item()
+        1
+    """
+
+    descriptors = ("complexity",)
+    descriptor_level = False
+
+    def update(self, counts: Tensor, split: str) -> None:
+        """Record per-sample ``counts`` (``(B,)``) for ``split``."""
+        if not isinstance(counts, Tensor) or counts.ndim != 1:
+            got = tuple(counts.shape) if isinstance(counts, Tensor) else type(counts).__name__
+            raise ValueError(f"Expected `counts` to be a (B,) tensor but got {got}")
+        self._append(split, {"complexity": counts})
