@@ -43,9 +43,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from digits_vae import DigitsDataModule, DigitsVAE  # noqa: E402
+from digits_vae import DigitsDataModule, DigitsVAE
 
-from lightning_memwatch import (  # noqa: E402
+from lightning_memwatch import (
     GeometryMonitor,
     MemorizationEarlyStopping,
     RecoveryMonitor,
@@ -65,7 +65,7 @@ def quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 

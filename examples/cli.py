@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LightningCLI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from digits_vae import DigitsDataModule, DigitsVAE  # noqa: E402
+from digits_vae import DigitsDataModule, DigitsVAE
 
 
 def main(args: list[str] | None = None) -> LightningCLI:

@@ -1,4 +1,4 @@
-"""The demo's small VAE and its digits datamodule, shared by the examples, the CLI and the benchmark.
+"""The demo's small VAE and its digits datamodule (shared by the examples, CLI and benchmark).
 
 The 8 x 8 handwritten digits ship with scikit-learn (``sklearn.datasets.load_digits``, 1,797
 images), so nothing is downloaded. Pixels are scaled from ``0..16`` to ``[0, 1]``.
@@ -94,8 +94,9 @@ class DigitsVAE(L.LightningModule):
 
     ``encode(x) -> (mu, logvar)`` of the Gaussian ``q(z|x)``; ``decoder(z)`` gives Bernoulli pixel
     means ``(B, 1, 8, 8)`` (sigmoid output). Loss per sample: summed pixel binary cross-entropy
-    ``-log p(x|z)`` at one reparameterised draw ``z ~ q(z|x)``, plus ``beta * KL(q(z|x) || N(0, I))``
-    in closed form ``-1/2 sum(1 + logvar - mu^2 - exp(logvar))``; averaged over the batch.
+    ``-log p(x|z)`` at one reparameterised draw ``z ~ q(z|x)``, plus
+    ``beta * KL(q(z|x) || N(0, I))`` in closed form ``-1/2 sum(1 + logvar - mu^2 - exp(logvar))``;
+    averaged over the batch.
     Logs ``train_loss`` and ``val_loss``: the same single-draw estimate, so the two are comparable;
     the validation draws come from a generator seeded per batch, so ``val_loss`` is a
     deterministic function of the weights and validation leaves the global RNG alone.

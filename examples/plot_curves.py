@@ -93,9 +93,9 @@ def plot(logdir: Path, out: Path) -> Path:
     runs = {name: read_scalars(path) for name, path in latest_runs(logdir).items()}
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
     colors = {name: f"C{i}" for i, name in enumerate(runs)}
-    for ax, (title, tags, log_scale, reference) in zip(axes.flat, PANELS):
+    for ax, (title, tags, log_scale, reference) in zip(axes.flat, PANELS, strict=True):
         for name, scalars in runs.items():
-            for (tag, label), style in zip(tags, ("-", "--")):
+            for (tag, label), style in zip(tags, ("-", "--"), strict=False):
                 if tag not in scalars:
                     continue
                 steps, values = scalars[tag]

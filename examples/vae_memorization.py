@@ -28,20 +28,29 @@ best validation loss. TensorBoard logs go under ``--out`` (default ``memwatch_lo
 directory per run (``A_32_digits/version_N``, ``B_1400_digits/version_N``);
 ``examples/plot_curves.py`` draws them as a PNG.
 
+Training: Adam at lr 4e-3 (``DigitsVAE``'s default), batch 8 for A with 8 shuffled passes over
+its 32 digits per epoch (32 steps; 60 epochs, 1,920 steps), batch 64 for B with one pass
+(22 steps; 20 epochs, 440 steps).
+
 Settings that differ from the callbacks' defaults, and why:
 
 - ``max_overhead=1.0``: by default a monitor may spend 5 % of the training time and shrinks its
   probe or skips epochs beyond that. A demo wants every scheduled epoch measured on the whole
-  probe, so the curves of A and B are comparable point by point; run A's epochs (4 steps of 8
-  digits) are far too short for 5 %. ``benchmarks/overhead.py`` measures the defaults.
-- ``every_n_epochs``: a measurement every 25 epochs of A (20 points) and every 2 epochs of B
-  (15 points), about 2,000 and 660 optimizer steps in all.
+  probe, so that the curves of A and B are comparable point by point; on this tiny model a
+  measurement costs more than the epochs between two of them. ``benchmarks/overhead.py``
+  measures the defaults.
+- ``every_n_epochs``: a measurement every 6 epochs of A and every 2 epochs of B (10 points
+  each). With a ``TensorBoardLogger`` every measurement also draws its figures (about 0.5 s each
+  on a loaded 2-core machine), which is most of the demo's time.
 - ``probe_size=32``: run A has only 32 training digits; both runs use the same probe size.
+- ``RecoveryMonitor(steps=30, restarts=1)``: the encoder's latent and one prior draw as L-BFGS
+  starts, 30 iterations each (defaults: 50 and 2 prior draws), to keep the whole demo within
+  about 2 minutes; on this decoder the errors of both probes have settled by then.
 - ``radii=(0.25, 0.5)`` for the decay: feiszli's radii 0.5 and 1 are for 784-pixel MNIST in
-  [-1, 1]. The output arclength along the top singular direction of this decoder often stops
-  short of 1.0 in 64 pixels in [0, 1] (the line's outputs saturate), which makes the decay NaN
-  (counted in ``memwatch/density/nonfinite``); 0.25 and 0.5 are reached everywhere and stay well
-  below the typical distance between two digits (about 2 to 3).
+  [-1, 1]. Here an image has 64 pixels in [0, 1], and the output arclength along the top
+  singular direction can stop short of 1.0 (the line's outputs saturate), which makes the decay
+  NaN (counted in ``memwatch/density/nonfinite``); 0.25 and 0.5 are reached at every probe point
+  and stay well below the distance between two digits (about 2 to 3).
 - ``torch.set_num_threads(1)`` (``--threads``): the model is tiny, so intra-op threads only add
   synchronisation; on a shared 2-core machine two threads made each step about 7x slower.
 """
@@ -66,9 +75,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from digits_vae import DigitsDataModule, DigitsVAE  # noqa: E402
+from digits_vae import DigitsDataModule, DigitsVAE
 
-from lightning_memwatch import (  # noqa: E402
+from lightning_memwatch import (
     GeometryMonitor,
     MemorizationEarlyStopping,
     RecoveryMonitor,
@@ -104,8 +113,8 @@ class Run(NamedTuple):
 def runs(fast: bool) -> tuple[Run, Run]:
     """Run A (memorizes) and run B (generalizes); ``fast`` shrinks both to a smoke run."""
     if fast:
-        return Run("A_32_digits", 32, 8, 8, 3, 1), Run("B_1400_digits", 1400, 64, 1, 2, 1)
-    return Run("A_32_digits", 32, 8, 8, 60, 3), Run("B_1400_digits", 1400, 64, 1, 20, 1)
+        return Run("A_32_digits", 32, 8, 8, 4, 2), Run("B_1400_digits", 1400, 64, 1, 2, 1)
+    return Run("A_32_digits", 32, 8, 8, 60, 6), Run("B_1400_digits", 1400, 64, 1, 20, 2)
 
 
 class ValLossHistory(Callback):
@@ -134,7 +143,7 @@ def callbacks(run: Run, fast: bool, seed: int) -> list[Callback]:
         "max_overhead": 1.0,
         "seed": seed,
     }
-    recovery_steps = {"steps": 10 if fast else 30, "restarts": 1}
+    recovery_steps = {"steps": 10 if fast else 30, "restarts": 1}  # see the module docstring
     return [
         GeometryMonitor(**common, radii=(0.25, 0.5)),
         RecoveryMonitor(**common, **recovery_steps),
@@ -144,7 +153,7 @@ def callbacks(run: Run, fast: bool, seed: int) -> list[Callback]:
 
 @contextlib.contextmanager
 def quiet(threads: int) -> Iterator[None]:
-    """Fewer torch threads, Lightning's info lines and its small-data warnings off; restored after."""
+    """Fewer torch threads; Lightning's info lines and small-data warnings off; all restored."""
     previous_threads = torch.get_num_threads()
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     levels = [logger.level for logger in loggers]
@@ -158,7 +167,7 @@ def quiet(threads: int) -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(previous_threads)
-        for logger, level in zip(loggers, levels):
+        for logger, level in zip(loggers, levels, strict=True):
             logger.setLevel(level)
 
 
@@ -209,7 +218,10 @@ def row_values(metrics: dict[str, float], family: str, key: str) -> tuple[float,
     """(train, val, gap, KS p) of one key; the recovery gap is webster's normalized ``mre_gap``."""
     base = f"memwatch/{family}/{key}"
     if family == "recovery":
-        gap, ks = metrics.get(f"memwatch/{family}/mre_gap"), metrics.get(f"memwatch/{family}/ks_pvalue")
+        gap, ks = (
+            metrics.get(f"memwatch/{family}/mre_gap"),
+            metrics.get(f"memwatch/{family}/ks_pvalue"),
+        )
     else:
         gap, ks = metrics.get(f"{base}/gap"), metrics.get(f"{base}/ks_pvalue")
     values = (metrics.get(f"{base}/train"), metrics.get(f"{base}/val"), gap, ks)
@@ -226,7 +238,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     """The demo table: per key, train / val / gap / KS p of run A then run B (markdown)."""
     a, b = results["A"], results["B"]
     lines = [
-        f"| family / key | A train | A val | A gap | A KS p | B train | B val | B gap | B KS p |",
+        "| family / key | A train | A val | A gap | A KS p | B train | B val | B gap | B KS p |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for family, key, label in ROWS:
