@@ -1,18 +1,21 @@
 """lightning_memwatch: watch a generative model memorize its training data while it trains.
 
-The public surface is the callbacks, the torchmetrics metrics and the :mod:`functional` module
-(DESIGN §3); everything else is private.
+The public surface is the callbacks, the torchmetrics metrics, the :mod:`functional` module
+(DESIGN §3) and the offline K-fold memorization score; everything else is private.
 """
 
 from lightning_memwatch import functional
 from lightning_memwatch.callbacks import (
     GeometryMonitor,
+    LikelihoodMonitor,
     MemorizationEarlyStopping,
     RecoveryMonitor,
 )
+from lightning_memwatch.kfold import KFoldMemorization, kfold_memorization_scores
 from lightning_memwatch.metrics import (
     ComplexityGap,
     DensityGap,
+    LikelihoodGap,
     RecoveryGap,
     SpectrumGap,
     TrainValGap,
@@ -24,6 +27,9 @@ __all__ = [
     "ComplexityGap",
     "DensityGap",
     "GeometryMonitor",
+    "KFoldMemorization",
+    "LikelihoodGap",
+    "LikelihoodMonitor",
     "MemorizationEarlyStopping",
     "RecoveryGap",
     "RecoveryMonitor",
@@ -31,4 +37,5 @@ __all__ = [
     "TrainValGap",
     "__version__",
     "functional",
+    "kfold_memorization_scores",
 ]

@@ -286,3 +286,11 @@ def assert_resume_gives_the_same_metrics(make_monitor, tmp_path) -> None:
             continue
         a, b = whole.callback_metrics[key].item(), resumed.callback_metrics[key].item()
         assert a == pytest.approx(b, rel=1e-6, abs=1e-9, nan_ok=True), key
+
+
+def read_events(folder):
+    """Every scalar, histogram, image and tensor event written under ``folder``, loaded."""
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    keep_all = {kind: 0 for kind in (ea.SCALARS, ea.HISTOGRAMS, ea.IMAGES, ea.TENSORS)}
+    return ea.EventAccumulator(str(folder), size_guidance=keep_all).Reload()

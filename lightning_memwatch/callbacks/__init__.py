@@ -2,6 +2,12 @@
 
 from lightning_memwatch.callbacks.early_stopping import MemorizationEarlyStopping
 from lightning_memwatch.callbacks.geometry import GeometryMonitor
+from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
 from lightning_memwatch.callbacks.recovery import RecoveryMonitor
 
-__all__ = ["GeometryMonitor", "MemorizationEarlyStopping", "RecoveryMonitor"]
+__all__ = [
+    "GeometryMonitor",
+    "LikelihoodMonitor",
+    "MemorizationEarlyStopping",
+    "RecoveryMonitor",
+]

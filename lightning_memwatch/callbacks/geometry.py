@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, latents_of
+from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, check_int, latents_of
 from lightning_memwatch.callbacks.probes import InputKey, shard
 from lightning_memwatch.callbacks.recovery import CHUNK, recover_chunk
 from lightning_memwatch.functional import (
@@ -23,7 +23,7 @@ from lightning_memwatch.functional.complexity import check_radius, piecewise_lin
 from lightning_memwatch.functional.density import check_radii
 from lightning_memwatch.functional.profiles import line_profile, path_profile
 from lightning_memwatch.metrics import ComplexityGap, DensityGap, SpectrumGap, TrainValGap
-from lightning_memwatch.viz import add_layout, global_step, tensorboard_writer
+from lightning_memwatch.viz import global_step, tensorboard_writer
 from lightning_memwatch.viz.geometry import write_complexity, write_density, write_spectrum
 
 FAMILIES = ("spectrum", "density", "complexity")
@@ -135,17 +135,7 @@ class GeometryMonitor(MemwatchMonitor):
         self.rtol = float(rtol)
         self.radii = tuple(check_radii(radii).tolist())
         self.complexity_radius = check_radius(complexity_radius, "complexity_radius")
-        if (
-            isinstance(complexity_samples, bool)
-            or not isinstance(complexity_samples, int)
-            or complexity_samples < 0
-        ):
-            raise ValueError(
-                "Expected `complexity_samples` to be a non-negative integer but got "
-                f"{complexity_samples!r}"
-            )
-        self.complexity_samples = complexity_samples
-        self._layout_written = False
+        self.complexity_samples = check_int("complexity_samples", complexity_samples, minimum=0)
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -294,9 +284,7 @@ class GeometryMonitor(MemwatchMonitor):
         return scalars
 
     def _write_artifacts(self, writer: Any, step: int, artifacts: dict[str, Any]) -> None:
-        if not self._layout_written:
-            add_layout(writer, self.logged_keys)
-            self._layout_written = True
+        self.write_layout_once(writer)
         if "spectrum" in self._families:
             write_spectrum(writer, step, artifacts["log_s"])
         if "density" in self._families:

@@ -19,7 +19,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 
 from lightning_memwatch.callbacks.budget import CostBudget
@@ -30,16 +29,21 @@ from lightning_memwatch.callbacks.probes import (
     first_dataloader,
     gather_inputs,
     map_style_dataset,
+    train_loader,
 )
+from lightning_memwatch.viz import add_layout
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected `{name}` to be a positive integer but got {value!r}")
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """``value`` if it is an integer ``>= minimum`` (0 or 1), else a ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive" if minimum > 0 else "a non-negative"
+        raise ValueError(f"Expected `{name}` to be {kind} integer but got {value!r}")
+    return value
 
 
 def latents_of(output: Any) -> Tensor:
@@ -57,17 +61,6 @@ def latents_of(output: Any) -> Tensor:
             f"one, or a distribution with such a mean, but got {type(output).__name__}"
         )
     return output
-
-
-def _train_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
-    """The training dataloader; outside ``fit`` (``trainer.validate``) the datamodule's or the
-    module's ``train_dataloader()``, so a validate-only run can draw its probe too."""
-    if trainer.train_dataloader is not None:
-        return trainer.train_dataloader
-    for source in (trainer.datamodule, pl_module):
-        if source is not None and is_overridden("train_dataloader", source):
-            return source.train_dataloader()
-    return None
 
 
 class MemwatchMonitor(Callback):
@@ -111,9 +104,9 @@ class MemwatchMonitor(Callback):
                 f"Expected `encoder` to name a module attribute or be None but got {encoder!r}"
             )
         if latent_dim is not None:
-            _check_positive_int("latent_dim", latent_dim)
-        _check_positive_int("probe_size", probe_size)
-        _check_positive_int("every_n_epochs", every_n_epochs)
+            check_int("latent_dim", latent_dim)
+        check_int("probe_size", probe_size)
+        check_int("every_n_epochs", every_n_epochs)
         if input_key is not None and (
             isinstance(input_key, bool) or not isinstance(input_key, (int, str))
         ):
@@ -139,6 +132,7 @@ class MemwatchMonitor(Callback):
         self.inputs: dict[str, Tensor] = {}
         self.last_logged_epoch: int | None = None
         self._warned_no_probe = False
+        self._layout_written = False
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -196,7 +190,7 @@ class MemwatchMonitor(Callback):
     # ----------------------------------------------------------------------- probes
     def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw (or, after a resume, re-gather) the probes; check the data on the way."""
-        loaders = {"train": _train_loader(trainer, pl_module), "val": trainer.val_dataloaders}
+        loaders = {"train": train_loader(trainer, pl_module), "val": trainer.val_dataloaders}
         for offset, split in enumerate(SPLITS):
             what = "training" if split == "train" else "validation"
             dataset = map_style_dataset(first_dataloader(loaders[split], split), what)
@@ -213,6 +207,9 @@ class MemwatchMonitor(Callback):
                 self.latent_dim = latents_of(encoder(probe)).shape[1]
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        every = trainer.check_val_every_n_epoch
+        if trainer.val_dataloaders is None and every and (trainer.current_epoch + 1) % every:
+            return  # Lightning loads the validation data at the first epoch that validates
         self._prepare_probes(trainer, pl_module)
 
     # ------------------------------------------------------------------ scheduling
@@ -229,7 +226,7 @@ class MemwatchMonitor(Callback):
         if self._should_skip(trainer):
             return
         if not self.inputs:
-            if _train_loader(trainer, pl_module) is None:
+            if train_loader(trainer, pl_module) is None:
                 if not self._warned_no_probe:
                     rank_zero_warn(
                         f"{type(self).__name__} has no training data to draw its probe from: "
@@ -269,6 +266,12 @@ class MemwatchMonitor(Callback):
         out[f"memwatch/{family}/seconds"] = seconds
         out[f"memwatch/{family}/probe_size"] = float(size)
         return out
+
+    def write_layout_once(self, writer: Any) -> None:
+        """Add this monitor's keys to the TensorBoard custom-scalars layout, once per monitor."""
+        if not self._layout_written:
+            add_layout(writer, self.logged_keys)
+            self._layout_written = True
 
     @property
     def families(self) -> tuple[str, ...]:

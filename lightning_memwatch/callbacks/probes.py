@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
@@ -91,3 +93,14 @@ def gather_inputs(dataset: Dataset, indices: Tensor, input_key: InputKey) -> Ten
 def shard(values: Tensor, rank: int, world_size: int) -> Tensor:
     """This rank's share of a probe: every ``world_size``-th row from ``rank``."""
     return values[rank::world_size]
+
+
+def train_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+    """The training dataloader; outside ``fit`` (``trainer.validate``) the datamodule's or the
+    module's ``train_dataloader()``, so a validate-only run can draw its probe too."""
+    if trainer.train_dataloader is not None:
+        return trainer.train_dataloader
+    for source in (trainer.datamodule, pl_module):
+        if source is not None and is_overridden("train_dataloader", source):
+            return source.train_dataloader()
+    return None

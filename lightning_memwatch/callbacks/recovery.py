@@ -11,11 +11,11 @@ import torch
 from torch import Tensor
 
 from lightning_memwatch.callbacks.isolation import measurement_context
-from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, latents_of
+from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, check_int, latents_of
 from lightning_memwatch.callbacks.probes import InputKey
 from lightning_memwatch.functional import recover_latents
 from lightning_memwatch.metrics import RecoveryGap
-from lightning_memwatch.viz import add_layout, global_step, tensorboard_writer
+from lightning_memwatch.viz import global_step, tensorboard_writer
 from lightning_memwatch.viz.recovery import write_recovery
 
 #: Probe samples per L-BFGS problem. The chunks are fixed on the whole probe, and each is seeded
@@ -119,11 +119,8 @@ class RecoveryMonitor(MemwatchMonitor):
         super().__init__(
             decoder, encoder, latent_dim, probe_size, every_n_epochs, input_key, max_overhead, seed
         )
-        for name, value in (("steps", steps), ("restarts", restarts)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(
-                    f"Expected `{name}` to be a non-negative integer but got {value!r}"
-                )
+        check_int("steps", steps, minimum=0)
+        check_int("restarts", restarts, minimum=0)
         if encoder is None and (steps == 0 or restarts == 0):
             raise ValueError(
                 "Expected an `encoder` when `steps` or `restarts` is 0 (nothing to start the "
@@ -132,7 +129,6 @@ class RecoveryMonitor(MemwatchMonitor):
             )
         self.steps, self.restarts = steps, restarts
         self.metric = RecoveryGap()
-        self._layout_written = False
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -208,9 +204,7 @@ class RecoveryMonitor(MemwatchMonitor):
 
         scalars = {"recovery": self.timed("recovery", size, recovery)}
         if writer is not None:
-            if not self._layout_written:
-                add_layout(writer, self.logged_keys)
-                self._layout_written = True
+            self.write_layout_once(writer)
             merged = {split: torch.cat(values) for split, values in errors.items() if values}
             write_recovery(writer, global_step(trainer), merged, pairs)
         return scalars

@@ -5,8 +5,16 @@ Usable on a saved generator in a notebook: every function takes a decoder callab
 """
 
 from lightning_memwatch.functional.complexity import local_complexity
+from lightning_memwatch.functional.decoder_likelihood import (
+    bernoulli_log_likelihood,
+    gaussian_log_likelihood,
+)
 from lightning_memwatch.functional.density import decay_scores, dip_scores, induced_log_density
 from lightning_memwatch.functional.jacobian import jacobian
+from lightning_memwatch.functional.likelihood import (
+    importance_log_likelihood,
+    posterior_from_encoder,
+)
 from lightning_memwatch.functional.recovery import recover_latents
 from lightning_memwatch.functional.spectrum import (
     intrinsic_dim,
@@ -18,8 +26,11 @@ from lightning_memwatch.functional.spectrum import (
 from lightning_memwatch.functional.stats import ks_pvalue, mre_gap
 
 __all__ = [
+    "bernoulli_log_likelihood",
     "decay_scores",
     "dip_scores",
+    "gaussian_log_likelihood",
+    "importance_log_likelihood",
     "induced_log_density",
     "intrinsic_dim",
     "jacobian",
@@ -29,6 +40,7 @@ __all__ = [
     "local_scaling",
     "log_condition",
     "mre_gap",
+    "posterior_from_encoder",
     "recover_latents",
     "singular_values",
 ]

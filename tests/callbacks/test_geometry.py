@@ -17,6 +17,7 @@ from tests.conftest import (
     digits_loaders,
     make_autoencoder,
     quiet_trainer,
+    read_events,
 )
 
 RADII = (0.1, 0.2)  # 8 x 8 digits in [0, 1]: nearest neighbours are ~1-3 apart
@@ -158,6 +159,15 @@ def test_skips_the_sanity_check_and_honours_every_n_epochs():
     assert cb.epochs == [(1, False), (3, False)]
 
 
+def test_validation_every_second_epoch_draws_the_probe_when_validation_first_runs():
+    """With ``check_val_every_n_epoch=2`` and no sanity check, Lightning has not loaded the
+    validation data when training starts: the probe is drawn at the first validation instead."""
+    cb = monitor(families=("spectrum",))
+    trainer, _ = fit([cb], max_epochs=4, check_val_every_n_epoch=2, num_sanity_val_steps=0)
+    assert cb.last_logged_epoch == 3 and len(cb.inputs["val"]) == 12
+    assert "memwatch/spectrum/log_volume/val" in trainer.callback_metrics
+
+
 def test_slow_decoder_makes_the_budget_shrink_the_probe_then_skip():
     model = make_autoencoder()
     decoder = model.decoder
@@ -205,18 +215,13 @@ def test_nan_decoder_is_counted_and_training_continues():
 
 def test_tensorboard_event_file_has_scalars_histograms_images_figures_and_layout(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.custom_scalar import layout_pb2
 
     cb = monitor()
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
     fit([cb], max_epochs=2, logger=logger)
     logger.experiment.flush()
-    events = EventAccumulator(
-        str(tmp_path / "run" / "version_0"),
-        size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0},
-    )
-    events.Reload()
+    events = read_events(tmp_path / "run" / "version_0")
     tags = events.Tags()
     assert set(cb.logged_keys) <= set(tags["scalars"])
     for split in ("train", "val"):
@@ -254,7 +259,6 @@ def test_without_matplotlib_figures_are_skipped_with_one_warning(tmp_path, monke
     import sys
 
     from lightning.pytorch.loggers import TensorBoardLogger
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from lightning_memwatch.viz import figures
 
@@ -267,8 +271,7 @@ def test_without_matplotlib_figures_are_skipped_with_one_warning(tmp_path, monke
         fit([cb], max_epochs=2, logger=logger)
     assert sum("matplotlib" in str(w.message) for w in record) == 1
     logger.experiment.flush()
-    events = EventAccumulator(str(tmp_path / "run" / "version_0"))
-    events.Reload()
+    events = read_events(tmp_path / "run" / "version_0")
     assert set(cb.logged_keys) <= set(events.Tags()["scalars"])
     assert "memwatch/spectrum/log_s/train" in events.Tags()["histograms"]
     assert "memwatch/spectrum/mean_spectrum" not in events.Tags()["images"]

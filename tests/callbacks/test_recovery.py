@@ -28,6 +28,7 @@ from tests.conftest import (
     make_autoencoder,
     memorizing_module,
     quiet_trainer,
+    read_events,
 )
 
 KEYS = ("mre/train", "mre/val", "mre_gap", "ks_pvalue")
@@ -166,18 +167,13 @@ def test_early_stopping_on_the_ks_pvalue_stops_a_memorizing_run_only():
 
 def test_tensorboard_histograms_error_figure_and_pairs(tmp_path):
     from lightning.pytorch.loggers import TensorBoardLogger
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     train, val = digits_tensors(n_train=24, n_val=40)
     cb = RecoveryMonitor(probe_size=16, max_overhead=1.0)
     logger = TensorBoardLogger(tmp_path, name="run", version=0)
     fit([cb], memorizing_module(train), *loaders(train, val), max_epochs=2, logger=logger)
     logger.experiment.flush()
-    events = EventAccumulator(
-        str(tmp_path / "run" / "version_0"),
-        size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0},
-    )
-    events.Reload()
+    events = read_events(tmp_path / "run" / "version_0")
     tags = events.Tags()
     assert set(cb.logged_keys) <= set(tags["scalars"])
     assert {"memwatch/recovery/errors/train", "memwatch/recovery/errors/val"} <= set(

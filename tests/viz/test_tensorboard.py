@@ -23,13 +23,9 @@ from lightning_memwatch.viz import (
     pairs_grid,
     spectrum_figure,
 )
+from tests.conftest import read_events
 
-KEEP_ALL = {kind: 0 for kind in (ea.SCALARS, ea.HISTOGRAMS, ea.IMAGES, ea.TENSORS)}
 LAYOUT_TAG = "custom_scalars__config__"
-
-
-def accumulator(path: Path) -> ea.EventAccumulator:
-    return ea.EventAccumulator(str(path), size_guidance=KEEP_ALL).Reload()
 
 
 def read_layout(acc: ea.EventAccumulator) -> layout_pb2.Layout:
@@ -61,7 +57,7 @@ def test_histograms_figures_images_and_layout_read_back(tmp_path: Path) -> None:
     add_layout(writer, keys)
     writer.close()
 
-    acc = accumulator(tmp_path)
+    acc = read_events(tmp_path)
     train_events = acc.Histograms("memwatch/spectrum/log_s/train")
     assert [(e.step, e.histogram_value.num) for e in train_events] == [(7, 4), (9, 2)]
     assert train_events[0].histogram_value.min == 0.5

@@ -1,0 +1,202 @@
+"""LikelihoodMonitor: importance-sampled log p(x) on a fixed train and validation probe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from lightning_memwatch.callbacks.geometry import family_scalars
+from lightning_memwatch.callbacks.isolation import measurement_context
+from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, check_int
+from lightning_memwatch.callbacks.probes import InputKey, shard
+from lightning_memwatch.functional.decoder_likelihood import (
+    bernoulli_log_likelihood,
+    check_scale,
+    gaussian_log_likelihood,
+)
+from lightning_memwatch.functional.likelihood import (
+    LogLikelihood,
+    Posterior,
+    as_posterior,
+    importance_estimate,
+    posterior_from_encoder,
+    sample_posterior,
+)
+from lightning_memwatch.metrics import LikelihoodGap
+from lightning_memwatch.viz import add_histograms, global_step, tensorboard_writer
+
+FAMILY = "likelihood"
+#: The decoder likelihoods built in: decoder outputs are Bernoulli logits, Bernoulli
+#: probabilities, or the mean of a Gaussian of fixed ``scale``.
+BUILTIN_LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian")
+
+
+class LikelihoodMonitor(MemwatchMonitor):
+    """Watch the model's log-likelihood of its training samples against held-out ones.
+
+    At the end of every ``every_n_epochs``-th validation epoch, ``log p(x)`` of each probe
+    sample is estimated by importance sampling with the encoder as proposal
+    (``papers/vandenburg_memorization_supp.txt`` eq. 9,
+    :func:`~lightning_memwatch.functional.importance_log_likelihood`)::
+
+        log p(x) ~ logsumexp_l [log p(x|z_l) + log p(z_l) - log q(z_l|x)] - log N,  z_l ~ q(z|x)
+
+    with the standard normal prior ``p(z)``. Logs (DESIGN §3) ``memwatch/likelihood/{train,val}``
+    (mean ``log p(x)`` per split, nats), ``memwatch/likelihood/gap`` (``train - val``; **positive
+    = memorization**: training samples are more likely than held-out samples of the same
+    distribution), ``memwatch/likelihood/ks_pvalue`` (two-sample KS test of the per-sample
+    values), and ``memwatch/likelihood/{seconds,probe_size,nonfinite}``. With a
+    ``TensorBoardLogger``: histograms ``memwatch/likelihood/log_px/{train,val}``.
+
+    The samples are drawn from a generator of the monitor's own, seeded by ``seed`` and the epoch
+    (so a resumed run gets the same numbers and the global RNG is untouched), for the whole probe
+    on every rank, so a sharded (DDP) run gives the single-process numbers.
+
+    Args:
+        decoder: name of the module's decoder (used by the built-in likelihoods).
+        encoder: name of the module's encoder, required: it must return a
+            ``torch.distributions.Distribution`` over ``(B, m)`` latents or a ``(mean, log_var)``
+            pair of ``(B, m)`` tensors, the diagonal Gaussian ``q(z|x)`` (checked when training
+            starts).
+        likelihood: ``"bernoulli"`` (decoder outputs are logits, inputs in ``[0, 1]``),
+            ``"bernoulli_probs"`` (decoder outputs are probabilities), ``"gaussian"`` (decoder
+            outputs are the mean, standard deviation ``scale``), or the name of a module method
+            ``log_likelihood(x, z) -> (B,)`` returning ``log p(x|z)`` summed over each sample's
+            elements (:func:`~lightning_memwatch.functional.bernoulli_log_likelihood`,
+            :func:`~lightning_memwatch.functional.gaussian_log_likelihood`).
+        scale: standard deviation ``sigma`` of the Gaussian likelihood.
+        num_samples: importance samples ``N`` per probe sample (van den Burg: 128 or 256).
+        Others: see :class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`.
+    """
+
+    known_families = (FAMILY,)
+
+    def __init__(
+        self,
+        decoder: str = "decoder",
+        encoder: str | None = "encoder",
+        latent_dim: int | None = None,
+        probe_size: int = 64,
+        every_n_epochs: int = 1,
+        likelihood: str = "bernoulli",
+        scale: float = 1.0,
+        num_samples: int = 128,
+        input_key: InputKey = 0,
+        max_overhead: float = 0.05,
+        seed: int = 0,
+    ) -> None:
+        if encoder is None:
+            raise ValueError(
+                "Expected `encoder` to name the module's encoder but got None: the "
+                "importance-sampled likelihood needs q(z|x) (a Distribution or (mean, log_var))"
+            )
+        super().__init__(
+            decoder, encoder, latent_dim, probe_size, every_n_epochs, input_key, max_overhead, seed
+        )
+        if not isinstance(likelihood, str) or not likelihood:
+            raise ValueError(
+                f"Expected `likelihood` to be one of {BUILTIN_LIKELIHOODS} or the name of a "
+                f"module method but got {likelihood!r}"
+            )
+        check_int("num_samples", num_samples)
+        self.likelihood, self.scale, self.num_samples = likelihood, check_scale(scale), num_samples
+        self.metric = LikelihoodGap()
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return (FAMILY,)
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            decoder=self.decoder_name,
+            likelihood=self.likelihood,
+            probe_size=self.probe_size,
+            seed=self.seed,
+        )
+
+    @property
+    def logged_keys(self) -> frozenset[str]:
+        keys = (*SPLITS, "gap", "ks_pvalue", "seconds", "probe_size", "nonfinite")
+        return frozenset(f"memwatch/{FAMILY}/{key}" for key in keys)
+
+    # ----------------------------------------------------------------- configuration
+    def likelihood_callables(
+        self, pl_module: pl.LightningModule
+    ) -> tuple[Posterior, LogLikelihood]:
+        """``(posterior, log_likelihood)`` of the module for
+        :func:`~lightning_memwatch.functional.importance_log_likelihood`."""
+        posterior = posterior_from_encoder(self.encoder(pl_module))
+        if self.likelihood not in BUILTIN_LIKELIHOODS:
+            if not hasattr(pl_module, self.likelihood):
+                raise ValueError(
+                    f"Expected `likelihood` to be one of {BUILTIN_LIKELIHOODS} or the name of a "
+                    f"method `log_likelihood(x, z) -> (B,)` of the module but "
+                    f"{type(pl_module).__name__} has no `{self.likelihood}` attribute"
+                )
+            return posterior, self._attribute(pl_module, self.likelihood, "likelihood")
+        decoder = self.decoder(pl_module)
+        if self.likelihood == "gaussian":
+            return posterior, gaussian_log_likelihood(decoder, self.scale)
+        return posterior, bernoulli_log_likelihood(decoder, logits=self.likelihood == "bernoulli")
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.likelihood_callables(pl_module)
+
+    def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draw the probes, then check that the encoder gives a posterior."""
+        super()._prepare_probes(trainer, pl_module)
+        with measurement_context(pl_module, pl_module.device), torch.no_grad():
+            as_posterior(self.encoder(pl_module)(self.inputs["train"][:2].to(pl_module.device)))
+
+    # ------------------------------------------------------------------- measuring
+    def log_px(
+        self,
+        pl_module: pl.LightningModule,
+        x: Tensor,
+        generator: torch.Generator,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Tensor:
+        """This rank's share (``shard``) of the per-sample ``log p(x)`` of the probe ``x``.
+
+        The ``(N, P, m)`` latents are drawn for the whole probe on every rank (cheap: one encoder
+        pass and ``N P m`` normals), then sharded with the inputs, so the values do not depend
+        on the number of ranks.
+        """
+        posterior, log_likelihood = self.likelihood_callables(pl_module)
+        with torch.no_grad():
+            q = posterior(x)
+            z = sample_posterior(q, self.num_samples, generator=generator)
+            if world_size > 1:
+                x = shard(x, rank, world_size)
+                z, q = z[:, rank::world_size], posterior(x)
+            return importance_estimate(x, q, z, log_likelihood)
+
+    def measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: dict[str, Tensor]
+    ) -> dict[str, dict[str, Any]]:
+        size = len(inputs["train"])
+        values: dict[str, Tensor] = {}
+
+        def likelihood() -> dict[str, Tensor]:
+            # seeded per epoch: a resumed run draws the same samples
+            generator = torch.Generator().manual_seed(
+                self.seed + 7919 * (trainer.current_epoch + 1)
+            )
+            for split in SPLITS:
+                values[split] = self.log_px(
+                    pl_module, inputs[split], generator, trainer.global_rank, trainer.world_size
+                )
+                self.metric.update(values[split], split)
+            return family_scalars(self.metric)
+
+        scalars = {FAMILY: self.timed(FAMILY, size, likelihood)}
+        writer = tensorboard_writer(trainer)
+        if writer is not None:
+            self.write_layout_once(writer)
+            add_histograms(writer, f"memwatch/{FAMILY}/log_px", values, global_step(trainer))
+        return scalars
