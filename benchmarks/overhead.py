@@ -26,24 +26,19 @@ the scalars are computed.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import statistics
 import sys
 import tempfile
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
-from digits_vae import DigitsDataModule, DigitsVAE
+from digits_vae import DigitsDataModule, DigitsVAE, cpu_trainer, quiet
 
 from lightning_memwatch import (
     GeometryMonitor,
@@ -52,21 +47,6 @@ from lightning_memwatch import (
 )
 
 FAMILIES = ("spectrum", "density", "recovery")
-
-
-@contextlib.contextmanager
-def quiet() -> Iterator[None]:
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
 
 
 def memwatch_callbacks() -> list[Any]:
@@ -89,17 +69,7 @@ def fit_once(with_callbacks: bool, epochs: int, log_dir: Path | None, seed: int)
         if log_dir is not None
         else False
     )
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=logger,
-        callbacks=callbacks,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = cpu_trainer(epochs, logger, callbacks)
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     out: dict[str, Any] = {"seconds": time.perf_counter() - start}
@@ -136,10 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
 
     runs: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
-    with tempfile.TemporaryDirectory() as tmp, quiet():
+    with tempfile.TemporaryDirectory() as tmp, quiet(args.threads):
         log_dir = Path(tmp) if args.logger == "tensorboard" else None
         for repeat in range(args.repeats):
             order = (False, True) if repeat % 2 == 0 else (True, False)

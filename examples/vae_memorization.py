@@ -58,24 +58,19 @@ Settings that differ from the callbacks' defaults, and why:
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import math
 import sys
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from digits_vae import DigitsDataModule, DigitsVAE
+from digits_vae import DigitsDataModule, DigitsVAE, cpu_trainer, quiet
 
 from lightning_memwatch import (
     GeometryMonitor,
@@ -151,26 +146,6 @@ def callbacks(run: Run, fast: bool, seed: int) -> list[Callback]:
     ]
 
 
-@contextlib.contextmanager
-def quiet(threads: int) -> Iterator[None]:
-    """Fewer torch threads; Lightning's info lines and small-data warnings off; all restored."""
-    previous_threads = torch.get_num_threads()
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
-    levels = [logger.level for logger in loggers]
-    torch.set_num_threads(threads)
-    for logger in loggers:
-        logger.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-            warnings.filterwarnings("ignore", message=".*number of training batches.*")
-            yield
-    finally:
-        torch.set_num_threads(previous_threads)
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
 def train(run: Run, out: Path, fast: bool, seed: int) -> dict[str, Any]:
     """Train one run; its final memwatch scalars, early-stopping outcome, val history, log dir."""
     L.seed_everything(seed, verbose=False)
@@ -182,17 +157,7 @@ def train(run: Run, out: Path, fast: bool, seed: int) -> dict[str, Any]:
     monitors = callbacks(run, fast, seed)
     stopper = monitors[-1]
     logger = TensorBoardLogger(save_dir=str(out), name=run.name, default_hp_metric=False)
-    trainer = L.Trainer(
-        max_epochs=run.epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=logger,
-        callbacks=[*monitors, history],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = cpu_trainer(run.epochs, logger, [*monitors, history])
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     seconds = time.perf_counter() - start
