@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f" of {a['epochs']}\n"
         f"  run B {fired(b)}\n"
     )
+    if args.fast:
+        print("--fast: a smoke run, too short for run A to memorize; drop it to read the table.")
     print(f"Curves: tensorboard --logdir {args.out}")
     return results
 
