@@ -1,7 +1,7 @@
 """Training wall time of the demo VAE with and without the memwatch callbacks, default settings.
 
-    python benchmarks/overhead.py                    # about 3-5 minutes on 2 CPU cores
-    python benchmarks/overhead.py --repeats 5 --epochs 40
+    python benchmarks/overhead.py                    # about 1-2 minutes on 2 CPU cores
+    python benchmarks/overhead.py --repeats 1 --epochs 300   # long enough for the budget to settle
     python benchmarks/overhead.py --logger none      # no TensorBoardLogger: no figures
 
 The model and data of ``examples/vae_memorization.py`` run B (:class:`digits_vae.DigitsVAE`,

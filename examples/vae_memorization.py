@@ -1,6 +1,6 @@
 """Catch a memorizing VAE on real digits: the same small VAE on 32 digits (A) and on 1,400 (B).
 
-    python examples/vae_memorization.py           # about 2-3 minutes on 2 CPU cores
+    python examples/vae_memorization.py           # about 1-2 minutes on 2 CPU cores
     python examples/vae_memorization.py --fast    # a seconds-long smoke run (too short to read)
 
 The same VAE (:class:`digits_vae.DigitsVAE`, latent 8) is trained twice on the 8 x 8 digits of
