@@ -250,14 +250,14 @@ class MemwatchMonitor(Callback):
                     scalars.update(timed)
             if fitting:
                 self.budget.record(size, time.perf_counter() - start)
-        for family in self.families:
+        for family in self.families:  # a skipped epoch shows as probe size 0, nothing else
             scalars.setdefault(f"memwatch/{family}/probe_size", float(size))
-            scalars.setdefault(f"memwatch/{family}/seconds", 0.0)
         for key, value in scalars.items():
             pl_module.log(
                 key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False
             )
-        self.last_logged_epoch = trainer.current_epoch
+        if size > 0:  # fresh values (MemorizationEarlyStopping reads this)
+            self.last_logged_epoch = trainer.current_epoch
 
     def timed(
         self,

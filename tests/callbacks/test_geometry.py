@@ -297,3 +297,19 @@ def test_without_encoder_latents_come_from_recovery():
     got = trainer.callback_metrics["memwatch/spectrum/log_volume/train"].item()
     assert got == pytest.approx(psi, rel=1e-5)
     assert torch.isfinite(errors).all()
+
+
+def test_an_epoch_the_budget_skips_is_not_a_fresh_check_for_early_stopping():
+    """Measured at epochs 0 and 3 only: a rule that holds at every measurement, with patience 1,
+    fires at epoch 3 (two fresh checks), not at epoch 1 on the stale value of epoch 0."""
+    from lightning_memwatch.callbacks import MemorizationEarlyStopping
+
+    cb = monitor(families=("spectrum",))
+    sizes = iter([12, 0, 0, 12, 12])
+    cb.budget.next_probe_size = lambda: next(sizes)
+    stopper = MemorizationEarlyStopping(
+        "memwatch/spectrum/log_volume/train", threshold=-1e9, mode="above", patience=1
+    )
+    trainer, _ = fit([cb, stopper], max_epochs=5, num_sanity_val_steps=0)
+    assert stopper.stopped_epoch == 3 and trainer.current_epoch == 4
+    assert cb.last_logged_epoch == 3

@@ -8,11 +8,9 @@ held-out ones (webster table 1, GLO-128: disjoint error distributions, gap 0.97)
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "glo_recovery.py"
+from tests.examples.conftest import load_example
 
 
 def _table_rows(out: str) -> dict[int, list[float]]:
@@ -25,9 +23,7 @@ def _table_rows(out: str) -> dict[int, list[float]]:
 
 
 def test_glo_recovery_fast(capsys):
-    spec = importlib.util.spec_from_file_location("glo_recovery", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("glo_recovery")
     results = module.main(["--fast"])
     out = capsys.readouterr().out
     assert "| N | MRE train | MRE val | MRE-gap | KS p |" in out

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import torch
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kfold_memorization.py"
+from tests.examples.conftest import load_example
 
 
 def test_kfold_memorization_fast(tmp_path, capsys):
     import matplotlib.image
 
-    spec = importlib.util.spec_from_file_location("kfold_memorization", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("kfold_memorization")
     out = module.main(["--fast", "--out", str(tmp_path), "--top", "4"])
     printed = capsys.readouterr().out
     assert "| rank | index | label | score |" in printed

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "spectrum_on_digits.py"
+from tests.examples.conftest import load_example
 
 
 def test_spectrum_on_digits_fast(capsys):
-    spec = importlib.util.spec_from_file_location("spectrum_on_digits", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_example("spectrum_on_digits")
     results = module.main(["--fast"])
     out = capsys.readouterr().out
     assert "| log_volume (psi) |" in out
