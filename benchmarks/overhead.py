@@ -15,7 +15,7 @@ that a change of machine load hits both alike. Every fit starts from the same se
 Printed: the median ``trainer.fit`` wall time of each configuration and their ratio; the
 callbacks' own ``memwatch/<family>/seconds`` (summed over the epochs of one fit, read back from
 the TensorBoard event files) and ``probe_size`` per epoch; and the monitors' own budget view
-(seconds spent / training-epoch seconds), which is what ``max_overhead`` bounds.
+(seconds spent / seconds of the run outside the monitor), which is what ``max_overhead`` bounds.
 
 ``--logger tensorboard`` (the default, as Lightning's own default logger is a
 ``TensorBoardLogger`` when tensorboard is installed) lets the monitors write their TensorBoard
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(
         f"\nratio with / without: {with_ / without:.3f} "
         f"(overhead {100 * (with_ / without - 1):+.1f} % of the fit's wall time)\n"
-        "each monitor's own budget view, seconds measuring / seconds in training epochs "
+        "each monitor's own budget view, seconds measuring / seconds of the run outside it "
         "(median; max_overhead is 5 % each): "
         + ", ".join(f"{name} {100 * value:.1f} %" for name, value in budget.items())
     )
