@@ -51,9 +51,10 @@ class LikelihoodMonitor(MemwatchMonitor):
     values), and ``memwatch/likelihood/{seconds,probe_size,nonfinite}``. With a
     ``TensorBoardLogger``: histograms ``memwatch/likelihood/log_px/{train,val}``.
 
-    The samples are drawn from a generator of the monitor's own, seeded by ``seed`` and the epoch
-    (so a resumed run gets the same numbers and the global RNG is untouched), for the whole probe
-    on every rank, so a sharded (DDP) run gives the single-process numbers.
+    The samples are drawn from a generator of the monitor's own, seeded by ``seed`` alone, the
+    same at every epoch (so the curve moves with the model, a resumed run gets the same numbers
+    and the global RNG is untouched), for the whole probe on every rank, so a sharded (DDP) run
+    gives the single-process numbers.
 
     Args:
         decoder: name of the module's decoder (used by the built-in likelihoods).
@@ -183,10 +184,9 @@ class LikelihoodMonitor(MemwatchMonitor):
         values: dict[str, Tensor] = {}
 
         def likelihood() -> dict[str, Tensor]:
-            # seeded per epoch: a resumed run draws the same samples
-            generator = torch.Generator().manual_seed(
-                self.seed + 7919 * (trainer.current_epoch + 1)
-            )
+            # the same draws every epoch: the curve moves with the model, and a resumed or a
+            # sharded run draws what one uninterrupted process does
+            generator = torch.Generator().manual_seed(self.seed + 7919)
             for split in SPLITS:
                 values[split] = self.log_px(
                     pl_module, inputs[split], generator, trainer.global_rank, trainer.world_size

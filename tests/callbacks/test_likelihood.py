@@ -105,7 +105,7 @@ def test_logs_every_key_it_declares_and_writes_histograms(tmp_path):
 
 def test_values_equal_an_independent_recomputation():
     """The logged means, gap and KS p-value equal numpy/scipy on the functional estimates with
-    the documented seeding (seed + 7919 * (epoch + 1), train then val)."""
+    the documented seeding (seed + 7919 at every epoch, train then val)."""
     cb = monitor()
     trainer, model = fit([cb], max_epochs=1)
     model.eval()
