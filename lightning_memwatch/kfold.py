@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
 from lightning_memwatch.callbacks.probes import InputKey, gather_inputs
+from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.likelihood import importance_log_likelihood
 
 #: Trainer settings of every fold's model unless ``trainer_kwargs`` says otherwise.
@@ -81,11 +82,6 @@ def log_mean_exp(values: Tensor, mask: Tensor) -> Tensor:
     count = keep.sum(dim=0)
     out = torch.logsumexp(masked, dim=0) - count.clamp_min(1).log()
     return torch.where(count > 0, out, torch.nan)
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"Expected `{name}` to be an integer >= {low} but got {value!r}")
 
 
 def _fold_assignment(size: int, k: int, generator: torch.Generator) -> Tensor:
@@ -172,13 +168,13 @@ def kfold_memorization_scores(
             f"but got {type(dataset).__name__}"
         )
     size = len(dataset)
-    _check_int("k", k, 2)
+    check_int("k", k, minimum=2)
     if k > size:
         raise ValueError(
             f"Expected `k` to be at most the dataset's size ({size}) but got {k}: pass fewer folds"
         )
-    _check_int("repeats", repeats, 1)
-    _check_int("batch_size", batch_size, 1)
+    check_int("repeats", repeats)
+    check_int("batch_size", batch_size)
     monitor = LikelihoodMonitor(
         decoder=decoder,
         encoder=encoder,

@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, check_int, latents_of
+from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, latents_of
 from lightning_memwatch.callbacks.probes import InputKey, shard
 from lightning_memwatch.callbacks.recovery import CHUNK, recover_chunk
 from lightning_memwatch.functional import (
@@ -19,6 +19,7 @@ from lightning_memwatch.functional import (
     local_complexity,
     singular_values,
 )
+from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.complexity import check_radius, piecewise_linear_activations
 from lightning_memwatch.functional.density import check_radii
 from lightning_memwatch.functional.profiles import line_profile, path_profile

@@ -10,8 +10,9 @@ from torch import Tensor
 
 from lightning_memwatch.callbacks.geometry import family_scalars
 from lightning_memwatch.callbacks.isolation import measurement_context
-from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, check_int
+from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
 from lightning_memwatch.callbacks.probes import InputKey, shard
+from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.decoder_likelihood import (
     bernoulli_log_likelihood,
     check_scale,

@@ -32,19 +32,12 @@ from lightning_memwatch.callbacks.probes import (
     map_style_dataset,
     train_loader,
 )
+from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.viz import add_layout
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-
-
-def check_int(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` if it is an integer ``>= minimum`` (0 or 1), else a ``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive" if minimum > 0 else "a non-negative"
-        raise ValueError(f"Expected `{name}` to be {kind} integer but got {value!r}")
-    return value
 
 
 def latents_of(output: Any) -> Tensor:

@@ -11,9 +11,10 @@ import torch
 from torch import Tensor
 
 from lightning_memwatch.callbacks.isolation import measurement_context
-from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, check_int, latents_of
+from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, latents_of
 from lightning_memwatch.callbacks.probes import InputKey
 from lightning_memwatch.functional import recover_latents
+from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.metrics import RecoveryGap
 from lightning_memwatch.viz import global_step, tensorboard_writer
 from lightning_memwatch.viz.recovery import write_recovery

@@ -52,6 +52,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.jacobian import _check_latents
 
 #: Activation modules whose kinks are counted: ReLU and leaky ReLU (knot 0), PReLU (knot 0),
@@ -220,10 +221,7 @@ def local_complexity(
     activations = piecewise_linear_activations(module)
     _check_latents(z)
     r = check_radius(radius)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 0:
-        raise ValueError(
-            f"Expected `num_samples` to be a non-negative integer but got {num_samples!r}"
-        )
+    check_int("num_samples", num_samples, minimum=0)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(
             f"Expected `generator` to be a torch.Generator or None but got "

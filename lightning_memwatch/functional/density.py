@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.jacobian import (
     Decoder,
     _check_latents,
@@ -156,8 +157,7 @@ def dip_scores(
         tensor([-1.], dtype=torch.float64)
     """
     _check_pair(z_start, z_end)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 3:
-        raise ValueError(f"Expected `steps` to be an integer >= 3 but got {steps!r}")
+    check_int("steps", steps, minimum=3)
     _check_rtol(rtol)
     z0, z1 = as_plain_tensor(z_start), as_plain_tensor(z_end).to(z_start.dtype)
     batch, dim = z0.shape

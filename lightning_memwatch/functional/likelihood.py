@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
+from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.density import _log_prior
 from lightning_memwatch.functional.jacobian import DEFAULT_CHUNK_BYTES, _check_chunk_size
 
@@ -197,11 +198,6 @@ def importance_estimate(
     return torch.where(torch.isfinite(estimate), estimate, torch.nan)
 
 
-def _check_num_samples(num_samples: int) -> None:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"Expected `num_samples` to be a positive integer but got {num_samples!r}")
-
-
 def importance_log_likelihood(
     x: Tensor,
     posterior: Posterior,
@@ -263,7 +259,7 @@ def importance_log_likelihood(
         raise ValueError(
             f"Expected `prior` to be a torch Distribution or None but got {type(prior).__name__}"
         )
-    _check_num_samples(num_samples)
+    check_int("num_samples", num_samples)
     _check_chunk_size(chunk_size)
     with torch.no_grad():
         q = posterior(x)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.jacobian import _check_chunk_size, as_plain_tensor
 
 Decoder = Callable[[Tensor], Tensor]
@@ -27,14 +28,9 @@ TOLERANCE_GRAD, TOLERANCE_CHANGE = 1e-12, 1e-14
 def _check_args(
     x: Tensor, latent_dim: int, z_init: Tensor | None, steps: int, restarts: int
 ) -> None:
-    for name, value, low in (
-        ("latent_dim", latent_dim, 1),
-        ("steps", steps, 0),
-        ("restarts", restarts, 0),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            kind = "a positive" if low else "a non-negative"
-            raise ValueError(f"Expected `{name}` to be {kind} integer but got {value!r}")
+    check_int("latent_dim", latent_dim)
+    check_int("steps", steps, minimum=0)
+    check_int("restarts", restarts, minimum=0)
     if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] == 0:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"Expected `x` to be a non-empty (B, ...) target batch but got {shape}")
