@@ -23,7 +23,7 @@ from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.complexity import check_radius, piecewise_linear_activations
 from lightning_memwatch.functional.density import check_radii
 from lightning_memwatch.functional.profiles import line_profile, path_profile
-from lightning_memwatch.metrics import ComplexityGap, DensityGap, SpectrumGap, TrainValGap
+from lightning_memwatch.metrics import ComplexityGap, DensityGap, SpectrumGap
 from lightning_memwatch.viz import global_step, tensorboard_writer
 from lightning_memwatch.viz.geometry import write_complexity, write_density, write_spectrum
 
@@ -44,18 +44,6 @@ def nearest_train_neighbours(queries: Tensor, pool: Tensor, query_index: Tensor 
     if query_index is not None:
         dist[torch.arange(len(queries), device=dist.device), query_index] = torch.inf
     return dist.argmin(dim=1)
-
-
-def family_scalars(metric: TrainValGap) -> dict[str, Tensor]:
-    """A family's computed metric as log keys: per-descriptor values, and one ``nonfinite``:
-    the largest count of dropped per-sample values among the family's descriptors."""
-    out = metric.compute()
-    nonfinite = [metric.key(d, "nonfinite") for d in metric.descriptors]
-    scalars = {key: value for key, value in out.items() if key not in nonfinite}
-    counts = torch.stack([out[key] for key in nonfinite])
-    scalars["nonfinite"] = counts.max().to(torch.float32)
-    metric.reset()
-    return scalars
 
 
 class GeometryMonitor(MemwatchMonitor):
@@ -236,7 +224,7 @@ class GeometryMonitor(MemwatchMonitor):
                 if key.endswith("/train")
             }
             self.prior_metric.reset()
-            return {**family_scalars(self.spectrum_metric), **prior_means}
+            return {**self.spectrum_metric.scalars(), **prior_means}
 
         def density() -> dict[str, Tensor]:
             pool = latents("train")
@@ -256,7 +244,7 @@ class GeometryMonitor(MemwatchMonitor):
                     if split == "train":
                         with torch.no_grad():
                             artifacts["path_outputs"] = decoder(points)
-            return family_scalars(self.density_metric)
+            return self.density_metric.scalars()
 
         def complexity() -> dict[str, Tensor]:
             # Every rank counts the whole probe (a few forward passes) with the same seeded
@@ -272,7 +260,7 @@ class GeometryMonitor(MemwatchMonitor):
                 )
                 self.complexity_metric.update(shard(counts, rank, world), split)
                 artifacts["complexity"][split] = counts
-            return family_scalars(self.complexity_metric)
+            return self.complexity_metric.scalars()
 
         steps: dict[str, Callable[[], dict[str, Tensor]]] = {
             "spectrum": spectrum,

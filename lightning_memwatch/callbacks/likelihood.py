@@ -8,7 +8,6 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.geometry import family_scalars
 from lightning_memwatch.callbacks.isolation import measurement_context
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
 from lightning_memwatch.callbacks.probes import InputKey, shard
@@ -193,7 +192,7 @@ class LikelihoodMonitor(MemwatchMonitor):
                     pl_module, inputs[split], generator, trainer.global_rank, trainer.world_size
                 )
                 self.metric.update(values[split], split)
-            return family_scalars(self.metric)
+            return self.metric.scalars()
 
         writer = tensorboard_writer(trainer)
 

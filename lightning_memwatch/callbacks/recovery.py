@@ -198,10 +198,7 @@ class RecoveryMonitor(MemwatchMonitor):
             for split in SPLITS:  # a rank without a chunk of a split still takes part in the sync
                 values = torch.cat(errors[split]) if errors[split] else torch.empty(0)
                 self.metric.update(values.to(pl_module.device), split)
-            scalars = self.metric.compute()
-            self.metric.reset()
-            scalars["nonfinite"] = scalars["nonfinite"].to(torch.float32)
-            return scalars
+            return self.metric.scalars()
 
         def write() -> None:
             self.write_layout_once(writer)

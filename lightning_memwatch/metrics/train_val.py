@@ -99,6 +99,15 @@ class TrainValGap(Metric):
             raise ValueError(f"Expected `name` to be one of {self.descriptors} but got {name!r}")
         return self._samples(name, split)
 
+    def scalars(self) -> dict[str, Tensor]:
+        """:meth:`compute` as the values a monitor logs, then :meth:`reset`: the descriptors'
+        ``nonfinite`` counts become one float ``nonfinite``, the largest of them."""
+        out = self.compute()
+        counts = [out.pop(k) for k in list(out) if k == "nonfinite" or k.endswith("/nonfinite")]
+        out["nonfinite"] = torch.stack(counts).max().to(torch.float32)
+        self.reset()
+        return out
+
     def compute(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for name in self.descriptors:

@@ -115,3 +115,17 @@ def test_bad_arguments_are_rejected():
         SpectrumGap().update(torch.zeros(3), "train")
     with pytest.raises(ValueError, match="name"):
         DensityGap().samples("psi", "train")
+
+
+def test_scalars_fold_the_nonfinite_counts_into_the_largest_and_reset():
+    metric = DensityGap()
+    nan = float("nan")
+    metric.update("train", dip=torch.tensor([1.0, nan]), decay=torch.tensor([nan, nan, -1.0]))
+    metric.update("val", dip=torch.tensor([0.5]), decay=torch.tensor([-2.0]))
+    expected = {k: v for k, v in metric.compute().items() if not k.endswith("/nonfinite")}
+    got = metric.scalars()
+    assert got.pop("nonfinite").item() == 2.0  # dip drops 1 value, decay 2
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, equal_nan=True)
+    assert metric.samples("dip", "train").numel() == 0  # reset
