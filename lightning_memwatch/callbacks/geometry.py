@@ -10,8 +10,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, latents_of
-from lightning_memwatch.callbacks.probes import InputKey, shard
+from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
+from lightning_memwatch.callbacks.probes import InputKey, latents_of, shard
 from lightning_memwatch.callbacks.recovery import CHUNK, recover_chunk
 from lightning_memwatch.functional import (
     decay_scores,

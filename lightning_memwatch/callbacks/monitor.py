@@ -29,6 +29,7 @@ from lightning_memwatch.callbacks.probes import (
     draw_indices,
     first_dataloader,
     gather_inputs,
+    latents_of,
     map_style_dataset,
     train_loader,
 )
@@ -38,23 +39,6 @@ from lightning_memwatch.viz import add_layout
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-
-
-def latents_of(output: Any) -> Tensor:
-    """The latent batch in an encoder's output: a tensor, a tuple's first element, a
-    distribution's mean (DESIGN §3)."""
-    if isinstance(output, torch.distributions.Distribution) or (
-        not isinstance(output, Tensor) and isinstance(getattr(output, "mean", None), Tensor)
-    ):
-        output = output.mean
-    elif isinstance(output, (tuple, list)) and output:
-        output = output[0]
-    if not isinstance(output, Tensor) or output.ndim != 2:
-        raise ValueError(
-            "Expected the encoder to return a (B, m) latent batch, a tuple whose first element is "
-            f"one, or a distribution with such a mean, but got {type(output).__name__}"
-        )
-    return output
 
 
 class MemwatchMonitor(Callback):

@@ -1,4 +1,5 @@
-"""Fixed probe samples drawn from the datasets behind the trainer's dataloaders (DESIGN §3).
+"""Fixed probe samples drawn from the datasets behind the trainer's dataloaders (DESIGN §3),
+and the latents an encoder gives them.
 
 A probe is ``probe_size`` samples drawn once, with a seeded generator of its own, from the
 training and the validation dataset; the indices are saved in the callback's ``state_dict`` so a
@@ -104,3 +105,20 @@ def train_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         if source is not None and is_overridden("train_dataloader", source):
             return source.train_dataloader()
     return None
+
+
+def latents_of(output: Any) -> Tensor:
+    """The latent batch in an encoder's output: a tensor, a tuple's first element, a
+    distribution's mean (DESIGN §3)."""
+    if isinstance(output, torch.distributions.Distribution) or (
+        not isinstance(output, Tensor) and isinstance(getattr(output, "mean", None), Tensor)
+    ):
+        output = output.mean
+    elif isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    if not isinstance(output, Tensor) or output.ndim != 2:
+        raise ValueError(
+            "Expected the encoder to return a (B, m) latent batch, a tuple whose first element is "
+            f"one, or a distribution with such a mean, but got {type(output).__name__}"
+        )
+    return output

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from lightning_memwatch.callbacks.isolation import measurement_context
-from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor, latents_of
-from lightning_memwatch.callbacks.probes import InputKey
+from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
+from lightning_memwatch.callbacks.probes import InputKey, latents_of
 from lightning_memwatch.functional import recover_latents
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.metrics import RecoveryGap
