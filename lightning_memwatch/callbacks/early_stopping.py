@@ -18,7 +18,9 @@ from lightning.fabric.utilities.rank_zero import rank_prefixed_message
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-log = logging.getLogger(__name__)
+#: A child of Lightning's own logger, whose console handler prints it as Lightning's
+#: ``EarlyStopping`` message is printed.
+log = logging.getLogger("lightning.pytorch.callbacks.memwatch")
 
 _PREFIX = "memwatch/"
 _SYMBOL = {"below": "<", "above": ">"}
@@ -40,8 +42,11 @@ class MemorizationEarlyStopping(Callback):
     ``trainer.current_epoch >= min_epochs``. Checks before ``min_epochs`` count toward the run;
     only the stop waits. A check where the condition does not hold resets the count.
 
-    A check runs in ``on_validation_end``, except while sanity checking, under ``fast_dev_run``
-    and outside ``trainer.fit``; at most one check counts per epoch. A check is *fresh* only if
+    A check runs in ``on_validation_end`` and at the end of every training epoch (monitors measure
+    there when an epoch does not validate), except while sanity checking, under ``fast_dev_run``
+    and outside ``trainer.fit``; at most one check counts per epoch. At setup the stopper moves
+    itself after the monitor it reads in ``trainer.callbacks``, so that it sees that monitor's
+    values of the same hook. A check is *fresh* only if
     the monitor that logs ``monitor`` logged it in the current epoch: ``trainer.callback_metrics``
     keeps a value from an earlier epoch when a monitor skips one (``every_n_epochs``, its cost
     budget). Stale values and NaN values (no measurement, not a signal either way) neither count
@@ -64,6 +69,9 @@ class MemorizationEarlyStopping(Callback):
         patience: consecutive fresh checks with the condition held, beyond the first, before
             stopping (default ``0``: stop at the first).
         min_epochs: earliest ``trainer.current_epoch`` at which to stop (default ``0``).
+            Like Lightning's ``EarlyStopping``, the count of consecutive checks is state of the
+            instance: a stopper reused for a second ``fit`` carries it over (make a new one, or
+            resume from a checkpoint, for a fresh count).
         report_only: when ``True``, evaluate the rule, record and log ``fired_epoch`` and
             ``stopping_reason_message``, but do not set ``trainer.should_stop`` (default ``False``).
 
@@ -152,7 +160,15 @@ class MemorizationEarlyStopping(Callback):
         return None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != TrainerFn.FITTING or self._owner(trainer) is not None:
+        owner = self._owner(trainer)
+        if owner is not None:
+            # checks run after the monitor has logged in the same hook (end of a training epoch
+            # without validation): place this stopper after its monitor
+            callbacks = trainer.callbacks
+            if callbacks.index(self) < callbacks.index(owner):
+                callbacks.remove(self)
+                callbacks.insert(callbacks.index(owner) + 1, self)
+        if stage != TrainerFn.FITTING or owner is not None:
             return
         keys = sorted(
             key
@@ -181,6 +197,10 @@ class MemorizationEarlyStopping(Callback):
             or trainer.sanity_checking
             or bool(trainer.fast_dev_run)
         )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """An epoch without validation is measured at its end: check it there."""
+        self.on_validation_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._should_skip_check(trainer):

@@ -10,9 +10,10 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_memwatch.callbacks.latents import CHUNK, LatentStore, recover_rows
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
 from lightning_memwatch.callbacks.probes import InputKey, latents_of, shard
-from lightning_memwatch.callbacks.recovery import CHUNK, recover_chunk
+from lightning_memwatch.callbacks.recovery import RecoveryMonitor
 from lightning_memwatch.functional import (
     decay_scores,
     dip_scores,
@@ -125,6 +126,7 @@ class GeometryMonitor(MemwatchMonitor):
         self.radii = tuple(check_radii(radii).tolist())
         self.complexity_radius = check_radius(complexity_radius, "complexity_radius")
         self.complexity_samples = check_int("complexity_samples", complexity_samples, minimum=0)
+        self.latent_store = LatentStore(probe_size)
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -145,7 +147,10 @@ class GeometryMonitor(MemwatchMonitor):
                 for d in metric.descriptors
                 for s in (*SPLITS, "gap", "ks_pvalue")
             }
-            keys |= {f"memwatch/{family}/{k}" for k in ("seconds", "probe_size", "nonfinite")}
+            keys |= {
+                f"memwatch/{family}/{k}"
+                for k in ("seconds", "probe_size", "nonfinite", "staleness")
+            }
         if "spectrum" in self._families:
             keys |= {f"memwatch/spectrum/{d}/prior" for d in self.spectrum_metric.descriptors}
         return frozenset(keys)
@@ -162,39 +167,80 @@ class GeometryMonitor(MemwatchMonitor):
                     "leave 'complexity' out of `families`"
                 ) from None
 
-    def latents(self, pl_module: pl.LightningModule, x: Tensor, split: str) -> Tensor:
-        """The latents of probe ``split`` (``x``): the encoder's, else recovered as
-        :class:`~lightning_memwatch.callbacks.recovery.RecoveryMonitor` recovers them (chunks of
-        the probe, prior restarts seeded by ``seed`` and the chunk, the same every epoch)."""
+    def _store(self, trainer: pl.Trainer) -> LatentStore:
+        """The latents store this monitor recovers into: a single-process ``RecoveryMonitor`` of
+        the same decoder, probe and seed shares its own (so a sample is solved once an epoch);
+        else the monitor's own (every rank recovers the whole slice, so the stores agree)."""
+        if trainer.world_size == 1:
+            for callback in trainer.callbacks:
+                if (
+                    isinstance(callback, RecoveryMonitor)
+                    and callback.decoder_name == self.decoder_name
+                    and (callback.probe_size, callback.seed) == (self.probe_size, self.seed)
+                ):
+                    return callback.latent_store
+        return self.latent_store
+
+    def probe_latents(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        x: Tensor,
+        split: str,
+        rows: Tensor,
+    ) -> Tensor:
+        """The latents of probe ``rows`` of ``split`` (inputs ``x``): the encoder's, else
+        recovered as :class:`~lightning_memwatch.callbacks.recovery.RecoveryMonitor` recovers
+        them (warm-started from :mod:`~lightning_memwatch.callbacks.latents`)."""
         encoder = self.encoder(pl_module)
         if encoder is not None:
             with torch.no_grad():
                 return latents_of(encoder(x)).detach()
-        decoder = self.decoder(pl_module)
+        decoder, store = self.decoder(pl_module), self._store(trainer)
         chunks = [
-            recover_chunk(
+            recover_rows(
                 decoder,
                 x[start : start + CHUNK],
                 split,
-                start // CHUNK,
+                rows[start : start + CHUNK],
+                store,
                 latent_dim=self.latent_dim,
                 seed=self.seed,
+                epoch=trainer.current_epoch,
             )[0]
             for start in range(0, len(x), CHUNK)
         ]
         return torch.cat(chunks)
 
+    def neighbour_latents(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, rows: Tensor
+    ) -> Tensor:
+        """Latents of train probe ``rows`` that are dip-path ends: the encoder's, else the latest
+        recovered ones (recovered now where the store has none yet)."""
+        x = self.inputs["train"][rows.cpu()].to(pl_module.device).clone()
+        if self.encoder(pl_module) is None:
+            kept, _ = self._store(trainer).get("train", rows)
+            if kept is not None and bool(torch.isfinite(kept).all()):
+                return kept.to(x.device)
+        return self.probe_latents(trainer, pl_module, x, "train", rows)
+
     def measure(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: dict[str, Tensor]
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        inputs: dict[str, Tensor],
+        rows: Tensor,
     ) -> dict[str, dict[str, Any]]:
         decoder = self.decoder(pl_module)
         size = len(inputs["train"])
         rank, world = trainer.global_rank, trainer.world_size
+        mine = shard(rows, rank, world)
         cache: dict[str, Tensor] = {}
+        figures = self.figures_due
 
         def latents(split: str) -> Tensor:
             if split not in cache:
-                cache[split] = self.latents(pl_module, inputs[split], split)
+                cache[split] = self.probe_latents(trainer, pl_module, inputs[split], split, rows)
             return cache[split]
 
         writer = tensorboard_writer(trainer)
@@ -209,7 +255,8 @@ class GeometryMonitor(MemwatchMonitor):
 
         def spectrum() -> dict[str, Tensor]:
             for split in SPLITS:
-                s = singular_values(decoder, shard(latents(split), rank, world))
+                z = shard(latents(split), rank, world)
+                s = singular_values(decoder, z) if len(z) else z.new_zeros(0, 0).double()
                 self.spectrum_metric.update(s, split)
                 artifacts["log_s"][split] = s.log()
             # the same descriptors where the decoder is sampled: z ~ N(0, I), seeded per epoch
@@ -217,37 +264,43 @@ class GeometryMonitor(MemwatchMonitor):
                 self.seed + 7919 * (trainer.current_epoch + 1)
             )
             prior = torch.randn(size, self.latent_dim, generator=generator).to(inputs["train"])
-            self.prior_metric.update(singular_values(decoder, shard(prior, rank, world)), "train")
+            prior = shard(prior, rank, world)
+            if len(prior):
+                self.prior_metric.update(singular_values(decoder, prior), "train")
             prior_means = {
                 key.replace("/train", "/prior"): value
                 for key, value in self.prior_metric.compute().items()
                 if key.endswith("/train")
             }
             self.prior_metric.reset()
-            return {**self.spectrum_metric.scalars(), **prior_means}
+            return {**self.rolled(trainer, "spectrum", self.spectrum_metric, mine), **prior_means}
 
         def density() -> dict[str, Tensor]:
-            pool = latents("train")
-            own = shard(torch.arange(size, device=pool.device), rank, world)
+            pool = self.inputs["train"].to(inputs["train"].device)
             for split in SPLITS:
                 x, z = shard(inputs[split], rank, world), shard(latents(split), rank, world)
-                query = own if split == "train" else None
-                ends = pool[nearest_train_neighbours(x, inputs["train"], query)]
+                if not len(z):
+                    self.density_metric.update(split, dip=z.new_zeros(0), decay=z.new_zeros(0, 1))
+                    continue
+                query = shard(rows, rank, world) if split == "train" else None
+                neighbours = nearest_train_neighbours(x, pool, query)
+                ends = self.neighbour_latents(trainer, pl_module, neighbours)
                 dip = dip_scores(decoder, z, ends, rtol=self.rtol)
                 decay = decay_scores(decoder, z, radii=self.radii, rtol=self.rtol)
                 self.density_metric.update(split, dip=dip, decay=decay)
                 if writer is not None:
                     artifacts["dip"][split], artifacts["decay"][split] = dip, decay
-                    arc, lp, points = path_profile(decoder, z[0], ends[0], rtol=self.rtol)
-                    artifacts["paths"][split] = (arc, lp)
-                    artifacts["lines"][split] = line_profile(decoder, z[0], rtol=self.rtol)
-                    if split == "train":
-                        with torch.no_grad():
-                            artifacts["path_outputs"] = decoder(points)
-            return self.density_metric.scalars()
+                    if figures:
+                        arc, lp, points = path_profile(decoder, z[0], ends[0], rtol=self.rtol)
+                        artifacts["paths"][split] = (arc, lp)
+                        artifacts["lines"][split] = line_profile(decoder, z[0], rtol=self.rtol)
+                        if split == "train":
+                            with torch.no_grad():
+                                artifacts["path_outputs"] = decoder(points)
+            return self.rolled(trainer, "density", self.density_metric, mine)
 
         def complexity() -> dict[str, Tensor]:
-            # Every rank counts the whole probe (a few forward passes) with the same seeded
+            # Every rank counts the whole slice (a few forward passes) with the same seeded
             # draws, then records its shard: the gathered result is the single-process one.
             generator = torch.Generator().manual_seed(self.seed + COMPLEXITY_SEED_OFFSET)
             for split in SPLITS:
@@ -260,7 +313,7 @@ class GeometryMonitor(MemwatchMonitor):
                 )
                 self.complexity_metric.update(shard(counts, rank, world), split)
                 artifacts["complexity"][split] = counts
-            return self.complexity_metric.scalars()
+            return self.rolled(trainer, "complexity", self.complexity_metric, mine)
 
         steps: dict[str, Callable[[], dict[str, Tensor]]] = {
             "spectrum": spectrum,
@@ -277,16 +330,26 @@ class GeometryMonitor(MemwatchMonitor):
                 steps[family],
                 None
                 if writer is None
-                else lambda f=family: self._write(writer, step, f, artifacts),
+                else lambda f=family: self._write(writer, step, f, artifacts, figures),
             )
             for family in self._families
         }
 
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "latents": self.latent_store.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "latents" in state_dict:
+            self.latent_store.load_state_dict(state_dict["latents"])
+
     @staticmethod
-    def _write(writer: Any, step: int, family: str, artifacts: dict[str, Any]) -> None:
-        """Write one family's TensorBoard artifacts."""
+    def _write(
+        writer: Any, step: int, family: str, artifacts: dict[str, Any], figures: bool
+    ) -> None:
+        """Write one family's TensorBoard artifacts (the matplotlib figures when ``figures``)."""
         if family == "spectrum":
-            write_spectrum(writer, step, artifacts["log_s"])
+            write_spectrum(writer, step, artifacts["log_s"], figures=figures)
         elif family == "density":
             write_density(
                 writer,

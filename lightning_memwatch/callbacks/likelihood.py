@@ -121,7 +121,7 @@ class LikelihoodMonitor(MemwatchMonitor):
 
     @property
     def logged_keys(self) -> frozenset[str]:
-        keys = (*SPLITS, "gap", "ks_pvalue", "seconds", "probe_size", "nonfinite")
+        keys = (*SPLITS, "gap", "ks_pvalue", "seconds", "probe_size", "nonfinite", "staleness")
         return frozenset(f"memwatch/{FAMILY}/{key}" for key in keys)
 
     # ----------------------------------------------------------------- configuration
@@ -178,7 +178,11 @@ class LikelihoodMonitor(MemwatchMonitor):
             return importance_estimate(x, q, z, log_likelihood)
 
     def measure(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: dict[str, Tensor]
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        inputs: dict[str, Tensor],
+        rows: Tensor,
     ) -> dict[str, dict[str, Any]]:
         size = len(inputs["train"])
         values: dict[str, Tensor] = {}
@@ -192,7 +196,8 @@ class LikelihoodMonitor(MemwatchMonitor):
                     pl_module, inputs[split], generator, trainer.global_rank, trainer.world_size
                 )
                 self.metric.update(values[split], split)
-            return self.metric.scalars()
+            mine = shard(rows, trainer.global_rank, trainer.world_size)
+            return self.rolled(trainer, FAMILY, self.metric, mine)
 
         writer = tensorboard_writer(trainer)
 

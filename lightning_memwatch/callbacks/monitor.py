@@ -1,25 +1,31 @@
 """What every memwatch monitor shares: configuration checks, probes, schedule, budget, logging.
 
 A monitor names the module's decoder (and optional encoder) by attribute, draws a fixed train and
-validation probe when training starts, and at the end of every ``every_n_epochs``-th validation
-epoch measures its families inside
-:func:`~lightning_memwatch.callbacks.isolation.measurement_context` and logs the scalars with
-``pl_module.log`` (DESIGN §3, §5). Subclasses implement :meth:`MemwatchMonitor.measure` and
-:attr:`MemwatchMonitor.families`; no maths lives here.
+validation probe when training starts, and at the end of every ``every_n_epochs``-th training
+epoch (after its validation when it validates, else at the end of its training) measures a slice
+of the probe inside :func:`~lightning_memwatch.callbacks.isolation.measurement_context`. The
+logged statistics are taken over the latest value of every probe sample
+(:mod:`~lightning_memwatch.callbacks.rolling`), and logged with one ``pl_module.log_dict`` call.
+Subclasses implement :meth:`MemwatchMonitor.measure` and :attr:`MemwatchMonitor.families`; no
+maths lives here.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 
 from lightning_memwatch.callbacks.budget import CostBudget
@@ -33,12 +39,24 @@ from lightning_memwatch.callbacks.probes import (
     map_style_dataset,
     train_loader,
 )
+from lightning_memwatch.callbacks.rolling import RollingTable, roll, slice_indices
 from lightning_memwatch.functional.checks import check_int
+from lightning_memwatch.metrics.train_val import TrainValGap
 from lightning_memwatch.viz import add_layout
 
 log = logging.getLogger(__name__)
 
+# The values a monitor logs are already the same on every rank (the metrics gather the
+# per-sample values), so Lightning's advice to reduce them with `sync_dist=True` does not apply;
+# it would repeat for every memwatch key of every DDP fit.
+warnings.filterwarnings(
+    "ignore", message=r".*self\.log\('memwatch/.*sync_dist=True", category=PossibleUserWarning
+)
+
 SPLITS = ("train", "val")
+#: Matplotlib figures are drawn at the first measurement and every this many after it: they
+#: cost 0.34-0.52 s a measurement on the demo VAE, more than the measurement itself.
+FIGURE_EVERY = 10
 
 
 class MemwatchMonitor(Callback):
@@ -52,14 +70,21 @@ class MemwatchMonitor(Callback):
             from latent recovery.
         latent_dim: latent size ``m``; ``None``: inferred from the encoder's output, else from a
             ``latent_dim`` attribute or hyperparameter of the module.
-        probe_size: samples per split (train and validation) in the probe.
-        every_n_epochs: measure at the end of every n-th validation epoch.
+        probe_size: samples per split (train and validation) in the probe. A measurement covers
+            a slice of it (the cost budget sizes the slice, at least 16 samples) and the logged
+            statistics are over the latest value of every sample measured so far;
+            ``memwatch/<family>/staleness`` is the age in epochs of the oldest one.
+        every_n_epochs: measure at the end of every n-th training epoch (epochs ``n - 1``,
+            ``2n - 1``, ... counted from 0), after its validation if it validates, else at the
+            end of its training (a module without ``validation_step``, ``limit_val_batches=0``,
+            or an epoch that ``check_val_every_n_epoch`` skips).
         input_key: picks the input out of a dataset sample (tuple index or dict key; ``None``: the
             sample is the input).
-        max_overhead: share of the run's wall time outside the monitor that it may spend, a
-            positive number (``0.05``: 5%); ``float("inf")`` turns the budget off, so that every
-            ``every_n_epochs``-th epoch is measured on the whole probe
-            (:mod:`~lightning_memwatch.callbacks.budget`).
+        max_overhead: share of the run's wall time outside the monitors that all memwatch
+            monitors of the ``Trainer`` together may spend, a positive number (``0.05``: 5%); the
+            smallest value among them wins, and each of ``N`` monitors gets ``1 / N`` of it.
+            ``float("inf")`` turns the budget off, so that every ``every_n_epochs``-th epoch is
+            measured on the whole probe (:mod:`~lightning_memwatch.callbacks.budget`).
         seed: seeds the probe draw and every random start of the monitor (own generator).
     """
 
@@ -112,7 +137,11 @@ class MemwatchMonitor(Callback):
         self.budget = CostBudget(self.max_overhead, probe_size)
         self.indices: dict[str, Tensor] = {}
         self.inputs: dict[str, Tensor] = {}
+        self.tables: dict[str, RollingTable] = {}
+        self.cursor = 0
+        self.measurements = 0
         self.last_logged_epoch: int | None = None
+        self.last_checked_epoch: int | None = None
         self._warned_no_probe = False
         self._layout_written = False
 
@@ -157,7 +186,41 @@ class MemwatchMonitor(Callback):
                 return value
         return None
 
+    def _check_lightning_readers(self, trainer: pl.Trainer) -> None:
+        """Lightning's ``ModelCheckpoint`` and ``EarlyStopping`` read ``trainer.callback_metrics``
+        at every check. An epoch this monitor does not measure has none of its values there
+        (:meth:`_drop_stale`), so a reader of one of its keys must check only when it measures
+        (``ModelCheckpoint``) or tolerate a missing value (``EarlyStopping(strict=False)``)."""
+        keys = {k for k in self.logged_keys if not k.endswith("/probe_size")}
+        name = type(self).__name__
+        for callback in trainer.callbacks:
+            key = getattr(callback, "monitor", None)
+            if key not in keys:
+                continue
+            if isinstance(callback, ModelCheckpoint):
+                every = callback._every_n_epochs
+                if self.max_overhead != math.inf or every % self.every_n_epochs:
+                    raise ValueError(
+                        f"`ModelCheckpoint(monitor={key!r})` scores a checkpoint with the value of "
+                        f"its epoch, but {name}(max_overhead={self.max_overhead}, every_n_epochs="
+                        f"{self.every_n_epochs}) does not measure at every epoch it checks "
+                        f"(every_n_epochs={every}): pass `max_overhead=float('inf')` to {name} "
+                        "and the same `every_n_epochs` to both"
+                    )
+            elif isinstance(callback, EarlyStopping) and callback.strict:
+                skips = self.max_overhead != math.inf or self.every_n_epochs > 1
+                if skips:
+                    raise ValueError(
+                        f"`EarlyStopping(monitor={key!r})` fails on an epoch without the value, "
+                        f"and {name}(max_overhead={self.max_overhead}, every_n_epochs="
+                        f"{self.every_n_epochs}) skips epochs: pass `strict=False` to "
+                        "EarlyStopping (it then checks the epochs that were measured), or use "
+                        "`MemorizationEarlyStopping`"
+                    )
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.budget.attach(trainer, self.state_key)
+        self._check_lightning_readers(trainer)
         self.decoder(pl_module)
         self.encoder(pl_module)
         if self.latent_dim is None and self.encoder_name is None:
@@ -192,16 +255,43 @@ class MemwatchMonitor(Callback):
         self.budget.start()
         every = trainer.check_val_every_n_epoch
         if trainer.val_dataloaders is None and every and (trainer.current_epoch + 1) % every:
-            return  # Lightning loads the validation data at the first epoch that validates
+            if self._validates(trainer, pl_module):
+                return  # Lightning loads the validation data at the first epoch that validates
         self._prepare_probes(trainer, pl_module)
 
     # ------------------------------------------------------------------ scheduling
-    def _should_skip(self, trainer: pl.Trainer) -> bool:
-        return trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs != 0
+    @staticmethod
+    def _validates(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Whether this fit runs a validation loop at all (a ``validation_step`` and batches)."""
+        limit = trainer.limit_val_batches
+        return is_overridden("validation_step", pl_module) and limit != 0
+
+    def _scheduled(self, trainer: pl.Trainer) -> bool:
+        """Every ``every_n_epochs``-th training epoch (epochs ``n - 1``, ``2n - 1``, ...)."""
+        return (
+            not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        )
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._should_skip(trainer):
+        if self._scheduled(trainer):
+            self._measure_or_skip(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A scheduled epoch that ran no validation (no ``validation_step``,
+        ``limit_val_batches=0``, ``check_val_every_n_epoch``) is measured here instead."""
+        if not self._scheduled(trainer) or self.last_checked_epoch == trainer.current_epoch:
             return
+        if (
+            not self.inputs
+            and trainer.val_dataloaders is None
+            and self._validates(trainer, pl_module)
+        ):
+            return  # Lightning loads the validation data at the first epoch that validates
+        self._measure_or_skip(trainer, pl_module)
+
+    def _measure_or_skip(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        self.last_checked_epoch = epoch
         if not self.inputs:
             if train_loader(trainer, pl_module) is None:
                 if not self._warned_no_probe:
@@ -215,26 +305,64 @@ class MemwatchMonitor(Callback):
         # the budget is a share of training time: outside fit (validate) the whole probe
         fitting = trainer.state.fn == TrainerFn.FITTING
         size = self.budget.next_probe_size() if fitting else self.probe_size
-        size = trainer.strategy.broadcast(size, src=0)
-        scalars: dict[str, Tensor | float] = {}
+        size = int(trainer.strategy.broadcast(size, src=0))
+        scalars: dict[str, Any] = {}
         if size > 0:
             start = time.perf_counter()
             device = pl_module.device
+            rows = slice_indices(self.cursor, size, self.probe_size)
             with measurement_context(pl_module, device):
                 # clones: inputs gathered under inference mode cannot enter autograd
-                inputs = {split: self.inputs[split][:size].to(device).clone() for split in SPLITS}
-                for timed in self.measure(trainer, pl_module, inputs).values():
+                inputs = {split: self.inputs[split][rows].to(device).clone() for split in SPLITS}
+                for timed in self.measure(trainer, pl_module, inputs, rows.to(device)).values():
                     scalars.update(timed)
+            self.cursor = (self.cursor + size) % self.probe_size
+            self.measurements += 1
             if fitting:
                 self.budget.record(size, time.perf_counter() - start)
+            self.last_logged_epoch = epoch  # fresh values (MemorizationEarlyStopping reads this)
+        else:
+            self._drop_stale(trainer)
         for family in self.families:  # a skipped epoch shows as probe size 0, nothing else
             scalars.setdefault(f"memwatch/{family}/probe_size", float(size))
-        for key, value in scalars.items():
-            pl_module.log(
-                key, value, on_step=False, on_epoch=True, sync_dist=False, rank_zero_only=False
-            )
-        if size > 0:  # fresh values (MemorizationEarlyStopping reads this)
-            self.last_logged_epoch = trainer.current_epoch
+        pl_module.log_dict(
+            scalars,
+            on_step=False,
+            on_epoch=True,
+            sync_dist=False,
+            rank_zero_only=False,
+        )
+
+    def _drop_stale(self, trainer: pl.Trainer) -> None:
+        """Take this monitor's earlier values out of ``trainer.callback_metrics``: an epoch that
+        is not measured must not show ``ModelCheckpoint`` or ``EarlyStopping`` an old value as
+        if it were this epoch's."""
+        metrics = trainer.callback_metrics
+        for key in self.logged_keys:
+            if not key.endswith("/probe_size"):
+                metrics.pop(key, None)
+
+    @property
+    def figures_due(self) -> bool:
+        """Whether this measurement draws its matplotlib figures (the first, then every
+        :data:`FIGURE_EVERY`-th); histograms, images and scalars come at every measurement."""
+        return self.measurements % FIGURE_EVERY == 0
+
+    def rolled(
+        self,
+        trainer: pl.Trainer,
+        family: str,
+        metric: TrainValGap,
+        rows: Tensor | dict[str, Tensor],
+    ) -> dict[str, Tensor]:
+        """The scalars of ``metric`` over the rolling table of ``family``, after moving into it
+        what ``metric`` was just updated with (this rank's probe ``rows``, per split or the same
+        for both), plus the table's ``staleness``."""
+        table = self.tables.setdefault(family, RollingTable(self.probe_size))
+        rows_by_split = rows if isinstance(rows, dict) else {split: rows for split in SPLITS}
+        out = roll(metric, table, rows_by_split, trainer.strategy, trainer.current_epoch)
+        out["staleness"] = torch.tensor(table.staleness(trainer.current_epoch))
+        return out
 
     def timed(
         self,
@@ -266,11 +394,16 @@ class MemwatchMonitor(Callback):
         raise NotImplementedError
 
     def measure(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: dict[str, Tensor]
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        inputs: dict[str, Tensor],
+        rows: Tensor,
     ) -> dict[str, dict[str, Any]]:
-        """Measure every family on the probe ``inputs`` (the whole probe of each split, on the
-        module's device; each rank measures its ``shard`` of the per-sample work). Returns the
-        scalars to log per family, from :meth:`timed`."""
+        """Measure every family on ``inputs``, the probe ``rows`` of each split (a slice of the
+        probe, on the module's device; each rank measures its ``shard`` of the per-sample work
+        and hands it to :meth:`rolled`). Returns the scalars to log per family, from
+        :meth:`timed`."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------------- state
@@ -280,6 +413,9 @@ class MemwatchMonitor(Callback):
             "budget": self.budget.state_dict(),
             "last_logged_epoch": self.last_logged_epoch,
             "latent_dim": self.latent_dim,
+            "cursor": self.cursor,
+            "measurements": self.measurements,
+            "tables": {family: table.state_dict() for family, table in self.tables.items()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -287,4 +423,10 @@ class MemwatchMonitor(Callback):
         self.budget.load_state_dict(state_dict["budget"])
         self.last_logged_epoch = state_dict["last_logged_epoch"]
         self.latent_dim = state_dict["latent_dim"]
+        self.cursor = state_dict.get("cursor", 0)
+        self.measurements = state_dict.get("measurements", 0)
+        self.tables = {}
+        for family, table in state_dict.get("tables", {}).items():
+            self.tables[family] = RollingTable(self.probe_size)
+            self.tables[family].load_state_dict(table)
         self.inputs = {}

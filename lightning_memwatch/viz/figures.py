@@ -29,8 +29,9 @@ _warned_missing_matplotlib = False
 
 
 def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes] | None:
-    """A 6 x 4 inch, 100 dpi ``Figure`` on an Agg canvas and its axes; ``None`` without
-    matplotlib (warning once per process)."""
+    """A 6 x 4 inch, 60 dpi ``Figure`` on an Agg canvas and its axes; ``None`` without
+    matplotlib (warning once per process). No constrained layout: it was about half of a
+    figure's cost (0.34-0.52 s for the four figures of a measurement at 100 dpi)."""
     global _warned_missing_matplotlib
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -44,7 +45,8 @@ def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes] | Non
                 stacklevel=3,  # the caller of the public function that called this one
             )
         return None
-    fig = Figure(figsize=(6, 4), dpi=100, layout="constrained")
+    fig = Figure(figsize=(6, 4), dpi=60)
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.9)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)

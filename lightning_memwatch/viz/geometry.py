@@ -27,9 +27,14 @@ from lightning_memwatch.viz.images import as_images, image_strip
 from lightning_memwatch.viz.writer import add_histograms
 
 
-def write_spectrum(writer: SummaryWriter, step: int, log_s: Mapping[str, Tensor]) -> None:
-    """``log_s``: per split, ``(B, r)`` log singular values of the probe points."""
+def write_spectrum(
+    writer: SummaryWriter, step: int, log_s: Mapping[str, Tensor], *, figures: bool = True
+) -> None:
+    """``log_s``: per split, ``(B, r)`` log singular values of the probe points; ``figures``:
+    whether to draw the matplotlib figure too."""
     add_histograms(writer, "memwatch/spectrum/log_s", dict(log_s), step)
+    if not figures:
+        return
     means = {split: values.nanmean(dim=0) for split, values in log_s.items() if len(values)}
     add_figure(writer, "memwatch/spectrum/mean_spectrum", spectrum_figure(means), step)
 
@@ -42,11 +47,14 @@ def write_density(
     path_outputs: Tensor | None,
 ) -> None:
     """``scores``: per score name (``dip``, ``decay``), per split, per-sample values;
-    ``profiles``: per profile (``dip_path``, ``decay_line``), per split, ``(arclength, lp)``;
-    ``path_outputs``: the decoded train dip path ``(T, ...)``."""
+    ``profiles``: per profile (``dip_path``, ``decay_line``), per split, ``(arclength, lp)``
+    (empty when the figures are not due); ``path_outputs``: the decoded train dip path
+    ``(T, ...)``."""
     for name, per_split in scores.items():
         add_histograms(writer, f"memwatch/density/{name}_samples", dict(per_split), step)
     for name, curves in profiles.items():
+        if not curves:
+            continue
         title = name.replace("_", " ")
         figure = profile_figure(
             dict(curves), xlabel="output arclength s", ylabel="lp = log p(z) - psi_k", title=title

@@ -31,14 +31,18 @@ def write_recovery(
     step: int,
     errors: Mapping[str, Tensor],
     pairs: Mapping[str, tuple[Tensor, Tensor]],
+    *,
+    figures: bool = True,
 ) -> None:
     """``errors``: per split, the ``(B,)`` recovery errors; ``pairs``: per split, the targets and
-    their decoded recovered latents, ``(B, ...)`` each (the first :data:`PAIRS` are shown)."""
+    their decoded recovered latents, ``(B, ...)`` each (the first :data:`PAIRS` are shown);
+    ``figures``: whether to draw the matplotlib figure too."""
     add_histograms(writer, "memwatch/recovery/errors", dict(errors), step)
-    figure = histogram_figure(
-        dict(errors), xlabel="recovery error e = mean((f(z*) - x)^2)", title="Recovery errors"
-    )
-    add_figure(writer, "memwatch/recovery/error_distributions", figure, step)
+    if figures:
+        figure = histogram_figure(
+            dict(errors), xlabel="recovery error e = mean((f(z*) - x)^2)", title="Recovery errors"
+        )
+        add_figure(writer, "memwatch/recovery/error_distributions", figure, step)
     for split, (targets, recovered) in pairs.items():
         count = min(PAIRS, len(targets))
         # one scale for targets and recoveries, so their brightness compares

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from lightning_memwatch.callbacks import budget as budget_module
-from lightning_memwatch.callbacks.budget import CostBudget
+from lightning_memwatch.callbacks.budget import COLD_FACTOR, MIN_PROBE, CostBudget, RunClock
 
 
 class Clock:
@@ -25,46 +25,79 @@ def clock(monkeypatch) -> Clock:
     return clock
 
 
-def run(budget: CostBudget, clock: Clock, train: float, seconds_per_sample: float, n: int):
-    """``n`` epochs of ``train`` seconds each, a measurement after each; the sizes chosen."""
-    sizes = []
-    budget.start()
+def run(budgets, clock: Clock, train: float, seconds_per_sample, n: int):
+    """``n`` epochs of ``train`` seconds each, a measurement by each budget after each; the
+    sizes chosen, per budget. ``seconds_per_sample`` is one cost per budget (or one for all)."""
+    budgets = budgets if isinstance(budgets, list) else [budgets]
+    costs = seconds_per_sample if isinstance(seconds_per_sample, list) else [seconds_per_sample]
+    costs = costs * len(budgets) if len(costs) == 1 else costs
+    sizes = [[] for _ in budgets]
+    for budget in budgets:
+        budget.start()
     for _ in range(n):
         clock.now += train
-        size = budget.next_probe_size()
-        sizes.append(size)
-        if size:
-            clock.now += size * seconds_per_sample
-            budget.record(size, size * seconds_per_sample)
-    return sizes
+        for budget, cost, chosen in zip(budgets, costs, sizes, strict=True):
+            size = budget.next_probe_size()
+            chosen.append(size)
+            if size:
+                clock.now += size * cost
+                budget.record(size, size * cost)
+    return sizes if len(budgets) > 1 else sizes[0]
 
 
-def test_first_measurement_is_whole_then_the_share_stays_within_budget(clock):
+def test_first_measurement_calibrates_on_a_small_slice_and_the_share_holds(clock):
     budget = CostBudget(max_overhead=0.05, probe_size=64)
     # a whole-probe measurement costs 6.4 s against 10 s of training per epoch
     sizes = run(budget, clock, train=10.0, seconds_per_sample=0.1, n=200)
-    assert sizes[0] == 64
-    assert 0 in sizes and set(sizes) <= {0, 8, 16, 32, 64}
-    # after the first (calibrating) measurement the monitor never goes over its share
-    first = 6.4
-    assert budget.spent_seconds - first <= 0.05 * budget.train_seconds
-    # and it uses what it has: within one smallest measurement of the limit
-    assert budget.spent_seconds >= 0.05 * budget.train_seconds - 0.8
-    assert budget.train_seconds == pytest.approx(2000.0)
+    assert sizes[0] == MIN_PROBE  # never a whole-probe, unbudgeted first measurement
+    assert 0 in sizes and set(sizes) <= {0, 16, 32, 64}
+    # the calibration counts: all the monitor spent, the first included, stays within one
+    # smallest measurement of its share, and it uses what it has
+    run_seconds = budget.clock.run_seconds
+    assert run_seconds == pytest.approx(2000.0)
+    assert budget.spent_seconds <= 0.05 * run_seconds + MIN_PROBE * 0.1
+    assert budget.spent_seconds >= 0.05 * run_seconds - MIN_PROBE * 0.1
+    # and it measures often: small slices rather than rare whole probes
+    assert sum(size > 0 for size in sizes) >= 50
+
+
+def test_a_cold_first_cost_is_discounted_until_a_warm_one_is_timed(clock):
+    budget = CostBudget(max_overhead=0.05, probe_size=64)
+    budget.start()
+    clock.now += 10.0
+    assert budget.next_probe_size() == MIN_PROBE
+    budget.record(MIN_PROBE, 1.6)  # 0.1 s a sample, first (cold) call
+    assert budget.predicted(MIN_PROBE) == pytest.approx(1.6 / COLD_FACTOR)
+    budget.record(MIN_PROBE, 0.8)  # warm: the prediction is what it costs now
+    assert budget.warm and budget.predicted(MIN_PROBE) == pytest.approx(0.8)
 
 
 def test_halves_to_what_fits_before_skipping(clock):
     budget = CostBudget(max_overhead=0.05, probe_size=64)
     budget.start()
-    clock.now += 100.0
+    budget.seconds_per_sample, budget.warm = 0.01, True
+    clock.now += 100.0  # 5 s earned
     assert budget.next_probe_size() == 64
-    budget.record(64, 0.64)  # 0.01 s a sample; earned 5 s, spent 0.64
-    clock.now += 0.0
-    assert budget.next_probe_size() == 64  # 4.36 s left, 0.64 s needed
-    budget.record(64, 4.0)  # the cost went up: 0.0625 s a sample, 0.36 s left
-    assert budget.next_probe_size() == 0  # 8 samples would take 0.5 s
-    clock.now += 4.0  # +0.2 s earned: 0.56 s left
-    assert budget.next_probe_size() == 8
+    budget.record(64, 4.36)  # 0.068 s a sample now; 0.64 s left
+    assert budget.next_probe_size() == 0  # 16 samples would take 1.09 s
+    clock.now += 10.0  # +0.5 s earned: 1.14 s left
+    assert budget.next_probe_size() == 16
+
+
+def test_monitors_of_one_trainer_share_one_budget_fairly(clock):
+    clock_ = RunClock()
+    cheap = CostBudget(max_overhead=0.05, probe_size=64, name="cheap", clock=clock_)
+    costly = CostBudget(max_overhead=0.10, probe_size=64, name="costly", clock=clock_)
+    assert clock_.max_overhead == 0.05  # the smallest wins
+    sizes = run([cheap, costly], clock, train=10.0, seconds_per_sample=[0.01, 0.1], n=300)
+    run_seconds = clock_.run_seconds
+    total = cheap.spent_seconds + costly.spent_seconds
+    # together within the one budget (plus one smallest measurement each), each within its half
+    assert total <= 0.05 * run_seconds + MIN_PROBE * (0.01 + 0.1)
+    for budget, cost in ((cheap, 0.01), (costly, 0.1)):
+        assert budget.spent_seconds <= 0.025 * run_seconds + MIN_PROBE * cost
+    # the costly one is not starved by the cheap one, which measures first every epoch
+    assert sum(size > 0 for size in sizes[1]) >= 20
 
 
 def test_infinite_overhead_measures_every_time_and_resume_keeps_the_books(clock):
@@ -77,3 +110,6 @@ def test_infinite_overhead_measures_every_time_and_resume_keeps_the_books(clock)
     restored.load_state_dict(budget.state_dict())
     assert restored.state_dict() == budget.state_dict()
     assert restored.seconds_per_sample == pytest.approx(0.1)
+    assert restored.clock.allowance(restored.name) == pytest.approx(
+        budget.clock.allowance(budget.name)
+    )

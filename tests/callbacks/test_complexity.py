@@ -15,7 +15,7 @@ from tests.callbacks.test_geometry import fit, monitor
 from tests.conftest import TinyAutoencoder, read_events
 
 KEYS = {f"memwatch/complexity/{k}" for k in ("train", "val", "gap", "ks_pvalue")} | {
-    f"memwatch/complexity/{k}" for k in ("seconds", "probe_size", "nonfinite")
+    f"memwatch/complexity/{k}" for k in ("seconds", "probe_size", "nonfinite", "staleness")
 }
 
 

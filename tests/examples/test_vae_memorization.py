@@ -41,7 +41,7 @@ def expected_keys() -> set[str]:
     keys |= {
         f"memwatch/{family}/{key}"
         for family in ("spectrum", "density", "recovery")
-        for key in ("seconds", "probe_size", "nonfinite")
+        for key in ("seconds", "probe_size", "nonfinite", "staleness")
     }
     return keys
 

@@ -68,7 +68,7 @@ def test_histograms_figures_images_and_layout_read_back(tmp_path: Path) -> None:
 
     for tag, step in [("memwatch/spectrum/figure", 7), ("memwatch/recovery/errors", 9)]:
         (event,) = acc.Images(tag)
-        assert (event.step, event.width, event.height) == (step, 600, 400)
+        assert (event.step, event.width, event.height) == (step, 360, 240)  # 6 x 4 in, 60 dpi
     for tag, image in [("memwatch/density/dip_path", strip), ("memwatch/recovery/pairs", grid)]:
         (event,) = acc.Images(tag)
         assert (event.step, event.height, event.width) == (11, *image.shape[1:])
