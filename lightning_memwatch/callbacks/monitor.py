@@ -46,12 +46,16 @@ from lightning_memwatch.viz import add_layout
 
 log = logging.getLogger(__name__)
 
-# The values a monitor logs are already the same on every rank (the metrics gather the
-# per-sample values), so Lightning's advice to reduce them with `sync_dist=True` does not apply;
-# it would repeat for every memwatch key of every DDP fit.
-warnings.filterwarnings(
-    "ignore", message=r".*self\.log\('memwatch/.*sync_dist=True", category=PossibleUserWarning
-)
+
+def silence_sync_dist_advice() -> None:
+    """The values a monitor logs are already the same on every rank (the metrics gather the
+    per-sample values), so Lightning's advice to reduce them with ``sync_dist=True`` does not
+    apply; it would repeat for every memwatch key of every DDP fit. Only that advice, only for
+    ``memwatch/`` keys, is filtered (at every monitor's setup: idempotent)."""
+    warnings.filterwarnings(
+        "ignore", message=r".*self\.log\('memwatch/.*sync_dist=True", category=PossibleUserWarning
+    )
+
 
 SPLITS = ("train", "val")
 #: Matplotlib figures are drawn at the first measurement and every this many after it: they
@@ -221,6 +225,7 @@ class MemwatchMonitor(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.budget.attach(trainer, self.state_key)
         self._check_lightning_readers(trainer)
+        silence_sync_dist_advice()
         self.decoder(pl_module)
         self.encoder(pl_module)
         if self.latent_dim is None and self.encoder_name is None:
@@ -275,11 +280,16 @@ class MemwatchMonitor(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._scheduled(trainer):
             self._measure_or_skip(trainer, pl_module)
+        elif not trainer.sanity_checking:
+            self._drop_stale(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """A scheduled epoch that ran no validation (no ``validation_step``,
         ``limit_val_batches=0``, ``check_val_every_n_epoch``) is measured here instead."""
-        if not self._scheduled(trainer) or self.last_checked_epoch == trainer.current_epoch:
+        if not self._scheduled(trainer):
+            self._drop_stale(trainer)
+            return
+        if self.last_checked_epoch == trainer.current_epoch:
             return
         if (
             not self.inputs
