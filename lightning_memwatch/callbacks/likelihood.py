@@ -9,6 +9,12 @@ import torch
 from torch import Tensor
 
 from lightning_memwatch.callbacks.isolation import measurement_context
+from lightning_memwatch.callbacks.likelihood_checks import (
+    BERNOULLI,
+    bernoulli_reading,
+    check_unit_inputs,
+    configuration_error,
+)
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
 from lightning_memwatch.callbacks.probes import InputKey, shard
 from lightning_memwatch.functional.checks import check_int
@@ -20,7 +26,6 @@ from lightning_memwatch.functional.decoder_likelihood import (
 from lightning_memwatch.functional.likelihood import (
     LogLikelihood,
     Posterior,
-    as_posterior,
     importance_estimate,
     posterior_from_encoder,
     sample_posterior,
@@ -29,9 +34,10 @@ from lightning_memwatch.metrics import LikelihoodGap
 from lightning_memwatch.viz import add_histograms, global_step, tensorboard_writer
 
 FAMILY = "likelihood"
-#: The decoder likelihoods built in: decoder outputs are Bernoulli logits, Bernoulli
-#: probabilities, or the mean of a Gaussian of fixed ``scale``.
-BUILTIN_LIKELIHOODS = ("bernoulli", "bernoulli_probs", "gaussian")
+#: The decoder likelihoods built in: decoder outputs are Bernoulli logits or probabilities
+#: (``"auto"``: whichever they look like when training starts), or the mean of a Gaussian of
+#: fixed ``scale``.
+BUILTIN_LIKELIHOODS = (*BERNOULLI, "gaussian")
 
 
 class LikelihoodMonitor(MemwatchMonitor):
@@ -56,17 +62,36 @@ class LikelihoodMonitor(MemwatchMonitor):
     and the global RNG is untouched), for the whole probe on every rank, so a sharded (DDP) run
     gives the single-process numbers.
 
+    When training starts (and at a ``trainer.validate`` without a fit) the monitor runs the
+    encoder, the decoder and the likelihood once on its training probe
+    (:meth:`resolve_likelihood`), so that a misconfiguration fails then, not after epoch 0. A
+    Bernoulli likelihood also needs both probes' inputs in ``[0, 1]``, and reads the decoder's
+    outputs at one posterior draw per training probe sample: they look like probabilities when
+    all lie in ``[0, 1]`` and one at least strictly inside
+    (:func:`~lightning_memwatch.functional.decoder_likelihood.looks_like_probabilities`).
+    ``"auto"`` then reads them as probabilities, else as logits (logged at info level, kept in
+    ``resolved_likelihood``); ``"bernoulli"`` fails on outputs that look like probabilities (a
+    sigmoid decoder read as logits gives a wrong ``log p(x)``), ``"bernoulli_probs"`` on
+    outputs outside ``[0, 1]``. Why ``"auto"`` is safe: a sigmoid's outputs always lie in
+    ``[0, 1]``, so a probability decoder is read as logits only if its outputs are all exactly 0
+    or 1. Its failure mode: a logit decoder whose outputs all lie in ``[0, 1]`` when training
+    starts (every ``sigmoid(l)`` between 0.5 and 0.73) is read as probabilities, and fails with
+    an error at the first measurement where an output leaves ``[0, 1]``. Name the likelihood
+    in either case.
+
     Args:
         decoder: name of the module's decoder (used by the built-in likelihoods).
         encoder: name of the module's encoder, required: it must return a
             ``torch.distributions.Distribution`` over ``(B, m)`` latents or a ``(mean, log_var)``
             pair of ``(B, m)`` tensors, the diagonal Gaussian ``q(z|x)`` (checked when training
             starts).
-        likelihood: ``"bernoulli"`` (decoder outputs are logits, inputs in ``[0, 1]``),
-            ``"bernoulli_probs"`` (decoder outputs are probabilities), ``"gaussian"`` (decoder
-            outputs are the mean, standard deviation ``scale``), or the name of a module method
-            ``log_likelihood(x, z) -> (B,)`` returning ``log p(x|z)`` summed over each sample's
-            elements (:func:`~lightning_memwatch.functional.bernoulli_log_likelihood`,
+        likelihood: ``"auto"`` (Bernoulli, decoder outputs read as probabilities or logits,
+            see above), ``"bernoulli"`` (decoder outputs are logits, inputs in ``[0, 1]``),
+            ``"bernoulli_probs"`` (decoder outputs are probabilities, e.g. a final sigmoid),
+            ``"gaussian"`` (decoder outputs are the mean, standard deviation ``scale``), or the
+            name of a module method ``log_likelihood(x, z) -> (B,)`` returning ``log p(x|z)``
+            summed over each sample's elements
+            (:func:`~lightning_memwatch.functional.bernoulli_log_likelihood`,
             :func:`~lightning_memwatch.functional.gaussian_log_likelihood`).
         scale: standard deviation ``sigma`` of the Gaussian likelihood.
         num_samples: importance samples ``N`` per probe sample (van den Burg: 128 or 256).
@@ -82,7 +107,7 @@ class LikelihoodMonitor(MemwatchMonitor):
         latent_dim: int | None = None,
         probe_size: int = 64,
         every_n_epochs: int = 1,
-        likelihood: str = "bernoulli",
+        likelihood: str = "auto",
         scale: float = 1.0,
         num_samples: int = 128,
         input_key: InputKey = 0,
@@ -104,6 +129,8 @@ class LikelihoodMonitor(MemwatchMonitor):
             )
         check_int("num_samples", num_samples)
         self.likelihood, self.scale, self.num_samples = likelihood, check_scale(scale), num_samples
+        #: the likelihood measured with, set when training starts (``"auto"`` resolved)
+        self.resolved_likelihood: str | None = None
         self.metric = LikelihoodGap()
 
     @property
@@ -125,33 +152,93 @@ class LikelihoodMonitor(MemwatchMonitor):
         return frozenset(f"memwatch/{FAMILY}/{key}" for key in keys)
 
     # ----------------------------------------------------------------- configuration
+    def _likelihood_method(self, pl_module: pl.LightningModule) -> LogLikelihood:
+        if not hasattr(pl_module, self.likelihood):
+            raise ValueError(
+                f"Expected `likelihood` to be one of {BUILTIN_LIKELIHOODS} or the name of a "
+                f"method `log_likelihood(x, z) -> (B,)` of the module but "
+                f"{type(pl_module).__name__} has no `{self.likelihood}` attribute"
+            )
+        return self._attribute(pl_module, self.likelihood, "likelihood")
+
     def likelihood_callables(
-        self, pl_module: pl.LightningModule
+        self, pl_module: pl.LightningModule, likelihood: str | None = None
     ) -> tuple[Posterior, LogLikelihood]:
         """``(posterior, log_likelihood)`` of the module for
-        :func:`~lightning_memwatch.functional.importance_log_likelihood`."""
+        :func:`~lightning_memwatch.functional.importance_log_likelihood`.
+
+        ``likelihood``: the likelihood to build instead of :attr:`resolved_likelihood` (else the
+        monitor's own); ``"auto"`` must be resolved first (:meth:`resolve_likelihood`).
+        """
+        name = likelihood or self.resolved_likelihood or self.likelihood
         posterior = posterior_from_encoder(self.encoder(pl_module))
-        if self.likelihood not in BUILTIN_LIKELIHOODS:
-            if not hasattr(pl_module, self.likelihood):
-                raise ValueError(
-                    f"Expected `likelihood` to be one of {BUILTIN_LIKELIHOODS} or the name of a "
-                    f"method `log_likelihood(x, z) -> (B,)` of the module but "
-                    f"{type(pl_module).__name__} has no `{self.likelihood}` attribute"
-                )
-            return posterior, self._attribute(pl_module, self.likelihood, "likelihood")
+        if name not in BUILTIN_LIKELIHOODS:
+            return posterior, self._likelihood_method(pl_module)
+        if name == "auto":
+            raise ValueError(
+                f'{type(self).__name__}(likelihood="auto") reads the decoder\'s outputs as '
+                "probabilities or logits from what they look like on a probe: call "
+                "`resolve_likelihood(pl_module, x)` first, or pass its result as `likelihood=`"
+            )
         decoder = self.decoder(pl_module)
-        if self.likelihood == "gaussian":
+        if name == "gaussian":
             return posterior, gaussian_log_likelihood(decoder, self.scale)
-        return posterior, bernoulli_log_likelihood(decoder, logits=self.likelihood == "bernoulli")
+        return posterior, bernoulli_log_likelihood(decoder, logits=name == "bernoulli")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.likelihood_callables(pl_module)
+        self.encoder(pl_module)
+        if self.likelihood in BUILTIN_LIKELIHOODS:
+            self.decoder(pl_module)
+        else:
+            self._likelihood_method(pl_module)
 
     def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Draw the probes, then check that the encoder gives a posterior."""
+        """Draw the probes, then check the configuration on them (:meth:`resolve_likelihood`)."""
         super()._prepare_probes(trainer, pl_module)
+        if self.likelihood in BERNOULLI:
+            check_unit_inputs(self._owner, self.inputs["val"], "validation")
+        self.resolved_likelihood = None
+        self.resolved_likelihood = self.resolve_likelihood(pl_module, self.inputs["train"])
+
+    @property
+    def _owner(self) -> str:
+        return f"{type(self).__name__}(likelihood={self.likelihood!r})"
+
+    def resolve_likelihood(self, pl_module: pl.LightningModule, x: Tensor) -> str:
+        """Check the configuration on the probe ``x`` and return the likelihood to measure with.
+
+        Runs the posterior, the decoder and the likelihood on ``x`` with one importance sample
+        (own generator, in the measurement context), so that a misconfiguration fails now and
+        names the monitor; for a Bernoulli likelihood checks that ``x`` lies in ``[0, 1]`` and
+        reads the decoder's outputs at the draws
+        (:func:`~lightning_memwatch.callbacks.likelihood_checks.bernoulli_reading`): ``"auto"``
+        gives ``"bernoulli_probs"`` or ``"bernoulli"``. Other likelihoods are returned as they are.
+        """
+        name, owner = self.likelihood, self._owner
+        fix = (
+            f"`encoder={self.encoder_name!r}` (x -> a Distribution or (mean, log_var)), "
+            f"`decoder={self.decoder_name!r}` ((B, m) latents alone -> outputs the size of x) "
+            f"and `likelihood={name!r}`"
+        )
+        if name in BERNOULLI:
+            check_unit_inputs(owner, x, "training")
         with measurement_context(pl_module, pl_module.device), torch.no_grad():
-            as_posterior(self.encoder(pl_module)(self.inputs["train"][:2].to(pl_module.device)))
+            x = x.to(pl_module.device)
+            try:
+                q = posterior_from_encoder(self.encoder(pl_module))(x)
+                z = sample_posterior(q, 1, generator=torch.Generator().manual_seed(self.seed))
+                out = self.decoder(pl_module)(z[0]) if name in BERNOULLI else None
+                if name in BERNOULLI and not isinstance(out, Tensor):
+                    raise ValueError(f"the decoder returned {type(out).__name__}, not a tensor")
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise configuration_error(owner, error, fix) from error
+            if out is not None:
+                name = bernoulli_reading(owner, name, out)
+            try:
+                importance_estimate(x, q, z, self.likelihood_callables(pl_module, name)[1])
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise configuration_error(owner, error, fix) from error
+        return name
 
     # ------------------------------------------------------------------- measuring
     def log_px(
@@ -168,7 +255,8 @@ class LikelihoodMonitor(MemwatchMonitor):
         pass and ``N P m`` normals), then sharded with the inputs, so the values do not depend
         on the number of ranks.
         """
-        posterior, log_likelihood = self.likelihood_callables(pl_module)
+        name = self.resolved_likelihood or self.resolve_likelihood(pl_module, x)
+        posterior, log_likelihood = self.likelihood_callables(pl_module, name)
         with torch.no_grad():
             q = posterior(x)
             z = sample_posterior(q, self.num_samples, generator=generator)

@@ -27,7 +27,13 @@ LOG_CLAMP = -100.0
 
 def _decoded(decoder: Decoder, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     """Decoder outputs and inputs, flattened per row, in float64."""
-    out = decoder(z).reshape(z.shape[0], -1)
+    out = decoder(z)
+    if not isinstance(out, Tensor):
+        raise ValueError(
+            f"Expected the decoder to return a tensor of outputs but got {type(out).__name__}: "
+            "name a decoder that maps (B, m) latents to (B, ...) outputs alone"
+        )
+    out = out.reshape(z.shape[0], -1)
     target = x.reshape(x.shape[0], -1)
     if out.shape != target.shape:
         raise ValueError(
@@ -35,6 +41,47 @@ def _decoded(decoder: Decoder, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
             f"`x`) but got {out.shape[1]}"
         )
     return out.to(torch.float64), target.to(torch.float64)
+
+
+def finite_range(values: Tensor) -> tuple[float, float] | None:
+    """``(min, max)`` of the finite elements of ``values``; ``None`` when there are none.
+
+    Example::
+
+        >>> import torch
+        >>> finite_range(torch.tensor([0.5, float("nan"), -2.0]))
+        (-2.0, 0.5)
+    """
+    finite = values[torch.isfinite(values)]
+    if not finite.numel():
+        return None
+    return finite.min().item(), finite.max().item()
+
+
+def looks_like_probabilities(outputs: Tensor) -> bool:
+    """Whether Bernoulli decoder outputs read as probabilities ``pi`` rather than logits ``l``.
+
+    True when every finite output lies in ``[0, 1]`` and at least one lies strictly inside
+    ``(0, 1)``. Probabilities (a sigmoid's outputs) always lie in ``[0, 1]``, so a probability
+    decoder is never taken for logits unless its outputs are all exactly 0 or 1 (saturated).
+    Logits all inside ``[0, 1]`` would mean ``pi = sigmoid(l)`` between 0.5 and 0.73 for every
+    element, a decoder that cannot yet tell 0 from 1; logits that are all exactly 0 (a
+    zero-initialised last layer) read as logits.
+
+    Example::
+
+        >>> import torch
+        >>> looks_like_probabilities(torch.sigmoid(torch.tensor([-3.0, 0.0, 5.0])))
+        True
+        >>> looks_like_probabilities(torch.tensor([-3.0, 0.0, 5.0]))
+        False
+        >>> looks_like_probabilities(torch.zeros(3))
+        False
+    """
+    span = finite_range(outputs)
+    if span is None or span[0] < 0 or span[1] > 1:
+        return False
+    return bool(((outputs > 0) & (outputs < 1)).any())
 
 
 def bernoulli_log_likelihood(decoder: Decoder, *, logits: bool = True) -> LogLikelihood:
@@ -45,7 +92,9 @@ def bernoulli_log_likelihood(decoder: Decoder, *, logits: bool = True) -> LogLik
     ``x_j l_j - softplus(l_j)``) or ``pi = decoder(z)`` (``logits=False``: each log term clamped
     at ``LOG_CLAMP = -100`` like ``binary_cross_entropy``). Van den Burg's MNIST likelihood
     (``papers/vandenburg_memorization_supp.txt`` Table 1). ``x`` must lie in ``[0, 1]``
-    (grey levels give the usual continuous relaxation, binary ``x`` a true probability).
+    (grey levels give the usual continuous relaxation, binary ``x`` a true probability), and
+    with ``logits=False`` so must the decoder's outputs (a ``ValueError`` otherwise: outputs
+    outside ``[0, 1]`` are logits; :func:`looks_like_probabilities` tells the two apart).
 
     Example::
 
@@ -59,12 +108,18 @@ def bernoulli_log_likelihood(decoder: Decoder, *, logits: bool = True) -> LogLik
 
     def log_likelihood(x: Tensor, z: Tensor) -> Tensor:
         out, target = _decoded(decoder, x, z)
-        finite = target[torch.isfinite(target)]
-        if finite.numel() and (finite.min() < 0 or finite.max() > 1):
+        span = finite_range(target)
+        if span is not None and (span[0] < 0 or span[1] > 1):
             raise ValueError(
                 "Expected `x` in [0, 1] for a Bernoulli likelihood but got values in "
-                f"[{finite.min().item():.4g}, {finite.max().item():.4g}]: rescale the inputs "
-                "or use a Gaussian likelihood"
+                f"[{span[0]:.4g}, {span[1]:.4g}]: rescale the inputs or use a Gaussian likelihood"
+            )
+        span = None if logits else finite_range(out)
+        if span is not None and (span[0] < 0 or span[1] > 1):
+            raise ValueError(
+                "Expected the decoder's outputs to be probabilities in [0, 1] (`logits=False`) "
+                f"but got values in [{span[0]:.4g}, {span[1]:.4g}]: pass `logits=True` for a "
+                "decoder that returns logits"
             )
         if logits:
             terms = -F.binary_cross_entropy_with_logits(out, target, reduction="none")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import special, stats
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -25,6 +26,7 @@ from tests.conftest import (
     make_autoencoder,
     quiet_trainer,
 )
+from tests.examples.conftest import load_example
 
 
 def monitor(**kwargs) -> LikelihoodMonitor:
@@ -42,7 +44,8 @@ def monitor(**kwargs) -> LikelihoodMonitor:
 
 
 class TinyVAE(L.LightningModule):
-    """A Bernoulli VAE on 8 x 8 digits (van den Burg's MNIST model, scaled down)."""
+    """A Bernoulli VAE on 8 x 8 digits (van den Burg's MNIST model, scaled down); its decoder
+    returns logits. ``losses`` records every training step."""
 
     def __init__(self, latent_dim: int = 4, hidden: int = 64, lr: float = 1e-2) -> None:
         super().__init__()
@@ -56,6 +59,7 @@ class TinyVAE(L.LightningModule):
             nn.Linear(hidden, 64),
             nn.Unflatten(1, (1, 8, 8)),
         )
+        self.losses: list[float] = []
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_var = self.encoder(x).chunk(2, dim=1)
@@ -67,7 +71,9 @@ class TinyVAE(L.LightningModule):
         z = mean + (0.5 * log_var).exp() * torch.randn_like(mean)
         rec = nn.functional.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="sum")
         kl = 0.5 * (mean.square() + log_var.exp() - 1 - log_var).sum()
-        return (rec + kl) / len(x)
+        loss = (rec + kl) / len(x)
+        self.losses.append(loss.item())
+        return loss
 
     def validation_step(self, batch, batch_idx):
         pass
@@ -204,7 +210,9 @@ def test_bad_arguments_fail_at_construction(kwargs, match):
 
 
 def test_unknown_likelihood_fails_at_setup_naming_the_choices():
-    with pytest.raises(ValueError, match=r"one of \('bernoulli'.*has no `poisson` attribute"):
+    with pytest.raises(
+        ValueError, match=r"one of \('auto', 'bernoulli'.*has no `poisson` attribute"
+    ):
         fit([monitor(likelihood="poisson")], max_epochs=1)
 
 
@@ -243,3 +251,173 @@ def test_memorization_early_stopping_watches_the_likelihood_gap():
     stopper = MemorizationEarlyStopping("memwatch/likelihood/gap", threshold=-1e9, mode="above")
     trainer, _ = fit([monitor(every_n_epochs=2), stopper], max_epochs=5)
     assert stopper.stopped_epoch == 1 and trainer.current_epoch == 2
+
+
+# --------------------------------------------- how a Bernoulli decoder's outputs are read
+def _numpy_log_px(model, x, eps, reader):
+    """van den Burg eq. 9 in float64 numpy on the demo VAE's weights: encoder
+    ``Flatten, Linear, Tanh, Linear -> (mu, log_var)``, decoder ``Linear, Tanh, Linear, Sigmoid``;
+    ``reader(a, x)`` is ``log p(x|z)`` per element from the last linear layer's output ``a``."""
+    w = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    xs = x.reshape(len(x), -1).double().numpy()
+    h = np.tanh(xs @ w["encoder.1.weight"].T + w["encoder.1.bias"])
+    mu, log_var = np.split(h @ w["encoder.3.weight"].T + w["encoder.3.bias"], 2, axis=1)
+    sd = np.exp(0.5 * log_var)
+    z = mu + sd * eps.double().numpy()  # (N, P, m)
+    log_q = stats.norm(mu, sd).logpdf(z).sum(-1)
+    log_prior = stats.norm().logpdf(z).sum(-1)
+    a = np.tanh(z @ w["decoder.0.weight"].T + w["decoder.0.bias"])
+    a = a @ w["decoder.2.weight"].T + w["decoder.2.bias"]
+    log_lik = reader(a, xs).sum(-1)
+    return special.logsumexp(log_lik + log_prior - log_q, axis=0) - math.log(len(eps))
+
+
+def _probabilities(a, x):  # pi = sigmoid(a), the demo decoder's output
+    pi = special.expit(a)
+    return x * np.log(pi) + (1 - x) * np.log1p(-pi)
+
+
+def _probabilities_read_as_logits(a, x):  # the outputs pi taken for logits
+    pi = special.expit(a)
+    return x * pi - np.logaddexp(0, pi)
+
+
+def test_the_demo_vae_at_the_default_likelihood_gets_the_bernoulli_probability_value():
+    """The README's demo VAE ends in a sigmoid: at the default ``likelihood`` the logged means
+    equal a float64 numpy computation with probabilities (issue 14 item 4: they were read as
+    logits, -53.5 instead of -45.6 nats)."""
+    digits_vae = load_example("digits_vae")
+    cb = LikelihoodMonitor(encoder="encode", probe_size=16, num_samples=16, max_overhead=math.inf)
+    L.seed_everything(0, verbose=False)
+    model = digits_vae.DigitsVAE(hidden=64)
+    data = digits_vae.DigitsDataModule(n_train=96, n_val=64, batch_size=32)
+    trainer = quiet_trainer(callbacks=[cb], max_epochs=2, num_sanity_val_steps=0)
+    trainer.fit(model, data)
+    generator = torch.Generator().manual_seed(cb.seed + 7919)  # the documented draws
+    for split in ("train", "val"):
+        x = cb.inputs[split]
+        eps = torch.randn(16, len(x), model.latent_dim, generator=generator)
+        want = _numpy_log_px(model, x, eps, _probabilities).mean()
+        wrong = _numpy_log_px(model, x, eps, _probabilities_read_as_logits).mean()
+        got = trainer.callback_metrics[f"memwatch/likelihood/{split}"].item()
+        assert got == pytest.approx(want, rel=1e-5)
+        assert abs(wrong - want) > 5.0  # the two readings are far apart on this model
+    assert cb.resolved_likelihood == "bernoulli_probs"
+
+
+@pytest.mark.parametrize(
+    ("make_model", "expected"), [(TinyVAE, "bernoulli"), (make_autoencoder, "bernoulli_probs")]
+)
+def test_auto_reads_logits_and_probabilities_as_they_are(make_model, expected):
+    """``"auto"`` picks logits for TinyVAE and probabilities for the sigmoid autoencoder, and
+    logs what the explicit choice gives on the same probe and draws."""
+    cb = monitor(likelihood="auto")
+    trainer, model = fit([cb], max_epochs=1, model=make_model())
+    assert cb.resolved_likelihood == expected
+    explicit = monitor(likelihood=expected)
+    model.eval()
+    for split, offset in (("train", 0), ("val", 1)):
+        generator = torch.Generator().manual_seed(cb.seed + 7919)
+        if offset:  # the val draws follow the train draws of the same generator
+            explicit.log_px(model, cb.inputs["train"], generator)
+        want = explicit.log_px(model, cb.inputs[split], generator).mean().item()
+        got = trainer.callback_metrics[f"memwatch/likelihood/{split}"].item()
+        assert math.isfinite(want) and got == pytest.approx(want, rel=1e-6)
+
+
+def test_logits_reading_of_a_sigmoid_decoder_fails_when_training_starts():
+    model = make_autoencoder()  # decoder ends in nn.Sigmoid
+    with pytest.raises(
+        ValueError,
+        match=r"LikelihoodMonitor\(likelihood='bernoulli'\) reads the decoder's outputs as "
+        r"Bernoulli logits, but on the training probe they lie in \[0\.\d+, 0\.\d+\].*"
+        r'`likelihood="bernoulli_probs"`',
+    ):
+        fit([monitor(likelihood="bernoulli")], max_epochs=1, model=model)
+    assert model.losses == []  # before any training step
+
+
+def test_probabilities_reading_of_a_logit_decoder_fails_when_training_starts():
+    model = TinyVAE()
+    with pytest.raises(
+        ValueError,
+        match=r"LikelihoodMonitor\(likelihood='bernoulli_probs'\) reads the decoder's outputs "
+        r'as Bernoulli probabilities, but .* outside \[0, 1\]: pass `likelihood="bernoulli"`',
+    ):
+        fit([monitor(likelihood="bernoulli_probs")], max_epochs=1, model=model)
+    assert model.losses == []
+
+
+@pytest.mark.parametrize("likelihood", ["auto", "bernoulli", "bernoulli_probs"])
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_bernoulli_inputs_outside_the_unit_interval_fail_when_training_starts(likelihood, split):
+    """Issue 14 item 7: the error comes before any training step and names the monitor, the
+    argument, the probe's min / max and the fixes."""
+    train, val = digits_tensors()
+    shifted = {"train": train, "val": val}
+    shifted[split] = shifted[split] * 2 - 1
+    loaders = [DataLoader(TensorDataset(shifted[s]), batch_size=32) for s in ("train", "val")]
+    cb, model = monitor(likelihood=likelihood), make_autoencoder()
+    L.seed_everything(0, verbose=False)
+    trainer = quiet_trainer(callbacks=[cb], max_epochs=1)
+    with pytest.raises(ValueError) as error:
+        trainer.fit(model, *loaders)
+    low, high = cb.inputs[split].min().item(), cb.inputs[split].max().item()
+    what = "training" if split == "train" else "validation"
+    found = f"the {what} probe's inputs lie in [{low:.4g}, {high:.4g}]"
+    assert low < 0
+    message = str(error.value)
+    assert message.startswith(f"LikelihoodMonitor(likelihood={likelihood!r})"), message
+    assert found in message and "inputs in [0, 1]" in message, message
+    assert '`likelihood="gaussian"`' in message and "rescale" in message, message
+    assert model.losses == []
+
+
+def _tuple_decoder(model):
+    model.pair_decoder = lambda z: (model.decoder(z), z)
+    return {"decoder": "pair_decoder"}, r"returned tuple, not a tensor"
+
+
+def _decoder_with_an_extra_argument(model):
+    model.conditional = lambda z, label: model.decoder(z)
+    return {"decoder": "conditional"}, r"TypeError: .*missing 1 required positional argument"
+
+
+def _decoder_of_another_latent_size(model):
+    model.wide = nn.Sequential(nn.Linear(6, 64), nn.Sigmoid())  # the encoder gives 4 latents
+    return {"decoder": "wide"}, r"RuntimeError: .*cannot be multiplied"
+
+
+def _likelihood_of_the_wrong_shape(model):
+    model.per_pixel = lambda x, z: (x.flatten(1) - model.decoder(z).flatten(1)).square()
+    return {"likelihood": "per_pixel"}, r"one value per row"
+
+
+@pytest.mark.parametrize(
+    "break_module",
+    [
+        _tuple_decoder,
+        _decoder_with_an_extra_argument,
+        _decoder_of_another_latent_size,
+        _likelihood_of_the_wrong_shape,
+    ],
+)
+def test_a_misconfigured_decoder_or_likelihood_fails_when_training_starts(break_module):
+    """Issue 14 item 7: the decoder and the likelihood run once on the probe when training
+    starts, so these fail before any training step, naming the monitor and its arguments."""
+    model = make_autoencoder()
+    kwargs, cause = break_module(model)
+    cb = monitor(**kwargs)
+    with pytest.raises(
+        ValueError, match=r"LikelihoodMonitor\(likelihood=.*could not compute"
+    ) as error:
+        fit([cb], max_epochs=1, model=model)
+    message = str(error.value)
+    assert re.search(cause, message), message
+    for name, value in (
+        ("encoder", cb.encoder_name),
+        ("decoder", cb.decoder_name),
+        ("likelihood", cb.likelihood),
+    ):
+        assert f"`{name}={value!r}`" in message, message
+    assert model.losses == []

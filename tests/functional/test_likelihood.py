@@ -17,6 +17,10 @@ from lightning_memwatch.functional import (
     importance_log_likelihood,
     posterior_from_encoder,
 )
+from lightning_memwatch.functional.decoder_likelihood import (
+    finite_range,
+    looks_like_probabilities,
+)
 from lightning_memwatch.functional.likelihood import as_posterior
 from tests.conftest import TanhMLP
 
@@ -251,6 +255,61 @@ def test_bernoulli_rejects_inputs_outside_the_unit_interval():
     lik = bernoulli_log_likelihood(lambda z: z)
     with pytest.raises(ValueError, match=r"x` in \[0, 1\].*Gaussian likelihood"):
         lik(torch.tensor([[2.0, 0.0]]), torch.zeros(1, 2))
+
+
+def test_bernoulli_probabilities_reject_outputs_outside_the_unit_interval():
+    lik = bernoulli_log_likelihood(lambda z: z, logits=False)
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\].*\[-0.25, 0.5\].*logits=True"):
+        lik(torch.tensor([[1.0, 0.0]]), torch.tensor([[-0.25, 0.5]]))
+    # NaN outputs are not a range error: they give a NaN likelihood
+    assert lik(torch.tensor([[1.0, 0.0]]), torch.tensor([[float("nan"), 0.5]])).isnan().all()
+
+
+@pytest.mark.parametrize("factory", [bernoulli_log_likelihood, gaussian_log_likelihood])
+def test_a_decoder_that_returns_no_tensor_is_rejected(factory):
+    lik = (
+        factory(lambda z: (z,))
+        if factory is bernoulli_log_likelihood
+        else factory(lambda z: (z,), 1.0)
+    )
+    with pytest.raises(ValueError, match=r"decoder to return a tensor.*got tuple"):
+        lik(torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+def _looks_like_probabilities_reference(values: np.ndarray) -> bool:
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or finite.min() < 0 or finite.max() > 1:
+        return False
+    return bool(((finite > 0) & (finite < 1)).any())
+
+
+def test_looks_like_probabilities_against_a_numpy_rule():
+    torch.manual_seed(3)
+    logits = torch.randn(16, 64) * 3
+    cases = {
+        "sigmoid": (torch.sigmoid(logits), True),
+        "logits": (logits, False),
+        "positive logits above 1": (logits.abs() + 0.5, False),
+        "zero-initialised last layer": (torch.zeros(4, 64), False),
+        "saturated 0 / 1 only": ((logits > 0).float(), False),
+        "constant sigmoid(0)": (torch.full((4, 64), 0.5), True),
+        "sigmoid with a NaN": (
+            torch.sigmoid(logits).index_fill(1, torch.tensor([3]), math.nan),
+            True,
+        ),
+        "all NaN": (torch.full((2, 3), math.nan), False),
+        "just above 1": (torch.tensor([0.2, 1.0 + 1e-6]), False),
+        "just below 0": (torch.tensor([-1e-6, 0.2]), False),
+    }
+    for name, (values, expected) in cases.items():
+        assert _looks_like_probabilities_reference(values.double().numpy()) == expected, name
+        assert looks_like_probabilities(values) == expected, name
+
+
+def test_finite_range_against_numpy():
+    values = torch.tensor([[0.3, math.nan, -2.5], [math.inf, 7.0, -math.inf]])
+    assert finite_range(values) == (np.nanmin([0.3, -2.5, 7.0]), np.nanmax([0.3, -2.5, 7.0]))
+    assert finite_range(torch.full((2,), math.nan)) is None
 
 
 def test_gaussian_against_scipy(conv_decoder):

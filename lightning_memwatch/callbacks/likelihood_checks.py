@@ -1,0 +1,91 @@
+"""What :class:`~lightning_memwatch.callbacks.LikelihoodMonitor` checks on its probe before it
+measures: Bernoulli inputs in ``[0, 1]``, and whether the decoder's outputs are Bernoulli
+probabilities or logits (van den Burg's MNIST likelihood, Table 1, takes either).
+
+Each check raises a ``ValueError`` that names the monitor, the argument, what was found and the
+fix, so that a misconfiguration fails when training starts, not with a wrong number or after
+epoch 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lightning_memwatch.functional.decoder_likelihood import (
+    finite_range,
+    looks_like_probabilities,
+)
+
+#: The Bernoulli likelihoods: ``"auto"`` reads the decoder's outputs as probabilities or logits
+#: from what they look like on the probe.
+BERNOULLI = ("auto", "bernoulli", "bernoulli_probs")
+
+
+def _span(values: Tensor) -> tuple[float, float]:
+    found = finite_range(values.detach().double()) if values.numel() else None
+    return found or (float("nan"), float("nan"))
+
+
+def check_unit_inputs(owner: str, x: Tensor, what: str) -> None:
+    """A ``ValueError`` unless the finite inputs of the probe ``x`` lie in ``[0, 1]``.
+
+    ``owner`` names the monitor and its likelihood (``'LikelihoodMonitor(likelihood="auto")'``),
+    ``what`` the probe (``"training"`` or ``"validation"``).
+    """
+    low, high = _span(x)
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"{owner} measures a Bernoulli likelihood, which needs inputs in [0, 1], but the "
+            f"{what} probe's inputs lie in [{low:.4g}, {high:.4g}]: pass "
+            '`likelihood="gaussian"` (and its `scale`) for real-valued inputs, or rescale the '
+            "data to [0, 1] in the dataset (the probe is read from it, before any preprocessing "
+            "in the module)"
+        )
+
+
+def bernoulli_reading(owner: str, likelihood: str, out: Tensor) -> str:
+    """The Bernoulli likelihood that reads the decoder's outputs ``out`` on the training probe.
+
+    ``"auto"``: ``"bernoulli_probs"`` when ``out`` looks like probabilities
+    (:func:`~lightning_memwatch.functional.decoder_likelihood.looks_like_probabilities`), else
+    ``"bernoulli"`` (logged at info level). ``"bernoulli"`` (logits): a ``ValueError`` when
+    ``out`` looks like probabilities. ``"bernoulli_probs"``: a ``ValueError`` when an output lies
+    outside ``[0, 1]``.
+    """
+    probs = looks_like_probabilities(out)
+    low, high = _span(out)
+    found = f"on the training probe they lie in [{low:.4g}, {high:.4g}]"
+    if likelihood == "auto":
+        kind = "bernoulli_probs" if probs else "bernoulli"
+        rank_zero_info(
+            f"{owner} reads the decoder's outputs as {'probabilities' if probs else 'logits'} "
+            f"({found}): likelihood={kind!r}"
+        )
+        return kind
+    if likelihood == "bernoulli" and probs:
+        raise ValueError(
+            f"{owner} reads the decoder's outputs as Bernoulli logits, but {found}, as "
+            "probabilities do (a decoder that ends in a sigmoid): pass "
+            '`likelihood="bernoulli_probs"` (or "auto"); probabilities read as logits give a '
+            "wrong log p(x)"
+        )
+    if likelihood == "bernoulli_probs" and (low < 0 or high > 1):
+        raise ValueError(
+            f"{owner} reads the decoder's outputs as Bernoulli probabilities, but {found}, "
+            'outside [0, 1]: pass `likelihood="bernoulli"` for a decoder that returns logits (or '
+            '"auto")'
+        )
+    return likelihood
+
+
+def configuration_error(owner: str, error: Exception, fix: str) -> Exception:
+    """``error``, raised by a dry run of the measurement, as a ``ValueError`` that names the
+    monitor and says what to check (``fix``); an out-of-memory error as it is."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return error
+    return ValueError(
+        f"{owner} could not compute log p(x) on its probe "
+        f"({type(error).__name__}: {error}). Check {fix}"
+    )
