@@ -119,7 +119,7 @@ class GeometryMonitor(MemwatchMonitor):
             )
         self._families = tuple(f for f in FAMILIES if f in families)
         self.spectrum_metric = SpectrumGap(rtol=rtol)
-        self.prior_metric = SpectrumGap(rtol=rtol)
+        self.prior_metric = SpectrumGap(rtol=rtol, sync_on_compute=False)
         self.density_metric = DensityGap()
         self.complexity_metric = ComplexityGap()
         self.rtol = float(rtol)
@@ -256,17 +256,17 @@ class GeometryMonitor(MemwatchMonitor):
         def spectrum() -> dict[str, Tensor]:
             for split in SPLITS:
                 z = shard(latents(split), rank, world)
-                s = singular_values(decoder, z) if len(z) else z.new_zeros(0, 0).double()
-                self.spectrum_metric.update(s, split)
-                artifacts["log_s"][split] = s.log()
+                if len(z):  # a rank without a sample of its own still takes part in the sync
+                    s = singular_values(decoder, z)
+                    self.spectrum_metric.update(s, split)
+                    artifacts["log_s"][split] = s.log()
             # the same descriptors where the decoder is sampled: z ~ N(0, I), seeded per epoch
             generator = torch.Generator().manual_seed(
                 self.seed + 7919 * (trainer.current_epoch + 1)
             )
             prior = torch.randn(size, self.latent_dim, generator=generator).to(inputs["train"])
-            prior = shard(prior, rank, world)
-            if len(prior):
-                self.prior_metric.update(singular_values(decoder, prior), "train")
+            # every rank the whole draw (the metric does not sync), so no rank is ever empty
+            self.prior_metric.update(singular_values(decoder, prior), "train")
             prior_means = {
                 key.replace("/train", "/prior"): value
                 for key, value in self.prior_metric.compute().items()
@@ -280,7 +280,6 @@ class GeometryMonitor(MemwatchMonitor):
             for split in SPLITS:
                 x, z = shard(inputs[split], rank, world), shard(latents(split), rank, world)
                 if not len(z):
-                    self.density_metric.update(split, dip=z.new_zeros(0), decay=z.new_zeros(0, 1))
                     continue
                 query = shard(rows, rank, world) if split == "train" else None
                 neighbours = nearest_train_neighbours(x, pool, query)

@@ -102,3 +102,36 @@ def test_ddp_metrics_equal_a_single_process_run_and_both_ranks_stop_together(nam
         if key.endswith(("/seconds", "/prior", "/staleness")):
             continue
         assert distributed[key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
+
+
+def test_a_probe_smaller_than_the_number_of_ranks_leaves_a_rank_empty_and_measures():
+    """Probe 1 on 2 ranks: rank 1 has no sample of its own; the metrics still equal one
+    process's, and nobody waits alone in a collective."""
+    monitors = [
+        GeometryMonitor(encoder="encode", probe_size=1, max_overhead=math.inf, radii=(0.1, 0.2)),
+        RecoveryMonitor(encoder="encode", probe_size=1, steps=5, max_overhead=math.inf),
+    ]
+    L.seed_everything(0, verbose=False)
+    model = make_autoencoder(dropout=0.0)
+    ddp = quiet_trainer(
+        callbacks=monitors, max_epochs=1, strategy="ddp_spawn", devices=2, num_sanity_val_steps=0
+    )
+    ddp.fit(model, datamodule=DigitsDataModule())
+    distributed = memwatch_metrics(ddp)
+    single = quiet_trainer(
+        callbacks=[
+            GeometryMonitor(
+                encoder="encode", probe_size=1, max_overhead=math.inf, radii=(0.1, 0.2)
+            ),
+            RecoveryMonitor(encoder="encode", probe_size=1, steps=5, max_overhead=math.inf),
+        ]
+    )
+    single.validate(model, datamodule=DigitsDataModule(), verbose=False)
+    reference = memwatch_metrics(single)
+    assert distributed.keys() == reference.keys()
+    for key in ("memwatch/spectrum/log_volume/train", "memwatch/recovery/mre/val"):
+        assert math.isfinite(reference[key])
+    for key, value in reference.items():
+        if key.endswith(("/seconds", "/prior", "/staleness")):
+            continue
+        assert distributed[key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
