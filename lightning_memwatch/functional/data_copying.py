@@ -212,7 +212,13 @@ def data_copying_statistic(
     return data_copying_from_distances(*found["heldout"], *found["generated"], cells=cells, tau=tau)
 
 
-def copied(train: Tensor, generated: Tensor, *, ratio: float = 1.0) -> Tensor:
+def copied(
+    train: Tensor,
+    generated: Tensor,
+    *,
+    ratio: float = 1.0,
+    train_distances: Tensor | None = None,
+) -> Tensor:
     """Whether each generated sample lies inside its nearest training sample's nearest-neighbour
     ball: ``(B,)`` bool.
 
@@ -223,7 +229,9 @@ def copied(train: Tensor, generated: Tensor, *, ratio: float = 1.0) -> Tensor:
     training sample than any other training sample is, is deemed copied (not authentic). It is
     related to, but not the same as, the nearest-to-second-nearest distance-ratio rule of the
     diffusion memorization studies (Yoon et al. 2023, Gu et al. 2023: ``d_1 / d_2 < 1/3``).
-    A sample with a NaN distance is not counted as copied. ``train`` needs two samples or more.
+    A sample with a NaN distance is not counted as copied. ``train`` needs two samples or more;
+    ``train_distances`` may pass the ``rho(t)`` of every training sample
+    (``nearest_neighbours(train, train, exclude_self=True)[0]``) when they are already known.
 
     Example::
 
@@ -236,7 +244,13 @@ def copied(train: Tensor, generated: Tensor, *, ratio: float = 1.0) -> Tensor:
     train = flatten64(train)
     if len(train) < 2:
         raise ValueError(f"Expected at least 2 training samples but got {len(train)}")
-    own, _ = nearest_neighbours(train, train, exclude_self=True)
+    own = train_distances
+    if own is None:
+        own, _ = nearest_neighbours(train, train, exclude_self=True)
+    elif own.shape != (len(train),):
+        raise ValueError(
+            f"Expected `train_distances` of shape ({len(train)},) but got {tuple(own.shape)}"
+        )
     distances, nearest = nearest_neighbours(generated, train)
     return distances < ratio * own[nearest.clamp(min=0)]
 

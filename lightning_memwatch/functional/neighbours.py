@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_memwatch.functional.checks import check_int
-from lightning_memwatch.functional.kmeans import CHUNK_ELEMENTS, flatten64, pairwise_distances
+from lightning_memwatch.functional.kmeans import CHUNK_ELEMENTS, flatten64, search_distances
 
 
 def nearest_neighbours(
@@ -30,7 +30,11 @@ def nearest_neighbours(
     of ``x``'s own cell only, as the authors' reference code does it cell by cell; a sample
     whose cell holds no reference sample gets ``inf`` and index ``-1``. ``exclude_self=True``
     (``x`` is the reference itself) leaves each sample's own row out: the distance to its
-    nearest *other* reference sample. NaN samples give NaN distances.
+    nearest *other* reference sample. NaN samples give NaN distances and index ``-1``.
+
+    The nearest sample is searched with the matrix-product expansion, then its distance is
+    computed directly (:mod:`~lightning_memwatch.functional.kmeans`), so an exact copy is at
+    distance 0.
 
     Example::
 
@@ -53,18 +57,20 @@ def nearest_neighbours(
     rows = max(1, CHUNK_ELEMENTS // len(reference))
     distances, indices = [], []
     for start in range(0, len(x), rows):
-        d = pairwise_distances(x[start : start + rows], reference)
+        chunk = x[start : start + rows]
+        d = search_distances(chunk, reference)
         if x_cells is not None:
             other = x_cells[start : start + rows, None] != reference_cells[None, :]
             d = d.masked_fill(other, math.inf)
         if exclude_self:
             own = torch.arange(start, start + len(d), device=d.device)
             d[torch.arange(len(d), device=d.device), own] = math.inf
-        nan = d.isnan().any(dim=1)
+        nan = chunk.isnan().any(dim=1)
         value, index = d.masked_fill(d.isnan(), math.inf).min(dim=1)
-        index = torch.where(torch.isinf(value), -1, index)
-        distances.append(torch.where(nan, math.nan, value))
-        indices.append(torch.where(nan, -1, index))
+        exact = (chunk - reference[index]).norm(dim=1)
+        missing = torch.isinf(value) & ~nan
+        distances.append(torch.where(missing, math.inf, torch.where(nan, math.nan, exact)))
+        indices.append(torch.where(missing | nan, -1, index))
     if not distances:
         return x.new_zeros(0), torch.zeros(0, dtype=torch.long, device=x.device)
     return torch.cat(distances), torch.cat(indices)

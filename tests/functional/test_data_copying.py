@@ -147,6 +147,10 @@ def test_nearest_neighbours_equal_numpy_in_cells_and_without_self(rng, monkeypat
     want_d, want_i = reference_nearest(ref, ref, ~np.eye(40, dtype=bool))
     np.testing.assert_allclose(got_d.numpy(), want_d, rtol=1e-13)
     np.testing.assert_array_equal(got_i.numpy(), want_i)
+    # an exact copy is at distance 0 exactly (the returned distance is not the search's)
+    copies = torch.from_numpy(ref[::3] + 10.0)
+    got_d, got_i = nearest_neighbours(copies, copies + 0.0)
+    assert (got_d == 0).all() and torch.equal(got_i, torch.arange(len(copies)))
 
 
 def test_nearest_neighbours_of_an_empty_cell_and_of_nan():
@@ -258,6 +262,8 @@ def test_copy_fraction_equals_numpy(rng):
         flags = copied(train, generated, ratio=ratio)
         np.testing.assert_array_equal(flags[:-1].numpy(), want)
         assert not flags[-1]
+        own_t = torch.from_numpy(own)
+        assert torch.equal(copied(train, generated, ratio=ratio, train_distances=own_t), flags)
         fraction = copy_fraction(train, generated, ratio=ratio).item()
         assert fraction == pytest.approx(want.mean(), rel=1e-12)  # the NaN sample left out
     assert copy_fraction(train, train[:100] + 1e-3).item() == 1.0
