@@ -73,7 +73,9 @@ class SampleMonitor(MemwatchMonitor):
         probe_size: held-out (validation) samples ``n``.
         reference_size: training samples in the reference ``T`` (all of them when the training
             set is smaller); drawn once, seeded, saved in the checkpoint.
-        num_generated: generated samples ``m``.
+        num_generated: generated samples ``m``. A cell enters ``C_T`` with 20 generated samples
+            or more (Meehan et al.'s ``tau``, taken as ``20 / m``); when none has that many,
+            ``ct`` is NaN: generate more or use fewer cells.
         cells: k-means cells of the reference (Meehan et al. §3); every cell should get enough
             held-out samples (about 10 or more) and 20 generated samples.
         features: name of a module attribute applied to samples and data before distances
@@ -190,7 +192,7 @@ class SampleMonitor(MemwatchMonitor):
         else:
             generator = torch.Generator().manual_seed(self.seed + 1)
             z = torch.randn(self.num_generated, self.latent_dim, generator=generator)
-            samples = self.decoder(pl_module)(z[:count].to(device))
+            samples = self.decoder(pl_module)(z[:count].to(device, pl_module.dtype))
         if not isinstance(samples, Tensor) or samples.ndim == 0 or len(samples) != count:
             got = tuple(samples.shape) if isinstance(samples, Tensor) else type(samples).__name__
             raise ValueError(f"Expected the generator to return {count} samples but got {got}")
