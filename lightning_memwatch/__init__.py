@@ -10,10 +10,12 @@ from lightning_memwatch.callbacks import (
     LikelihoodMonitor,
     MemorizationEarlyStopping,
     RecoveryMonitor,
+    SampleMonitor,
 )
 from lightning_memwatch.kfold import KFoldMemorization, kfold_memorization_scores
 from lightning_memwatch.metrics import (
     ComplexityGap,
+    DataCopying,
     DensityGap,
     LikelihoodGap,
     RecoveryGap,
@@ -25,6 +27,7 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "ComplexityGap",
+    "DataCopying",
     "DensityGap",
     "GeometryMonitor",
     "KFoldMemorization",
@@ -33,6 +36,7 @@ __all__ = [
     "MemorizationEarlyStopping",
     "RecoveryGap",
     "RecoveryMonitor",
+    "SampleMonitor",
     "SpectrumGap",
     "TrainValGap",
     "__version__",

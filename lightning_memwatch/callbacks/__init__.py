@@ -4,10 +4,12 @@ from lightning_memwatch.callbacks.early_stopping import MemorizationEarlyStoppin
 from lightning_memwatch.callbacks.geometry import GeometryMonitor
 from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
 from lightning_memwatch.callbacks.recovery import RecoveryMonitor
+from lightning_memwatch.callbacks.samples import SampleMonitor
 
 __all__ = [
     "GeometryMonitor",
     "LikelihoodMonitor",
     "MemorizationEarlyStopping",
     "RecoveryMonitor",
+    "SampleMonitor",
 ]

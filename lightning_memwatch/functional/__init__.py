@@ -5,16 +5,26 @@ Usable on a saved generator in a notebook: every function takes a decoder callab
 """
 
 from lightning_memwatch.functional.complexity import local_complexity
+from lightning_memwatch.functional.data_copying import (
+    copied,
+    copy_fraction,
+    data_copying_cells,
+    data_copying_from_distances,
+    data_copying_statistic,
+    mann_whitney_z,
+)
 from lightning_memwatch.functional.decoder_likelihood import (
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
 )
 from lightning_memwatch.functional.density import decay_scores, dip_scores, induced_log_density
 from lightning_memwatch.functional.jacobian import jacobian
+from lightning_memwatch.functional.kmeans import assign_cells, kmeans, pairwise_distances
 from lightning_memwatch.functional.likelihood import (
     importance_log_likelihood,
     posterior_from_encoder,
 )
+from lightning_memwatch.functional.neighbours import nearest_neighbours, pca_projection, project
 from lightning_memwatch.functional.recovery import recover_latents
 from lightning_memwatch.functional.spectrum import (
     intrinsic_dim,
@@ -26,7 +36,13 @@ from lightning_memwatch.functional.spectrum import (
 from lightning_memwatch.functional.stats import ks_pvalue, mre_gap
 
 __all__ = [
+    "assign_cells",
     "bernoulli_log_likelihood",
+    "copied",
+    "copy_fraction",
+    "data_copying_cells",
+    "data_copying_from_distances",
+    "data_copying_statistic",
     "decay_scores",
     "dip_scores",
     "gaussian_log_likelihood",
@@ -34,13 +50,19 @@ __all__ = [
     "induced_log_density",
     "intrinsic_dim",
     "jacobian",
+    "kmeans",
     "ks_pvalue",
     "local_complexity",
     "local_rank",
     "local_scaling",
     "log_condition",
+    "mann_whitney_z",
     "mre_gap",
+    "nearest_neighbours",
+    "pairwise_distances",
+    "pca_projection",
     "posterior_from_encoder",
+    "project",
     "recover_latents",
     "singular_values",
 ]

@@ -1,0 +1,268 @@
+"""SampleMonitor: Meehan et al.'s data-copying test ``C_T`` on the generator's samples, run
+during training (Meehan, Chaudhuri & Dasgupta, AISTATS 2020)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from lightning_memwatch.callbacks.isolation import measurement_context
+from lightning_memwatch.callbacks.monitor import MemwatchMonitor
+from lightning_memwatch.callbacks.probes import (
+    InputKey,
+    draw_indices,
+    first_dataloader,
+    map_style_dataset,
+    shard,
+    train_loader,
+)
+from lightning_memwatch.functional.checks import check_int
+from lightning_memwatch.functional.data_copying import copied
+from lightning_memwatch.functional.kmeans import assign_cells, kmeans
+from lightning_memwatch.functional.neighbours import nearest_neighbours, pca_projection, project
+from lightning_memwatch.metrics.samples import DataCopying
+from lightning_memwatch.viz import as_images, global_step, pairs_grid, tensorboard_writer
+
+FAMILY = "samples"
+KEYS = ("ct", "copy_fraction", "heldout_copy_fraction", "nonfinite", "seconds", "probe_size")
+#: Generated | nearest training sample pairs shown in TensorBoard.
+PAIRS = 8
+
+
+class SampleMonitor(MemwatchMonitor):
+    """Test the generator's samples for data copying (Meehan et al. §3), while it trains.
+
+    At the end of every ``every_n_epochs``-th validation epoch, ``num_generated`` samples are
+    generated, and with a fixed training reference ``T`` (``reference_size`` training samples)
+    and the validation probe as the held-out sample ``P_n``:
+
+    - ``memwatch/samples/ct``: ``C_T = sum_pi P_n(pi) Z_U(pi) / sum_pi P_n(pi)`` over the
+      ``cells`` k-means cells of ``T`` holding at least 20 generated samples, ``Z_U(pi)`` the
+      Mann-Whitney z-score of the generated samples' distances to their nearest training
+      sample against the held-out samples' (:mod:`~lightning_memwatch.functional.data_copying`).
+      **Strongly negative = data copying**, strongly positive = underfitting, near 0 (null
+      spread about ``1 / sqrt(cells)``) = neither;
+    - ``memwatch/samples/copy_fraction``: the share of generated samples closer to their nearest
+      training sample than that sample is to its own nearest other training sample (1 - Alaa et
+      al. 2022's authenticity), and ``memwatch/samples/heldout_copy_fraction``, the same share
+      of the held-out probe: what a generator that samples the data distribution would give;
+    - ``memwatch/samples/{seconds,probe_size,nonfinite}``: its cost, the held-out probe size it
+      used (0 for an epoch the budget skipped), samples with non-finite distances (left out).
+
+    With a ``TensorBoardLogger`` and image outputs: ``memwatch/samples/nearest``, the first
+    generated samples each beside its nearest training sample.
+
+    Samples come from the module's ``sampler(n, generator)``, else from the decoder at ``n``
+    latents drawn once from the standard normal prior; both are seeded by ``seed`` and draw
+    the same samples every epoch, so the curve moves with the model only. The reference, the
+    k-means cells (refit every measurement, seeded, so they follow a trainable ``features``)
+    and the PCA projection (fitted at the first measurement) are the same on every rank; each
+    rank measures its shard of the held-out and generated samples. When the budget lowers the
+    held-out probe to ``s`` samples, ``ceil(num_generated * s / probe_size)`` are generated.
+
+    Args:
+        sampler: name of a module method ``(n, generator) -> (n, ...)`` samples; ``None``: the
+            decoder at latents from the prior.
+        decoder: name of the module's decoder (used without ``sampler``).
+        latent_dim: latent size; ``None``: the module's ``latent_dim`` attribute or
+            hyperparameter (needed without ``sampler`` only).
+        probe_size: held-out (validation) samples ``n``.
+        reference_size: training samples in the reference ``T`` (all of them when the training
+            set is smaller); drawn once, seeded, saved in the checkpoint.
+        num_generated: generated samples ``m``. A cell enters ``C_T`` with 20 generated samples
+            or more (Meehan et al.'s ``tau``, taken as ``20 / m``); when none has that many,
+            ``ct`` is NaN: generate more or use fewer cells.
+        cells: k-means cells of the reference (Meehan et al. §3); every cell should get enough
+            held-out samples (about 10 or more) and 20 generated samples.
+        features: name of a module attribute applied to samples and data before distances
+            (e.g. a fixed feature extractor for images); ``None``: the raw flattened values.
+        pca_dim: project the (feature) vectors on the top ``pca_dim`` principal directions of
+            the reference, fitted at the first measurement; ``None``: no projection.
+        Others: see :class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`.
+
+    Example::
+
+        >>> SampleMonitor(cells=3).logged_keys >= {"memwatch/samples/ct"}
+        True
+    """
+
+    known_families = (FAMILY,)
+
+    def __init__(
+        self,
+        sampler: str | None = None,
+        decoder: str = "decoder",
+        latent_dim: int | None = None,
+        probe_size: int = 64,
+        reference_size: int = 1024,
+        num_generated: int = 512,
+        cells: int = 4,
+        every_n_epochs: int = 1,
+        input_key: InputKey = 0,
+        max_overhead: float = 0.05,
+        seed: int = 0,
+        features: str | None = None,
+        pca_dim: int | None = None,
+    ) -> None:
+        super().__init__(
+            decoder, None, latent_dim, probe_size, every_n_epochs, input_key, max_overhead, seed
+        )
+        for name, value in (("sampler", sampler), ("features", features)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(
+                    f"Expected `{name}` to name a module attribute or be None but got {value!r}"
+                )
+        check_int("reference_size", reference_size, minimum=2)
+        check_int("num_generated", num_generated)
+        check_int("cells", cells)
+        if pca_dim is not None:
+            check_int("pca_dim", pca_dim)
+        self.sampler_name, self.features_name = sampler, features
+        self.reference_size, self.num_generated = reference_size, num_generated
+        self.cells, self.pca_dim = cells, pca_dim
+        self.metric = DataCopying(cells)
+        self.projection: tuple[Tensor, Tensor] | None = None
+        self.reference: Tensor | None = None
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return self.known_families
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            sampler=self.sampler_name or self.decoder_name,
+            probe_size=self.probe_size,
+            reference_size=self.reference_size,
+            cells=self.cells,
+            seed=self.seed,
+        )
+
+    @property
+    def logged_keys(self) -> frozenset[str]:
+        return frozenset(f"memwatch/{FAMILY}/{key}" for key in KEYS)
+
+    # ----------------------------------------------------------------- configuration
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.sampler_name is None:
+            super().setup(trainer, pl_module, stage)  # the decoder and its latent size
+        else:
+            self._attribute(pl_module, self.sampler_name, "sampler")
+        if self.features_name is not None:
+            self._attribute(pl_module, self.features_name, "features")
+
+    def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The training reference is the base's training probe, of ``reference_size``; check
+        that samples and data compare."""
+        if "train" not in self.indices:
+            loader = first_dataloader(train_loader(trainer, pl_module), "train")
+            size = len(map_style_dataset(loader, "training"))
+            count = min(self.reference_size, size)
+            self.indices["train"] = draw_indices(size, count, self.seed, "training")
+        super()._prepare_probes(trainer, pl_module)
+        self.reference = self.inputs["train"]
+        with measurement_context(pl_module, pl_module.device), torch.no_grad():
+            device = pl_module.device
+            sample = self.vectors(pl_module, self.generate(pl_module, 1))
+            data = self.vectors(pl_module, self.reference[:1].to(device))
+        if sample.shape[1] != data.shape[1]:
+            raise ValueError(
+                f"Expected the generated samples to compare with the data but they have "
+                f"{sample.shape[1]} values per sample against the data's {data.shape[1]}: point "
+                "`sampler=` / `decoder=` at the map to inputs, `input_key=` at the input of a "
+                "sample, or `features=` at a feature extractor that takes both"
+            )
+        if self.pca_dim is not None and self.pca_dim > min(len(self.reference), data.shape[1]):
+            raise ValueError(
+                f"Expected `pca_dim` at most min(reference samples, values per sample) = "
+                f"{min(len(self.reference), data.shape[1])} but got {self.pca_dim}"
+            )
+
+    # ------------------------------------------------------------------- measuring
+    def generate(self, pl_module: pl.LightningModule, count: int) -> Tensor:
+        """The first ``count`` of the monitor's generated samples (the same every epoch)."""
+        device = pl_module.device
+        if self.sampler_name is not None:
+            generator = torch.Generator(device=device).manual_seed(self.seed)
+            samples = self._attribute(pl_module, self.sampler_name, "sampler")(count, generator)
+        else:
+            generator = torch.Generator().manual_seed(self.seed + 1)
+            z = torch.randn(self.num_generated, self.latent_dim, generator=generator)
+            samples = self.decoder(pl_module)(z[:count].to(device, pl_module.dtype))
+        if not isinstance(samples, Tensor) or samples.ndim == 0 or len(samples) != count:
+            got = tuple(samples.shape) if isinstance(samples, Tensor) else type(samples).__name__
+            raise ValueError(f"Expected the generator to return {count} samples but got {got}")
+        return samples
+
+    def vectors(self, pl_module: pl.LightningModule, x: Tensor) -> Tensor:
+        """Samples or data as the flat vectors distances are taken between: through
+        ``features``, then the PCA projection when there is one."""
+        if self.features_name is not None:
+            x = self._attribute(pl_module, self.features_name, "features")(x)
+        return project(x, self.projection)
+
+    def measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: dict[str, Tensor]
+    ) -> dict[str, dict[str, Any]]:
+        size = len(inputs["val"])
+        count = math.ceil(self.num_generated * size / self.probe_size)
+        rank, world = trainer.global_rank, trainer.world_size
+        writer = tensorboard_writer(trainer)
+        shown: list[Tensor] = []
+
+        def samples() -> dict[str, Tensor]:
+            with torch.no_grad():
+                reference = self.reference.to(pl_module.device)
+                generated = self.generate(pl_module, count)
+                if self.pca_dim is not None and self.projection is None:
+                    features = self.vectors(pl_module, reference)  # no projection yet
+                    self.projection = pca_projection(features, self.pca_dim)
+                train = self.vectors(pl_module, reference)
+                centroids, train_cells = kmeans(
+                    train, self.cells, generator=torch.Generator().manual_seed(self.seed)
+                )
+                own, _ = nearest_neighbours(train, train, exclude_self=True)
+                batches = {"heldout": inputs["val"], "generated": generated}
+                for name, batch in batches.items():
+                    x = self.vectors(pl_module, shard(batch, rank, world))
+                    x_cells = assign_cells(x, centroids)
+                    d, _ = nearest_neighbours(
+                        x, train, x_cells=x_cells, reference_cells=train_cells
+                    )
+                    flags = copied(train, x, train_distances=own)
+                    self.metric.update(d, x_cells, flags, name)
+                if writer is not None:
+                    x = shard(generated, rank, world)[:PAIRS]
+                    nearest = nearest_neighbours(self.vectors(pl_module, x), train)[1]
+                    shown.extend([x, reference[nearest.clamp(min=0)]])
+            return self.metric.scalars()
+
+        def write() -> None:
+            self.write_layout_once(writer)
+            x, nearest = shown
+            if x[0].numel() != nearest[0].numel():  # samples unlike the data: nothing to show
+                return
+            images = as_images(torch.cat([x.reshape_as(nearest), nearest]))
+            if images is not None:
+                grid = pairs_grid(*images.chunk(2), pairs_per_row=PAIRS)
+                writer.add_image(f"memwatch/{FAMILY}/nearest", grid, global_step(trainer))
+
+        return {FAMILY: self.timed(FAMILY, size, samples, write if writer else None)}
+
+    # ----------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["projection"] = (
+            None if self.projection is None else [t.cpu() for t in self.projection]
+        )
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        projection = state_dict.get("projection")
+        self.projection = None if projection is None else tuple(projection)
+        self.reference = None
