@@ -323,7 +323,7 @@ class MemwatchMonitor(Callback):
             rows = slice_indices(self.cursor, size, self.probe_size)
             with measurement_context(pl_module, device):
                 # clones: inputs gathered under inference mode cannot enter autograd
-                inputs = {split: self.inputs[split][rows].to(device).clone() for split in SPLITS}
+                inputs = {k: v.to(device).clone() for k, v in self.slice_inputs(rows).items()}
                 for timed in self.measure(trainer, pl_module, inputs, rows.to(device)).values():
                     scalars.update(timed)
             self.cursor = (self.cursor + size) % self.probe_size
@@ -342,6 +342,10 @@ class MemwatchMonitor(Callback):
             sync_dist=False,
             rank_zero_only=False,
         )
+
+    def slice_inputs(self, rows: Tensor) -> dict[str, Tensor]:
+        """The probe inputs a measurement of ``rows`` reads, per split."""
+        return {split: self.inputs[split][rows] for split in SPLITS}
 
     def _drop_stale(self, trainer: pl.Trainer) -> None:
         """Take this monitor's earlier values out of ``trainer.callback_metrics``: an epoch that

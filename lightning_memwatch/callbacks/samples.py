@@ -205,9 +205,19 @@ class SampleMonitor(MemwatchMonitor):
             x = self._attribute(pl_module, self.features_name, "features")(x)
         return project(x, self.projection)
 
+    def slice_inputs(self, rows: Tensor) -> dict[str, Tensor]:
+        """The slice of the held-out probe; the training side is the whole reference."""
+        return {"train": self.inputs["train"], "val": self.inputs["val"][rows]}
+
     def measure(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: dict[str, Tensor]
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        inputs: dict[str, Tensor],
+        rows: Tensor,
     ) -> dict[str, dict[str, Any]]:
+        # C_T is a statistic of whole samples (cells), not of probe rows: it is taken over this
+        # measurement's slice of the held-out probe and as many generated samples, not rolled
         size = len(inputs["val"])
         count = math.ceil(self.num_generated * size / self.probe_size)
         rank, world = trainer.global_rank, trainer.world_size
