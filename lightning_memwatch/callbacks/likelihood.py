@@ -88,6 +88,10 @@ class LikelihoodMonitor(MemwatchMonitor):
         input_key: InputKey = 0,
         max_overhead: float = 0.05,
         seed: int = 0,
+        *,
+        decoder_output: str | None = None,
+        encoder_output: str | None = None,
+        preprocess: str | None = None,
     ) -> None:
         if encoder is None:
             raise ValueError(
@@ -95,7 +99,17 @@ class LikelihoodMonitor(MemwatchMonitor):
                 "importance-sampled likelihood needs q(z|x) (a Distribution or (mean, log_var))"
             )
         super().__init__(
-            decoder, encoder, latent_dim, probe_size, every_n_epochs, input_key, max_overhead, seed
+            decoder,
+            encoder,
+            latent_dim,
+            probe_size,
+            every_n_epochs,
+            input_key,
+            max_overhead,
+            seed,
+            decoder_output=decoder_output,
+            encoder_output=encoder_output,
+            preprocess=preprocess,
         )
         if not isinstance(likelihood, str) or not likelihood:
             raise ValueError(
@@ -145,13 +159,31 @@ class LikelihoodMonitor(MemwatchMonitor):
         return posterior, bernoulli_log_likelihood(decoder, logits=self.likelihood == "bernoulli")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
         self.likelihood_callables(pl_module)
 
     def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Draw the probes, then check that the encoder gives a posterior."""
+        """Draw the probes, then check that the encoder gives a posterior and, for a Bernoulli
+        likelihood, that the inputs lie in [0, 1]."""
         super()._prepare_probes(trainer, pl_module)
+        if self.likelihood in ("bernoulli", "bernoulli_probs"):
+            for split, x in self.inputs.items():
+                finite = x[torch.isfinite(x)]
+                if finite.numel() and (finite.min() < 0 or finite.max() > 1):
+                    raise ValueError(
+                        f"Expected {type(self).__name__}(likelihood={self.likelihood!r})'s "
+                        f"{split} probe inputs in [0, 1] but they lie in [{finite.min():.4g}, "
+                        f"{finite.max():.4g}]: pass `preprocess=` a module method that rescales "
+                        'a batch, or `likelihood="gaussian"`'
+                    )
         with measurement_context(pl_module, pl_module.device), torch.no_grad():
-            as_posterior(self.encoder(pl_module)(self.inputs["train"][:2].to(pl_module.device)))
+            output = self.encoder(pl_module)(self.inputs["train"][:2].to(pl_module.device))
+            try:
+                as_posterior(output)
+            except ValueError as error:
+                raise ValueError(
+                    f"{type(self).__name__}(encoder={self.encoder_name!r}): {error}"
+                ) from None
 
     # ------------------------------------------------------------------- measuring
     def log_px(

@@ -114,7 +114,7 @@ def test_dict_samples_with_a_key():
 
 def test_without_encoder_uses_the_latent_dim_hyperparameter():
     cb = GeometryMonitor()
-    cb.setup(quiet_trainer(), make_autoencoder(latent_dim=5), "fit")
+    cb.setup(quiet_trainer(), make_autoencoder(latent_dim=5), "validate")
     assert cb.latent_dim == 5
 
 
