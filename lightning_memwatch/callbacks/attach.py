@@ -12,6 +12,8 @@ to the decoder's dtype, and runs the model once on them
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
@@ -37,6 +39,20 @@ from lightning_memwatch.callbacks.samplers import check_held_out, check_resumed,
 SPLITS = ("train", "val")
 
 
+@contextmanager
+def named(monitor: str) -> Iterator[None]:
+    """Prefix ``monitor`` to a ``ValueError`` raised in the block whose message does not name it
+    (the data helpers do not know which monitor calls them)."""
+    try:
+        yield
+    except ValueError as error:
+        if monitor in str(error):
+            raise
+        raise ValueError(f"{monitor}: {error}").with_traceback(error.__traceback__) from (
+            error.__cause__
+        )
+
+
 def no_held_out_data(monitor: str) -> ValueError:
     """The error of a fit with no validation data anywhere."""
     return ValueError(
@@ -52,6 +68,13 @@ def check_setup(
 ) -> None:
     """The checks that need no data: attributes, keys shared with another monitor, and (for
     ``fit``) that validation data exists."""
+    with named(type(monitor).__name__):
+        _check_setup(monitor, trainer, pl_module, stage)
+
+
+def _check_setup(
+    monitor: Any, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
+) -> None:
     monitor.decoder(pl_module)
     monitor.encoder(pl_module)
     if monitor.preprocess_name is not None:
@@ -64,6 +87,11 @@ def check_setup(
 def prepare_probes(monitor: Any, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
     """Set ``monitor.indices`` (drawn, or kept from a checkpoint), ``monitor.inputs``,
     ``monitor.dataset_sizes`` and ``monitor.latent_dim`` (see the module docstring)."""
+    with named(type(monitor).__name__):
+        _prepare_probes(monitor, trainer, pl_module)
+
+
+def _prepare_probes(monitor: Any, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
     name, device = type(monitor).__name__, pl_module.device
     loaders = {"train": train_loader(trainer, pl_module), "val": val_loader(trainer, pl_module)}
     if loaders["val"] is None:

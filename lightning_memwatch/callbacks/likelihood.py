@@ -167,12 +167,12 @@ class LikelihoodMonitor(MemwatchMonitor):
         likelihood, that the inputs lie in [0, 1]."""
         super()._prepare_probes(trainer, pl_module)
         if self.likelihood in ("bernoulli", "bernoulli_probs"):
-            for split, x in self.inputs.items():
+            for what, x in zip(("training", "validation"), self.inputs.values(), strict=True):
                 finite = x[torch.isfinite(x)]
                 if finite.numel() and (finite.min() < 0 or finite.max() > 1):
                     raise ValueError(
                         f"Expected {type(self).__name__}(likelihood={self.likelihood!r})'s "
-                        f"{split} probe inputs in [0, 1] but they lie in [{finite.min():.4g}, "
+                        f"{what} probe inputs in [0, 1] but they lie in [{finite.min():.4g}, "
                         f"{finite.max():.4g}]: pass `preprocess=` a module method that rescales "
                         'a batch, or `likelihood="gaussian"`'
                     )

@@ -172,11 +172,12 @@ def _check_forward_mode(monitor: Any, decoder: Callable[..., Any], z: Tensor) ->
             else "it must run under torch.func transforms (no `.item()`, no in-place writes into "
             "its input, no Python branches on latent values)"
         )
+        listed = " and ".join(repr(f) for f in families)
         raise ValueError(
-            f"{type(monitor).__name__} measures {', '.join(families)} by forward-mode "
+            f"{type(monitor).__name__} measures the {listed} families by forward-mode "
             f"differentiation (torch.func.jvp) of the decoder `{monitor.decoder_name}`, which "
             f"failed: {type(error).__name__}: {error}. {hint[0].upper()}{hint[1:]}; or leave "
-            f"{' and '.join(repr(f) for f in families)} out of `families`"
+            f"{listed} out of `families`"
         ) from error
 
 
