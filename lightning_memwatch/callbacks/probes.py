@@ -1,5 +1,5 @@
-"""Fixed probe samples drawn from what the trainer's dataloaders yield (DESIGN §3), and the
-latents an encoder gives them.
+"""Fixed probe samples drawn from what the trainer's dataloaders yield, and the latents an
+encoder gives them.
 
 A probe is ``probe_size`` samples drawn once, with a seeded generator of its own, from the
 indices the training and the validation loader yield within the trainer's batch limits

@@ -15,8 +15,8 @@ within the trainer's batch limit (``limit_train_batches``, ``limit_val_batches``
   dataset's (or, for ``DistributedSamplerWrapper``, the wrapped sampler's) indices, and a batch
   limit counts ``num_batches * batch_size`` per rank;
 - any other sampler or batch sampler: iterated once, on a shallow copy whose generators are
-  cloned, under an isolated RNG (torch, numpy, python), and what it yields is taken as what it
-  yields every epoch.
+  cloned, under an isolated RNG (torch, numpy, python) seeded with 0, so that every DDP rank
+  and every resume sees the same; what it yields is taken as what it yields every epoch.
 
 Indices are mapped through ``torch.utils.data.Subset`` wrappers to the dataset underneath, so
 that a train and a validation loader over one dataset object can be checked for overlap.
@@ -48,7 +48,7 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from lightning_memwatch.callbacks.probes import first_dataloader, map_style_dataset
+from lightning_memwatch.callbacks.probes import first_dataloader, map_style_dataset, seeded_rng
 
 
 def limited_batches(loader: DataLoader, limit: int | float) -> float:
@@ -67,10 +67,10 @@ def limited_batches(loader: DataLoader, limit: int | float) -> float:
 
 
 def _copy_for_iteration(sampler: Any) -> Any:
-    """A shallow copy of ``sampler`` whose ``torch.Generator`` attributes are clones, so that
-    iterating it draws nothing from the original's generators."""
+    """A shallow copy of ``sampler`` whose ``torch.Generator`` (and numpy generator) attributes
+    are clones, so that iterating it draws nothing from the original's generators."""
     clone = copy.copy(sampler)
-    for name, value in list(vars(sampler).items()):
+    for name, value in list(getattr(sampler, "__dict__", {}).items()):
         if isinstance(value, torch.Generator):
             twin = torch.Generator(device=value.device)
             twin.set_state(value.get_state())
@@ -90,7 +90,7 @@ def _iterate(sampler: Any, count: float) -> list[Any]:
                 "a `__len__`, or pass `limit_train_batches` / `limit_val_batches`"
             )
         count = len(sampler)
-    with isolate_rng(include_cuda=False):
+    with isolate_rng(include_cuda=False), seeded_rng(0):  # the same on every rank and resume
         return list(itertools.islice(iter(_copy_for_iteration(sampler)), int(count)))
 
 

@@ -78,6 +78,28 @@ def test_no_validation_data():
         fit(GeometryMonitor(encoder="encode"), val=None)
 
 
+@pytest.mark.parametrize(
+    ("val", "match"),
+    [
+        (digits_loaders(n_val=8)[1], r"at most the validation dataset's size \(8\)"),
+        (DataLoader(Stream(), batch_size=16), r"validation dataloader to wrap a map-style"),
+    ],
+)
+def test_validation_data_is_checked_before_training_when_validation_starts_late(val, match):
+    """Before: with ``check_val_every_n_epoch=2`` and no sanity check the validation probe was
+    drawn (and checked) only after the first validating epoch."""
+    model = make_autoencoder()
+    trainer = quiet_trainer(
+        callbacks=[GeometryMonitor(encoder="encode", probe_size=12)],
+        max_epochs=2,
+        check_val_every_n_epoch=2,
+        num_sanity_val_steps=0,
+    )
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(model, digits_loaders()[0], val)
+    assert model.losses == []
+
+
 def test_bad_input_key():
     with pytest.raises(ValueError, match=r"input_key=3.*tuple index or dict key"):
         fit(GeometryMonitor(encoder="encode", input_key=3))

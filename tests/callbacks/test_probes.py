@@ -156,6 +156,26 @@ def test_a_custom_sampler_is_iterated_on_a_copy_under_an_isolated_rng():
     assert torch.equal(torch.get_rng_state(), global_before)
 
 
+class RandomPick(Sampler):
+    """A custom random sampler drawing from the global RNG."""
+
+    def __iter__(self):
+        yield from torch.randperm(20)[:5].tolist()
+
+    def __len__(self):
+        return 5
+
+
+def test_a_custom_random_sampler_gives_the_same_candidates_whatever_the_global_rng():
+    """Every DDP rank and every resume must draw the same probe."""
+    loader = DataLoader(TensorDataset(torch.zeros(20, 2)), sampler=RandomPick())
+    torch.manual_seed(1)
+    first, _ = loader_indices(loader, math.inf)
+    torch.manual_seed(2)
+    second, _ = loader_indices(loader, math.inf)
+    assert torch.equal(first, second) and len(first) == 5
+
+
 def test_limited_batches_counts_as_lightning_does():
     loader = DataLoader(TensorDataset(torch.zeros(10, 1)), batch_size=3)  # 4 batches
     assert [limited_batches(loader, limit) for limit in (1.0, 0.5, 2, 9, 0)] == [4, 2, 2, 4, 4]
