@@ -128,6 +128,7 @@ class MemorizationEarlyStopping(Callback):
         self.report_only = report_only
         self.consecutive = 0
         self._last_checked_epoch: int | None = None
+        self._validated_epoch: int | None = None
         self.fired_epoch: int | None = None
         self.stopped_epoch: int | None = None
         self.stopping_reason_message: str | None = None
@@ -190,6 +191,7 @@ class MemorizationEarlyStopping(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_checked_epoch = None  # epochs restart in a new fit; a resume goes past it
+        self._validated_epoch = None
 
     def _should_skip_check(self, trainer: pl.Trainer) -> bool:
         return (
@@ -199,12 +201,15 @@ class MemorizationEarlyStopping(Callback):
         )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """An epoch without validation is measured at its end: check it there."""
-        self.on_validation_end(trainer, pl_module)
+        """An epoch without validation is measured at its end: check it there (once a epoch,
+        the same on every rank)."""
+        if self._validated_epoch != trainer.current_epoch:
+            self.on_validation_end(trainer, pl_module)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._should_skip_check(trainer):
             return
+        self._validated_epoch = trainer.current_epoch
         epoch = trainer.current_epoch
         reason = self._evaluate(trainer)
         # every rank reaches this call at every check, whatever its own value, so that no rank

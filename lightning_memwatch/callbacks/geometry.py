@@ -109,9 +109,23 @@ class GeometryMonitor(MemwatchMonitor):
         radii: Sequence[float] = (0.5, 1.0),
         complexity_radius: float = 0.1,
         complexity_samples: int = 64,
+        *,
+        decoder_output: str | None = None,
+        encoder_output: str | None = None,
+        preprocess: str | None = None,
     ) -> None:
         super().__init__(
-            decoder, encoder, latent_dim, probe_size, every_n_epochs, input_key, max_overhead, seed
+            decoder,
+            encoder,
+            latent_dim,
+            probe_size,
+            every_n_epochs,
+            input_key,
+            max_overhead,
+            seed,
+            decoder_output=decoder_output,
+            encoder_output=encoder_output,
+            preprocess=preprocess,
         )
         if isinstance(families, str) or not families or any(f not in FAMILIES for f in families):
             raise ValueError(

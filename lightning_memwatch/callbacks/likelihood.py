@@ -113,6 +113,10 @@ class LikelihoodMonitor(MemwatchMonitor):
         input_key: InputKey = 0,
         max_overhead: float = 0.05,
         seed: int = 0,
+        *,
+        decoder_output: str | None = None,
+        encoder_output: str | None = None,
+        preprocess: str | None = None,
     ) -> None:
         if encoder is None:
             raise ValueError(
@@ -120,7 +124,17 @@ class LikelihoodMonitor(MemwatchMonitor):
                 "importance-sampled likelihood needs q(z|x) (a Distribution or (mean, log_var))"
             )
         super().__init__(
-            decoder, encoder, latent_dim, probe_size, every_n_epochs, input_key, max_overhead, seed
+            decoder,
+            encoder,
+            latent_dim,
+            probe_size,
+            every_n_epochs,
+            input_key,
+            max_overhead,
+            seed,
+            decoder_output=decoder_output,
+            encoder_output=encoder_output,
+            preprocess=preprocess,
         )
         if not isinstance(likelihood, str) or not likelihood:
             raise ValueError(
@@ -186,7 +200,7 @@ class LikelihoodMonitor(MemwatchMonitor):
         return posterior, bernoulli_log_likelihood(decoder, logits=name == "bernoulli")
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.encoder(pl_module)
+        super().setup(trainer, pl_module, stage)
         if self.likelihood in BUILTIN_LIKELIHOODS:
             self.decoder(pl_module)
         else:

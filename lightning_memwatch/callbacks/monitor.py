@@ -24,21 +24,20 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 
+from lightning_memwatch.callbacks.adapters import (
+    Site,
+    adapt_decoder,
+    adapt_encoder,
+    check_name,
+    resolve_attribute,
+)
+from lightning_memwatch.callbacks.attach import check_setup, prepare_probes
 from lightning_memwatch.callbacks.budget import CostBudget
 from lightning_memwatch.callbacks.isolation import measurement_context
-from lightning_memwatch.callbacks.probes import (
-    InputKey,
-    draw_indices,
-    first_dataloader,
-    gather_inputs,
-    latents_of,
-    map_style_dataset,
-    train_loader,
-)
+from lightning_memwatch.callbacks.probes import InputKey, train_loader
 from lightning_memwatch.callbacks.rolling import RollingTable, roll, slice_indices
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.metrics.train_val import TrainValGap
@@ -66,12 +65,21 @@ FIGURE_EVERY = 10
 class MemwatchMonitor(Callback):
     """Base class of the monitors: the probe / context / schedule / budget / logging glue.
 
+    Before the first training step every monitor draws its probes and runs the encoder and the
+    decoder once on them (:mod:`~lightning_memwatch.callbacks.preflight`), so that a
+    misconfiguration fails then, with a message that names the fix. Two monitors of one class in
+    one Trainer need distinct ``state_key`` (Lightning refuses the Trainer otherwise): give them
+    another ``seed`` or ``probe_size``; and disjoint ``logged_keys`` (checked at setup).
+
     Args:
         decoder: name of the module's attribute (module or method) mapping ``(B, m)`` latents to
-            outputs.
+            outputs, dotted for a submodule (``"model.decoder"``). Its output may be a tensor, a
+            tuple (first element), a mapping or an object with attributes (``ModelOutput``: the
+            ``decoder_output`` entry, else its only tensor) or a distribution (its mean)
+            (:mod:`~lightning_memwatch.callbacks.adapters`).
         encoder: name of an attribute mapping inputs to latents (a tensor, a tuple whose first
-            element is the latents, or a distribution whose mean is). ``None``: latents come
-            from latent recovery.
+            element is the latents, or a distribution whose mean is; a mapping or object is read
+            by ``encoder_output``). ``None``: latents come from latent recovery.
         latent_dim: latent size ``m``; ``None``: inferred from the encoder's output, else from a
             ``latent_dim`` attribute or hyperparameter of the module.
         probe_size: samples per split (train and validation) in the probe. A measurement covers
@@ -83,13 +91,24 @@ class MemwatchMonitor(Callback):
             end of its training (a module without ``validation_step``, ``limit_val_batches=0``,
             or an epoch that ``check_val_every_n_epoch`` skips).
         input_key: picks the input out of a dataset sample (tuple index or dict key; ``None``: the
-            sample is the input).
+            sample is the input); with ``preprocess``, out of its result unless that is a tensor.
         max_overhead: share of the run's wall time outside the monitors that all memwatch
             monitors of the ``Trainer`` together may spend, a positive number (``0.05``: 5%); the
             smallest value among them wins, and each of ``N`` monitors gets ``1 / N`` of it.
             ``float("inf")`` turns the budget off, so that every ``every_n_epochs``-th epoch is
             measured on the whole probe (:mod:`~lightning_memwatch.callbacks.budget`).
-        seed: seeds the probe draw and every random start of the monitor (own generator).
+        seed: seeds the probe draw and every random start of the monitor (own generator), and
+            the global RNGs (isolated) while the probe samples are read, so that augmentations in
+            ``__getitem__`` give the same probe inputs at every gather.
+        decoder_output: the key (mapping) or attribute (object) of the decoder's output that is
+            the output batch; ``None``: a mapping's or object's only tensor.
+        encoder_output: the same for the encoder's output (the latents, or for
+            ``LikelihoodMonitor`` the posterior).
+        preprocess: name of a module attribute that turns a batch of probe samples, collated by
+            the loader's ``collate_fn`` as ``training_step`` receives it, into the model's inputs
+            (Lightning's autoencoder: ``"_prepare_batch"``); applied once, when the probe is
+            gathered, on the module's device. The inputs are then cast to the decoder's
+            parameter dtype if floating; integer inputs fail (convert them in ``preprocess``).
     """
 
     #: Families this monitor can measure; subclasses set it.
@@ -105,14 +124,19 @@ class MemwatchMonitor(Callback):
         input_key: InputKey = 0,
         max_overhead: float = 0.05,
         seed: int = 0,
+        *,
+        decoder_output: str | None = None,
+        encoder_output: str | None = None,
+        preprocess: str | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(decoder, str) or not decoder:
-            raise ValueError(f"Expected `decoder` to name a module attribute but got {decoder!r}")
-        if encoder is not None and (not isinstance(encoder, str) or not encoder):
-            raise ValueError(
-                f"Expected `encoder` to name a module attribute or be None but got {encoder!r}"
-            )
+        check_name("decoder", decoder, optional=False)
+        check_name("encoder", encoder)
+        self.preprocess_name = check_name("preprocess", preprocess)
+        for name, key in (("decoder_output", decoder_output), ("encoder_output", encoder_output)):
+            if key is not None and (not isinstance(key, str) or not key):
+                raise ValueError(f"Expected `{name}` to be an output's key or None but got {key!r}")
+        self.decoder_output, self.encoder_output = decoder_output, encoder_output
         if latent_dim is not None:
             check_int("latent_dim", latent_dim)
         check_int("probe_size", probe_size)
@@ -144,6 +168,7 @@ class MemwatchMonitor(Callback):
         self.tables: dict[str, RollingTable] = {}
         self.cursor = 0
         self.measurements = 0
+        self.dataset_sizes: dict[str, int] = {}
         self.last_logged_epoch: int | None = None
         self.last_checked_epoch: int | None = None
         self._warned_no_probe = False
@@ -162,27 +187,21 @@ class MemwatchMonitor(Callback):
         raise NotImplementedError
 
     def _attribute(self, pl_module: pl.LightningModule, name: str, role: str) -> Callable[..., Any]:
-        if not hasattr(pl_module, name):
-            raise ValueError(
-                f"Expected the LightningModule to have a `{name}` attribute for the {role} but "
-                f"{type(pl_module).__name__} has none: pass `{role}=` the name of the attribute "
-                f"(module or method) that is the {role}"
-            )
-        value = getattr(pl_module, name)
-        if not callable(value):
-            raise ValueError(
-                f"Expected `{type(pl_module).__name__}.{name}` (the {role}) to be callable but "
-                f"got {type(value).__name__}: name a module or a method"
-            )
-        return value
+        return resolve_attribute(pl_module, name, role)
 
     def decoder(self, pl_module: pl.LightningModule) -> Callable[[Tensor], Tensor]:
-        return self._attribute(pl_module, self.decoder_name, "decoder")
+        """The decoder, its outputs read as one tensor batch (``decoder_output``)."""
+        site = Site(type(self).__name__, "decoder", self.decoder_name)
+        fn = self._attribute(pl_module, self.decoder_name, "decoder")
+        return adapt_decoder(fn, self.decoder_output, site)
 
     def encoder(self, pl_module: pl.LightningModule) -> Callable[[Tensor], Any] | None:
+        """The encoder (``None`` without one), a mapping output read by ``encoder_output``."""
         if self.encoder_name is None:
             return None
-        return self._attribute(pl_module, self.encoder_name, "encoder")
+        site = Site(type(self).__name__, "encoder", self.encoder_name)
+        fn = self._attribute(pl_module, self.encoder_name, "encoder")
+        return adapt_encoder(fn, self.encoder_output, site)
 
     def _module_latent_dim(self, pl_module: pl.LightningModule) -> int | None:
         for value in (getattr(pl_module, "latent_dim", None), pl_module.hparams.get("latent_dim")):
@@ -223,11 +242,10 @@ class MemwatchMonitor(Callback):
                     )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_setup(self, trainer, pl_module, stage)
         self.budget.attach(trainer, self.state_key)
         self._check_lightning_readers(trainer)
         silence_sync_dist_advice()
-        self.decoder(pl_module)
-        self.encoder(pl_module)
         if self.latent_dim is None and self.encoder_name is None:
             self.latent_dim = self._module_latent_dim(pl_module)
             if self.latent_dim is None:
@@ -239,38 +257,14 @@ class MemwatchMonitor(Callback):
 
     # ----------------------------------------------------------------------- probes
     def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Draw (or, after a resume, re-gather) the probes; check the data on the way."""
-        loaders = {"train": train_loader(trainer, pl_module), "val": trainer.val_dataloaders}
-        for offset, split in enumerate(SPLITS):
-            what = "training" if split == "train" else "validation"
-            dataset = map_style_dataset(first_dataloader(loaders[split], split), what)
-            if split not in self.indices:
-                self.indices[split] = draw_indices(
-                    len(dataset), self.probe_size, self.seed + offset, what
-                )
-            with torch.inference_mode(False):  # trainer.validate runs in inference mode
-                self.inputs[split] = gather_inputs(dataset, self.indices[split], self.input_key)
-        encoder = self.encoder(pl_module)
-        if encoder is not None and self.latent_dim is None:
-            with measurement_context(pl_module, pl_module.device), torch.no_grad():
-                probe = self.inputs["train"][:1].to(pl_module.device)
-                self.latent_dim = latents_of(encoder(probe)).shape[1]
+        """Draw (or, after a resume, re-gather) the probes and run the model once on them."""
+        prepare_probes(self, trainer, pl_module)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.budget.start()
-        every = trainer.check_val_every_n_epoch
-        if trainer.val_dataloaders is None and every and (trainer.current_epoch + 1) % every:
-            if self._validates(trainer, pl_module):
-                return  # Lightning loads the validation data at the first epoch that validates
-        self._prepare_probes(trainer, pl_module)
+        self._prepare_probes(trainer, pl_module)  # also when Lightning loads no validation data
 
     # ------------------------------------------------------------------ scheduling
-    @staticmethod
-    def _validates(trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
-        """Whether this fit runs a validation loop at all (a ``validation_step`` and batches)."""
-        limit = trainer.limit_val_batches
-        return is_overridden("validation_step", pl_module) and limit != 0
-
     def _scheduled(self, trainer: pl.Trainer) -> bool:
         """Every ``every_n_epochs``-th training epoch (epochs ``n - 1``, ``2n - 1``, ...)."""
         return (
@@ -291,12 +285,6 @@ class MemwatchMonitor(Callback):
             return
         if self.last_checked_epoch == trainer.current_epoch:
             return
-        if (
-            not self.inputs
-            and trainer.val_dataloaders is None
-            and self._validates(trainer, pl_module)
-        ):
-            return  # Lightning loads the validation data at the first epoch that validates
         self._measure_or_skip(trainer, pl_module)
 
     def _measure_or_skip(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -430,6 +418,7 @@ class MemwatchMonitor(Callback):
             "cursor": self.cursor,
             "measurements": self.measurements,
             "tables": {family: table.state_dict() for family, table in self.tables.items()},
+            "dataset_sizes": dict(self.dataset_sizes),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -443,4 +432,5 @@ class MemwatchMonitor(Callback):
         for family, table in state_dict.get("tables", {}).items():
             self.tables[family] = RollingTable(self.probe_size)
             self.tables[family].load_state_dict(table)
+        self.dataset_sizes = dict(state_dict.get("dataset_sizes", {}))
         self.inputs = {}

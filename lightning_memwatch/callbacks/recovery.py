@@ -9,7 +9,6 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.isolation import measurement_context
 from lightning_memwatch.callbacks.latents import CHUNK, LatentStore, recover_rows
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
 from lightning_memwatch.callbacks.probes import InputKey, latents_of
@@ -95,9 +94,23 @@ class RecoveryMonitor(MemwatchMonitor):
         seed: int = 0,
         warm_steps: int = 20,
         restart_every: int = 5,
+        *,
+        decoder_output: str | None = None,
+        encoder_output: str | None = None,
+        preprocess: str | None = None,
     ) -> None:
         super().__init__(
-            decoder, encoder, latent_dim, probe_size, every_n_epochs, input_key, max_overhead, seed
+            decoder,
+            encoder,
+            latent_dim,
+            probe_size,
+            every_n_epochs,
+            input_key,
+            max_overhead,
+            seed,
+            decoder_output=decoder_output,
+            encoder_output=encoder_output,
+            preprocess=preprocess,
         )
         check_int("steps", steps, minimum=0)
         self.warm_steps = check_int("warm_steps", warm_steps, minimum=0)
@@ -120,23 +133,6 @@ class RecoveryMonitor(MemwatchMonitor):
     @property
     def logged_keys(self) -> frozenset[str]:
         return frozenset(f"memwatch/recovery/{key}" for key in KEYS)
-
-    def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Draw the probes, then check that the decoder's outputs compare with the inputs."""
-        super()._prepare_probes(trainer, pl_module)
-        target = self.inputs["train"][:1]
-        with measurement_context(pl_module, pl_module.device), torch.no_grad():
-            # the latents' dtype recover_latents uses: the inputs', or the default for integers
-            dtype = target.dtype if target.is_floating_point() else torch.get_default_dtype()
-            z = torch.zeros(1, self.latent_dim, device=pl_module.device, dtype=dtype)
-            output = self.decoder(pl_module)(z)
-        if output.numel() != target.numel():
-            raise ValueError(
-                f"Expected `{self.decoder_name}` to return as many values per sample as an input "
-                f"has ({tuple(target.shape[1:])}, {target.numel()} values) to compare them, but "
-                f"it returned {tuple(output.shape[1:])}: point `decoder=` "
-                "at the map from latents to inputs, and `input_key=` at the input of a sample"
-            )
 
     def recover(
         self,

@@ -20,7 +20,7 @@ from lightning_memwatch.callbacks import MemorizationEarlyStopping
 
 KS = "memwatch/recovery/ks_pvalue"
 GAP = "memwatch/recovery/mre_gap"
-LOGGER = "lightning_memwatch.callbacks.early_stopping"
+LOGGER = "lightning.pytorch.callbacks.memwatch"
 
 
 class ScriptedMonitor(Callback):
