@@ -5,16 +5,18 @@ Usable on a saved generator in a notebook: every function takes a decoder callab
 """
 
 from lightning_memwatch.functional.complexity import local_complexity
+from lightning_memwatch.functional.decay import decay_scores, decay_terms
 from lightning_memwatch.functional.decoder_likelihood import (
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
 )
-from lightning_memwatch.functional.density import decay_scores, dip_scores, induced_log_density
+from lightning_memwatch.functional.density import dip_scores, dip_terms, induced_log_density
 from lightning_memwatch.functional.jacobian import jacobian
 from lightning_memwatch.functional.likelihood import (
     importance_log_likelihood,
     posterior_from_encoder,
 )
+from lightning_memwatch.functional.priors import log_prior, project_to_typical_set, sample_prior
 from lightning_memwatch.functional.recovery import recover_latents
 from lightning_memwatch.functional.spectrum import (
     intrinsic_dim,
@@ -28,7 +30,9 @@ from lightning_memwatch.functional.stats import ks_pvalue, mre_gap
 __all__ = [
     "bernoulli_log_likelihood",
     "decay_scores",
+    "decay_terms",
     "dip_scores",
+    "dip_terms",
     "gaussian_log_likelihood",
     "importance_log_likelihood",
     "induced_log_density",
@@ -39,8 +43,11 @@ __all__ = [
     "local_rank",
     "local_scaling",
     "log_condition",
+    "log_prior",
     "mre_gap",
     "posterior_from_encoder",
+    "project_to_typical_set",
     "recover_latents",
+    "sample_prior",
     "singular_values",
 ]
