@@ -15,7 +15,8 @@ random latent pairs / line centres, ``steps = 17``, radii 0.5 and 1.
   bisection), timed alone ("search") and inside the whole score, with and without the centre's
   spectrum and top vector given (``head``).
 
-Prints best-of-``REPEATS`` wall times (``time.perf_counter``), new / old ratios, and how the
+Prints best-of-``REPEATS`` wall times (``time.perf_counter``; the variants of one row timed in
+interleaved rounds), new / old ratios, and how the
 per-sample values agree: the share within 1% (relative) of the previous value, the largest
 relative difference, and the median absolute difference beside the spread (standard deviation)
 of the previous values over the samples.
@@ -135,13 +136,20 @@ def decoders() -> dict[str, tuple[nn.Module, int]]:
 
 def best_time(fn: Callable[[], Tensor]) -> tuple[float, Tensor]:
     """Best wall time of ``REPEATS`` calls after one warm-up call, and the last result."""
-    result = fn()
-    times = []
+    return best_times(fn)[0]
+
+
+def best_times(*fns: Callable[[], Tensor]) -> list[tuple[float, Tensor]]:
+    """Best wall time of each of ``fns`` over ``REPEATS`` interleaved rounds (one warm-up call
+    each first), so that a busy machine slows every variant alike; and the last results."""
+    results = [fn() for fn in fns]
+    best = [float("inf")] * len(fns)
     for _ in range(REPEATS):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            results[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return list(zip(best, results, strict=True))
 
 
 def agreement(new: Tensor, old: Tensor) -> str:
@@ -165,23 +173,28 @@ def rows(name: str, f: nn.Module, m: int) -> list[str]:
     head = map_jacobian_chunks(f, z0, gram_singular_values_and_top_vector)
     v = head[:, -m:]
     radii = torch.tensor(RADII, dtype=torch.float64)
-    old_s, old = best_time(lambda: old_dip(f, z0, z1))
-    new_s, new = best_time(lambda: dip_scores(f, z0, z1))
-    given_s, given = best_time(lambda: dip_scores(f, z0, z1, s_start=s0, s_end=s1))
+    (old_s, old), (new_s, new), (given_s, given) = best_times(
+        lambda: old_dip(f, z0, z1),
+        lambda: dip_scores(f, z0, z1),
+        lambda: dip_scores(f, z0, z1, s_start=s0, s_end=s1),
+    )
     assert torch.allclose(given, new, equal_nan=True, atol=1e-5)
     out = [
         f"| {name} | dip | {old_s:.3f} | {new_s:.3f} ({new_s / old_s:.2f}x) | "
         f"{given_s:.3f} ({given_s / old_s:.2f}x) | {agreement(new, old)} |"
     ]
-    old_s, old_t = best_time(lambda: old_radius_offsets(f, z0, v, radii))
-    new_s, new_t = best_time(lambda: radius_offsets(f, z0, v, radii)[0])
+    (old_s, old_t), (new_s, new_t) = best_times(
+        lambda: old_radius_offsets(f, z0, v, radii), lambda: radius_offsets(f, z0, v, radii)[0]
+    )
     out.append(
         f"| {name} | decay search | {old_s:.3f} | {new_s:.3f} ({new_s / old_s:.2f}x) | - | "
         f"{agreement(new_t, old_t)} |"
     )
-    old_s, old = best_time(lambda: old_decay(f, z0))
-    new_s, new = best_time(lambda: decay_scores(f, z0, radii=RADII))
-    given_s, given = best_time(lambda: decay_scores(f, z0, radii=RADII, head=head))
+    (old_s, old), (new_s, new), (given_s, given) = best_times(
+        lambda: old_decay(f, z0),
+        lambda: decay_scores(f, z0, radii=RADII),
+        lambda: decay_scores(f, z0, radii=RADII, head=head),
+    )
     assert torch.allclose(given, new, equal_nan=True, atol=1e-5)
     out.append(
         f"| {name} | decay | {old_s:.3f} | {new_s:.3f} ({new_s / old_s:.2f}x) | "

@@ -56,9 +56,11 @@ LATENT_LIMIT = 4.0
 #: Uniform samples per side and per search segment (spacing 1/8 on ``[0, LATENT_LIMIT]``) that
 #: bracket each radius.
 COARSE_STEPS = 32
-#: Bisections of each bracket: its width falls to ``2^-6`` of the coarse spacing (0.002 latent
-#: units on ``[0, LATENT_LIMIT]``, half the old fine spacing) before ``t`` is interpolated.
-BISECTION_STEPS = 6
+#: Bisections of each bracket before ``t`` is interpolated in the last chord: its width falls to
+#: 1/16 of the coarse spacing (0.008 latent units on ``[0, LATENT_LIMIT]``). More do not help:
+#: the error left is the coarse chords' shortfall of the arclength before the bracket (decay
+#: within 6.7e-4 of a 64,000-sample reference on a tanh MLP with 3, 4, 6 or 8 bisections).
+BISECTION_STEPS = 4
 
 
 def _ray_points(origin: Tensor, direction: Tensor, t: Tensor) -> Tensor:
