@@ -595,3 +595,27 @@ def test_unreached_is_apart_from_other_nans():
     broken = decay_terms(g, z, radii=(0.5, 1.5))
     assert torch.isfinite(broken.prior[:, 0]).all()
     assert torch.isnan(broken.prior[:, 1]).all() and not broken.unreached.any()
+
+
+def test_saturated_memorizer_centres_are_counted_unreached():
+    """``tests.conftest.SoftNearestCentre`` with ``scale = 6``: at each centre ``c_j = 6 e_j``
+    the top singular direction points away from every other centre on one side, where the
+    output stays on ``x_j``: that side never moves ``r`` within ``search_bound`` (checked on a
+    fine float64 grid), so every centre's decay is NaN *and* flagged unreached. The smooth
+    memorizer of :func:`soft_nearest_centre` (centres 2 apart) stays measured and unflagged."""
+    from tests.conftest import SoftNearestCentre
+
+    gen = torch.Generator().manual_seed(0)
+    f = SoftNearestCentre(torch.rand(4, 16, generator=gen, dtype=torch.float64), scale=6.0)
+    centres = f.centres.clone()
+    terms = decay_terms(f, centres, radii=(0.5, 1.0))
+    assert terms.unreached.all() and torch.isnan(terms.prior).all()
+    ts = torch.linspace(0.0, search_bound(None, 4), 20_001, dtype=torch.float64)[:, None]
+    v = torch.linalg.svd(torch.func.jacrev(f)(centres[:1])[0, :, 0]).Vh[0]  # reverse mode
+    with torch.no_grad():
+        arcs = [f(centres[0] + sign * ts * v).diff(dim=0).norm(dim=1).sum() for sign in (1, -1)]
+    shortest = min(arc.item() for arc in arcs)
+    assert shortest < 0.5 < max(arc.item() for arc in arcs)
+    smooth, centres2, _ = soft_nearest_centre(0.5)
+    measured = decay_terms(smooth, centres2[:1], radii=(0.5, 1.0))
+    assert torch.isfinite(measured.prior).all() and not measured.unreached.any()
