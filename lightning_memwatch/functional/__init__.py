@@ -13,11 +13,12 @@ from lightning_memwatch.functional.data_copying import (
     data_copying_statistic,
     mann_whitney_z,
 )
+from lightning_memwatch.functional.decay import decay_scores, decay_terms
 from lightning_memwatch.functional.decoder_likelihood import (
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
 )
-from lightning_memwatch.functional.density import decay_scores, dip_scores, induced_log_density
+from lightning_memwatch.functional.density import dip_scores, dip_terms, induced_log_density
 from lightning_memwatch.functional.jacobian import jacobian
 from lightning_memwatch.functional.kmeans import assign_cells, kmeans, pairwise_distances
 from lightning_memwatch.functional.likelihood import (
@@ -25,6 +26,7 @@ from lightning_memwatch.functional.likelihood import (
     posterior_from_encoder,
 )
 from lightning_memwatch.functional.neighbours import nearest_neighbours, pca_projection, project
+from lightning_memwatch.functional.priors import log_prior, project_to_typical_set, sample_prior
 from lightning_memwatch.functional.recovery import recover_latents
 from lightning_memwatch.functional.spectrum import (
     intrinsic_dim,
@@ -44,7 +46,9 @@ __all__ = [
     "data_copying_from_distances",
     "data_copying_statistic",
     "decay_scores",
+    "decay_terms",
     "dip_scores",
+    "dip_terms",
     "gaussian_log_likelihood",
     "importance_log_likelihood",
     "induced_log_density",
@@ -56,6 +60,7 @@ __all__ = [
     "local_rank",
     "local_scaling",
     "log_condition",
+    "log_prior",
     "mann_whitney_z",
     "mre_gap",
     "nearest_neighbours",
@@ -63,6 +68,8 @@ __all__ = [
     "pca_projection",
     "posterior_from_encoder",
     "project",
+    "project_to_typical_set",
     "recover_latents",
+    "sample_prior",
     "singular_values",
 ]

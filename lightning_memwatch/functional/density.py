@@ -1,67 +1,47 @@
 """The density a generator induces on its outputs, and its dip and decay along latent lines.
 
-``papers/feiszli_latent_geometry.txt`` eq. 2: a latent prior ``p(z)`` pushed through
-``f: R^m -> R^n`` gives the outputs the density ``p~(f(z)) = p(z) / prod_{i <= k} s_i`` on the
-``k``-dimensional image manifold, so ``lp = log p(z) - psi_k(z)`` with ``psi_k`` the local
-scaling of :mod:`~lightning_memwatch.functional.spectrum`. Memorization concentrates ``p~`` on
-the training outputs: it dips between two of them (§4.1) and decays fast around each (§4.2),
-both measured against output-space arclength ``s`` (summed L2 chords, outputs flattened).
+Feiszli et al. eq. 2: a latent prior ``p(z)`` pushed through ``f: R^m -> R^n`` gives the outputs
+the density ``p~(f(z)) = p(z) / prod_{i <= k} s_i`` on the ``k``-dimensional image manifold, so
+``lp = log p(z) - psi_k(z)`` with ``psi_k`` the local scaling of
+:mod:`~lightning_memwatch.functional.spectrum`. Memorization concentrates ``p~`` on the training
+outputs: it dips between two of them (§4.1, here) and decays fast around each (§4.2,
+:mod:`~lightning_memwatch.functional.decay`), both measured against output-space arclength ``s``
+(summed L2 chords, outputs flattened). Each score is the sum of a prior term (the ``log p``
+parts) and a volume term (the ``-psi`` parts), given apart by :func:`dip_terms` and
+:func:`~lightning_memwatch.functional.decay.decay_terms`.
 
 Along one path or line the rank ``k`` is fixed at its anchor (path start, line centre) so that
-``lp`` is continuous (DESIGN §2). Scores are float64; a path or radius that cannot be computed
-(non-finite output or Jacobian, a radius never reached) is NaN, never an exception.
+``lp`` is continuous (Feiszli et al. §4.2, fig. 6). Scores are float64; a path or radius that
+cannot be computed (non-finite output or Jacobian, a radius never reached) is NaN, never an
+exception. The prior is a spec of :mod:`~lightning_memwatch.functional.priors`. With the
+``"sphere"`` prior ``psi`` is still taken over the full ``m``-dimensional Jacobian (the sphere's
+tangent space is not projected out) and lines run straight through ``R^m``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution
 
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.jacobian import (
     Decoder,
-    _check_latents,
     as_plain_tensor,
     map_jacobian_chunks,
 )
 from lightning_memwatch.functional.paths import arclength, interp
+from lightning_memwatch.functional.priors import Prior, check_prior, log_prior
 from lightning_memwatch.functional.spectrum import (
     _check_rtol,
     gram_singular_values,
-    gram_singular_values_and_top_vector,
     intrinsic_dim,
     local_scaling,
 )
 
-#: How far (latent units: standard deviations of the N(0, I) prior) :func:`decay_scores` follows
-#: a line each way from its centre looking for the arclength radii; a radius not reached within
-#: it is NaN. 4 leaves the bulk of the prior (``P(|N(0, 1)| > 4) = 6e-5``) and keeps a linear
-#: map's radius ``r`` reachable down to ``s_1 = r / 4``.
-LATENT_LIMIT = 4.0
-#: Uniform samples per side over ``[0, LATENT_LIMIT]`` that bracket each radius (spacing 1/16).
-COARSE_STEPS = 64
-#: Uniform samples inside the bracketing interval, where the radius is interpolated. A line
-#: costs ``2 (COARSE_STEPS + 1) + 2 R (FINE_STEPS + 1)`` decoder points and ``1 + 2 R`` Jacobians.
-FINE_STEPS = 16
-
-
-def _log_prior(z: Tensor, prior: Distribution | None = None) -> Tensor:
-    """``log p(z)`` per point, float64; ``prior=None`` is N(0, I) over ``R^m``."""
-    if prior is None:
-        z64 = z.to(torch.float64)
-        return -0.5 * (z64.square().sum(dim=-1) + z.shape[-1] * math.log(2 * math.pi))
-    logp = prior.log_prob(z)
-    if logp.shape == z.shape:  # a batch of m independent scalars, not an event of size m
-        logp = logp.sum(dim=-1)
-    if logp.shape != z.shape[:1]:
-        raise ValueError(
-            f"Expected `prior.log_prob` to give (B,) or (B, m) values but got {tuple(logp.shape)}"
-        )
-    return logp.to(torch.float64)
+_log_prior = log_prior  # the name likelihood.py imports from here
 
 
 def _scaling_at_rank(s: Tensor, k: Tensor) -> Tensor:
@@ -76,12 +56,12 @@ def induced_log_density(
     *,
     k: int | Tensor | None = None,
     rtol: float = 1e-4,
-    prior: Distribution | None = None,
+    prior: Prior = None,
 ) -> Tensor:
     """Log of the density induced on the outputs, ``lp(z) = log p(z) - sum_{i <= k} log s_i``.
 
-    ``papers/feiszli_latent_geometry.txt`` eq. 2 (§3): ``p~(f(z)) = p(z) / prod_{i<=k} s_i``,
-    the ``s_i`` the singular values of ``J = df/dz`` at ``z`` and ``k`` the non-degenerate ones.
+    Feiszli et al. eq. 2 (§3): ``p~(f(z)) = p(z) / prod_{i<=k} s_i``, the ``s_i`` the singular
+    values of ``J = df/dz`` at ``z`` and ``k`` the non-degenerate ones.
 
     Args:
         f: any callable from a ``(B, m)`` latent batch to a ``(B, ...)`` output batch.
@@ -89,8 +69,8 @@ def induced_log_density(
         k: how many singular values count (int or ``(B,)`` tensor); ``None``:
             ``#{i : s_i > rtol * s_1}`` at each point.
         rtol: threshold for ``k`` when ``k`` is None.
-        prior: latent distribution (``log_prob`` of a ``(B, m)`` batch giving ``(B,)``, or
-            ``(B, m)`` independent terms that are summed); ``None``: standard normal N(0, I).
+        prior: ``None`` / ``"normal"`` (N(0, I)), ``"sphere"`` or a Distribution
+            (:func:`~lightning_memwatch.functional.priors.log_prior`).
 
     Returns:
         ``(B,)`` float64; NaN where the Jacobian is not finite.
@@ -104,13 +84,20 @@ def induced_log_density(
         tensor([12.], dtype=torch.float64)
     """
     _check_rtol(rtol)
-    if prior is not None and not isinstance(prior, Distribution):
-        raise ValueError(
-            f"Expected `prior` to be a torch Distribution or None but got {type(prior).__name__}"
-        )
+    spec = check_prior(prior)
     s = map_jacobian_chunks(f, z, gram_singular_values)
     psi = local_scaling(s, k=k, rtol=rtol)
-    return _log_prior(as_plain_tensor(z), prior) - psi
+    return log_prior(as_plain_tensor(z), spec) - psi
+
+
+class DipTerms(NamedTuple):
+    """The two parts of :func:`dip_scores`, ``dip = prior + volume``, each ``(B,)`` float64."""
+
+    #: ``log p(z_0) + log p(z_1) - 2 log p(z_mid)``; ``-|z_0 - z_1|^2 / 4`` for N(0, I) when
+    #: ``z_mid`` is the latent midpoint.
+    prior: Tensor
+    #: ``-(psi(z_0) + psi(z_1) - 2 psi(z_mid))``, ``k`` fixed at ``z_0``.
+    volume: Tensor
 
 
 def _check_pair(z_start: Tensor, z_end: Tensor) -> None:
@@ -127,25 +114,114 @@ def _check_pair(z_start: Tensor, z_end: Tensor) -> None:
         )
 
 
+def _given(name: str, value: Tensor | None, rows: int, columns: int | None = None) -> None:
+    """Check a precomputed ``(rows, columns)`` spectrum (``columns=None``: any >= 1)."""
+    if value is None:
+        return
+    ok = isinstance(value, Tensor) and value.ndim == 2 and value.is_floating_point()
+    ok = ok and value.shape[0] == rows and value.shape[1] >= 1
+    if ok and columns is not None:
+        ok = value.shape[1] == columns
+    if not ok:
+        got = (tuple(value.shape), value.dtype) if isinstance(value, Tensor) else type(value)
+        want = f"({rows}, {columns if columns is not None else 'r'})"
+        raise ValueError(f"Expected `{name}` to be a floating {want} tensor but got {got}")
+
+
+def dip_terms(
+    f: Decoder,
+    z_start: Tensor,
+    z_end: Tensor,
+    *,
+    steps: int = 17,
+    rtol: float = 1e-4,
+    prior: Prior = None,
+    s_start: Tensor | None = None,
+    s_end: Tensor | None = None,
+) -> DipTerms:
+    """Prior and volume terms of the dip ``lp(s_0) + lp(s_1) - 2 lp(s_1/2)`` (see
+    :func:`dip_scores`); ``dip = prior + volume``, NaN in both where the dip is.
+
+    ``s_start`` / ``s_end``: the ``(B, r)`` singular values at ``z_start`` / ``z_end`` from a pass
+    the caller already made (e.g. the probe's spectrum); with both, one Jacobian per path (at the
+    midpoint) is computed instead of three.
+
+    Example::
+
+        >>> import torch
+        >>> z0, z1 = torch.tensor([[-1.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+        >>> terms = dip_terms(lambda z: 3 * z, z0, z1)  # -|z0 - z1|^2 / 4, psi constant
+        >>> terms.prior, terms.volume
+        (tensor([-1.], dtype=torch.float64), tensor([0.], dtype=torch.float64))
+    """
+    _check_pair(z_start, z_end)
+    check_int("steps", steps, minimum=3)
+    _check_rtol(rtol)
+    spec = check_prior(prior)
+    z0, z1 = as_plain_tensor(z_start), as_plain_tensor(z_end).to(z_start.dtype)
+    batch = z0.shape[0]
+    _given("s_start", s_start, batch)
+    _given("s_end", s_end, batch)
+    grid = torch.linspace(0.0, 1.0, steps, dtype=torch.float64, device=z0.device)
+    t = grid[:, None]
+    path = ((1 - t) * z0.double()[:, None] + t * z1.double()[:, None]).to(z0.dtype)
+    arc = arclength(f, path)
+    total = arc[:, -1]
+    # the exact latent point where the sampled arclength reaches half its total
+    t_mid = interp(total / 2, arc, grid.expand(batch, -1)).nan_to_num(0.5)[:, None]
+    z_mid = ((1 - t_mid) * z0.double() + t_mid * z1.double()).to(z0.dtype)
+    needed = [z_mid] + [z for z, s in ((z0, s_start), (z1, s_end)) if s is None]
+    s = map_jacobian_chunks(f, torch.cat(needed), gram_singular_values).split(batch)
+    s_mid, computed = s[0], list(s[1:])
+    for name, given in (("s_start", s_start), ("s_end", s_end)):
+        _given(name, given, batch, s_mid.shape[1])
+    s0 = computed.pop(0) if s_start is None else s_start.to(torch.float64)
+    s1 = computed.pop(0) if s_end is None else s_end.to(torch.float64)
+    k = intrinsic_dim(s0, rtol=rtol)
+    lpr = log_prior(torch.stack([z0, z1, z_mid], dim=1), spec)
+    psi = _scaling_at_rank(torch.stack([s0, s1, s_mid], dim=1), k[:, None])
+    prior_term = lpr[:, 0] + lpr[:, 1] - 2 * lpr[:, 2]
+    volume = -(psi[:, 0] + psi[:, 1] - 2 * psi[:, 2])
+    valid = torch.isfinite(prior_term + volume) & torch.isfinite(arc).all(dim=-1) & (total > 0)
+    return DipTerms(
+        torch.where(valid, prior_term, torch.nan), torch.where(valid, volume, torch.nan)
+    )
+
+
 def dip_scores(
-    f: Decoder, z_start: Tensor, z_end: Tensor, *, steps: int = 17, rtol: float = 1e-4
+    f: Decoder,
+    z_start: Tensor,
+    z_end: Tensor,
+    *,
+    steps: int = 17,
+    rtol: float = 1e-4,
+    prior: Prior = None,
+    s_start: Tensor | None = None,
+    s_end: Tensor | None = None,
 ) -> Tensor:
     """Dip of the induced log-density between two latents, ``lp(s_0) + lp(s_1) - 2 lp(s_1/2)``.
 
-    ``papers/feiszli_latent_geometry.txt`` §4.1 procedure 1 and §5.3: the latent segment
-    ``z_t = (1 - t) z_start + t z_end`` at ``steps`` uniform ``t``; arclength ``s`` by summed
-    output chords; ``lp = log N(z; 0, I) - psi_k`` with ``k`` fixed at ``z_start`` (by ``rtol``);
-    ``lp`` at the arclength midpoint is linearly interpolated in ``s``. **Positive dip =
-    memorization** (the density sags between the two outputs). One decoder pass for all
-    ``B * steps`` points gives the arclength; ``lp`` is needed, and its Jacobians computed (one
-    pass), only at four samples per path: both ends and the two that bracket the midpoint.
+    Feiszli et al. §4.1 procedure 1 and §5.3: the latent segment ``z_t = (1 - t) z_start +
+    t z_end`` at ``steps`` uniform ``t``; arclength ``s`` by summed output chords; the latent
+    midpoint ``z_mid = z_{t*}`` with ``t*`` interpolated where ``s`` reaches half its total;
+    ``lp = log p(z) - psi_k`` with ``k`` fixed at ``z_start`` (by ``rtol``), evaluated exactly at
+    ``z_start``, ``z_end`` and ``z_mid``. **Positive dip = memorization** (the density sags between
+    the two outputs). One decoder pass for all ``B * steps`` points gives the arclength, one
+    Jacobian pass the spectra (at ``z_mid`` only when ``s_start`` and ``s_end`` are given).
+    ``dip = prior term + volume term`` (:func:`dip_terms`); for N(0, I) and an arclength that
+    grows evenly along the path (``t* = 1/2``) the prior term is ``-|z_start - z_end|^2 / 4``,
+    which dominates in high dimensions (its mean is ``-m / 2`` for two independent N(0, I)
+    draws: -50 on 100 latent dims).
 
     Args:
         f: any callable from a ``(B, m)`` latent batch to a ``(B, ...)`` output batch.
         z_start: path starts, ``(B, m)`` (the anchor where ``k`` is set).
         z_end: path ends, ``(B, m)``.
-        steps: samples per path, ``>= 3`` (an odd number puts ``t = 1/2`` on a sample).
+        steps: samples per path for the arclength, ``>= 3``.
         rtol: threshold for ``k`` at the start point.
+        prior: ``None`` / ``"normal"`` (N(0, I)), ``"sphere"`` or a Distribution.
+        s_start: optional ``(B, r)`` singular values at ``z_start`` already computed.
+        s_end: optional ``(B, r)`` singular values at ``z_end`` already computed.
 
     Returns:
         ``(B,)`` float64; NaN for a path with a non-finite value or zero total arclength.
@@ -156,64 +232,10 @@ def dip_scores(
         >>> dip_scores(lambda z: 3 * z, torch.tensor([[-1.0, 0.0]]), torch.tensor([[1.0, 0.0]]))
         tensor([-1.], dtype=torch.float64)
     """
-    _check_pair(z_start, z_end)
-    check_int("steps", steps, minimum=3)
-    _check_rtol(rtol)
-    z0, z1 = as_plain_tensor(z_start), as_plain_tensor(z_end).to(z_start.dtype)
-    batch, dim = z0.shape
-    t = torch.linspace(0.0, 1.0, steps, dtype=torch.float64, device=z0.device)[:, None]
-    path = ((1 - t) * z0.double()[:, None] + t * z1.double()[:, None]).to(z0.dtype)
-    arc = arclength(f, path)
-    total = arc[:, -1]
-    # lp is needed at four samples per path: both ends and the two bracketing the midpoint.
-    below = torch.searchsorted(arc.contiguous(), (total / 2)[:, None].contiguous(), right=True)
-    below = (below - 1).clamp(0, steps - 2)
-    cols = torch.cat(
-        [torch.zeros_like(below), torch.full_like(below, steps - 1), below, below + 1], 1
+    terms = dip_terms(
+        f, z_start, z_end, steps=steps, rtol=rtol, prior=prior, s_start=s_start, s_end=s_end
     )
-    anchors = path.gather(1, cols[..., None].expand(-1, -1, dim))
-    s = map_jacobian_chunks(f, anchors.reshape(-1, dim), gram_singular_values)
-    s = s.reshape(batch, 4, -1)
-    k = intrinsic_dim(s[:, 0], rtol=rtol)
-    lp = _log_prior(anchors) - _scaling_at_rank(s, k[:, None])
-    dip = lp[:, 0] + lp[:, 1] - 2 * interp(total / 2, arc.gather(1, cols[:, 2:]), lp[:, 2:])
-    valid = torch.isfinite(lp).all(dim=-1) & torch.isfinite(arc).all(dim=-1) & (total > 0)
-    return torch.where(valid, dip, torch.nan)
-
-
-def _radius_offsets(f: Decoder, z: Tensor, v: Tensor, radii: Tensor) -> Tensor:
-    """Latent offsets ``t`` where the output arclength along ``z + t v`` reaches ``±r``.
-
-    Coarse pass: ``COARSE_STEPS`` uniform samples per side over ``[0, LATENT_LIMIT]``,
-    cumulative arclength, first sample at or past ``r``. Fine pass: ``FINE_STEPS`` samples
-    inside that bracket, arclength continued from the bracket's start (the fine chords sum to at
-    least the coarse chord, so ``r`` is inside), ``t`` interpolated linearly in arclength.
-
-    Returns:
-        ``(B, 2, R)`` float64 (side ``+`` then ``-``); NaN where ``r`` is not reached.
-    """
-    batch, dim = z.shape
-    radii = radii.expand(batch, 2, -1).contiguous()
-    opts = {"dtype": torch.float64, "device": z.device}
-    sides = torch.tensor([1.0, -1.0], **opts)[:, None]
-    t = (sides * torch.linspace(0.0, LATENT_LIMIT, COARSE_STEPS + 1, **opts)).expand(batch, 2, -1)
-
-    def line(t: Tensor) -> Tensor:
-        shape = (batch,) + (1,) * (t.ndim - 1) + (dim,)
-        return (z.double().reshape(shape) + t[..., None] * v.reshape(shape)).to(z.dtype)
-
-    arc = arclength(f, line(t))
-    arc = torch.where(torch.isnan(arc), torch.inf, arc)  # keep rows sorted past a NaN output
-    hi = torch.searchsorted(arc, radii, right=False)  # first sample with arclength >= r
-    reached = hi <= COARSE_STEPS
-    hi = hi.clamp(1, COARSE_STEPS)
-    t_lo, t_hi, arc_lo = t.gather(-1, hi - 1), t.gather(-1, hi), arc.gather(-1, hi - 1)
-    frac = torch.linspace(0.0, 1.0, FINE_STEPS + 1, **opts)
-    fine_t = t_lo[..., None] + (t_hi - t_lo)[..., None] * frac
-    fine_arc = arc_lo[..., None] + arclength(f, line(fine_t))
-    offsets = interp(radii, fine_arc, fine_t)
-    reached &= torch.isfinite(fine_arc).all(dim=-1)
-    return torch.where(reached, offsets, torch.nan)
+    return terms.prior + terms.volume
 
 
 def check_radii(radii: Sequence[float]) -> Tensor:
@@ -230,50 +252,3 @@ def check_radii(radii: Sequence[float]) -> Tensor:
             f"Expected `radii` to be a non-empty sequence of positive numbers but got {radii!r}"
         )
     return r
-
-
-def decay_scores(
-    f: Decoder, z: Tensor, *, radii: Sequence[float] = (0.5, 1.0), rtol: float = 1e-4
-) -> Tensor:
-    """Decay of the induced log-density around ``z``, ``eta(r) = (lp(r) + lp(-r) - 2 lp(0)) / r``.
-
-    ``papers/feiszli_latent_geometry.txt`` §4.2 procedure 2 and §5.3: on the latent line
-    ``z + t v`` along the top right-singular vector ``v`` of ``J(z)``, ``lp(±r)`` is
-    ``log N(z + t_± v; 0, I) - psi_k`` at the offsets ``t_+ > 0 > t_-`` where the output
-    arclength from ``z`` reaches ``r`` each way, ``k`` fixed at ``z`` (by ``rtol``). The offsets
-    are searched up to :data:`LATENT_LIMIT` each way (see :func:`_radius_offsets`). **Negative
-    decay = memorization** (the density peaks sharply on the output).
-
-    Args:
-        f: any callable from a ``(B, m)`` latent batch to a ``(B, ...)`` output batch.
-        z: line centres, ``(B, m)``.
-        radii: output-space arclength radii ``r > 0`` (paper: 0.5 and 1).
-        rtol: threshold for ``k`` at the centre.
-
-    Returns:
-        ``(B, len(radii))`` float64; NaN where a value is not finite or ``r`` is not reached.
-
-    Example::
-
-        >>> import torch
-        >>> A = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
-        >>> decay_scores(lambda z: z @ A.T, torch.zeros(1, 2))  # -r / s_1^2
-        tensor([[-0.1250, -0.2500]], dtype=torch.float64)
-    """
-    _check_latents(z)
-    r = check_radii(radii).to(z.device)
-    _check_rtol(rtol)
-    z = as_plain_tensor(z)
-    dim = z.shape[1]
-    head = map_jacobian_chunks(f, z, gram_singular_values_and_top_vector)
-    s0, v = head[:, :-dim], head[:, -dim:]
-    k = intrinsic_dim(s0, rtol=rtol)
-    v = v.nan_to_num(0.0)  # a NaN Jacobian: a zero line never reaches r, so NaN below
-    t = _radius_offsets(f, z, v, r)
-    ends = (z.double()[:, None, None] + t.nan_to_num(0.0)[..., None] * v[:, None, None]).to(z.dtype)
-    flat = ends.reshape(-1, dim)
-    s = map_jacobian_chunks(f, flat, gram_singular_values).reshape(*t.shape, -1)
-    lp = _log_prior(ends) - _scaling_at_rank(s, k[:, None, None])
-    lp0 = _log_prior(z) - _scaling_at_rank(s0, k)
-    eta = (lp[:, 0] + lp[:, 1] - 2 * lp0[:, None]) / r
-    return torch.where(torch.isfinite(t).all(dim=1) & torch.isfinite(eta), eta, torch.nan)

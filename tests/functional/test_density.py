@@ -17,8 +17,15 @@ import torch
 from scipy import stats
 from torch import distributions as D
 
-from lightning_memwatch.functional import decay_scores, dip_scores, induced_log_density
-from lightning_memwatch.functional.density import LATENT_LIMIT
+from lightning_memwatch.functional import (
+    decay_scores,
+    decay_terms,
+    dip_scores,
+    dip_terms,
+    induced_log_density,
+)
+from lightning_memwatch.functional.paths import LATENT_LIMIT
+from lightning_memwatch.functional.priors import search_bound
 from tests.conftest import finite_difference_jacobian, linear_map
 
 LINEAR_CASES = [  # (n, m, singular values)
@@ -126,46 +133,64 @@ def test_decay_linear_map_closed_form(n, m, s, rng):
     """``eta(r) = -r / s_1^2`` along the top singular direction ``v``.
 
     ``s(t) = s_1 |t|``, so ``t_± = ±r / s_1``; ``lp(t) = -|z|^2 / 2 - t (z . v) - t^2 / 2 + c``
-    gives ``lp(t_+) + lp(t_-) - 2 lp(0) = -r^2 / s_1^2``, divided by ``r``. Another singular
-    direction would give ``-r / s_i^2`` instead. A radius past ``s_1 * LATENT_LIMIT`` is not
-    reached: NaN for that column only.
+    gives ``lp(t_+) + lp(t_-) - 2 lp(0) = -r^2 / s_1^2``, divided by ``r``: all of it the prior
+    term (``psi`` is constant). Another singular direction would give ``-r / s_i^2`` instead.
+    A radius past ``s_1 * LATENT_LIMIT`` but within ``s_1 * search_bound`` is found by the
+    extended search; one past ``s_1 * search_bound`` is not reached: NaN and ``unreached`` for
+    that column only.
     """
     a = linear_map(n, m, np.array(s), rng)
     z = rng.standard_normal((5, m))
-    radii = (0.25, 0.5, 1.0, 2.0, 1.5 * s[0] * LATENT_LIMIT)
-    expected = -np.array(radii[:-1]) / s[0] ** 2
+    bound = search_bound(None, m)
+    assert bound > 1.5 * LATENT_LIMIT
+    radii = (0.25, 0.5, 1.0, 2.0, 1.4 * s[0] * LATENT_LIMIT, 1.1 * s[0] * bound)
+    expected = np.broadcast_to(-np.array(radii[:-1]) / s[0] ** 2, (5, 5))
     a64 = torch.tensor(a)
     got = decay_scores(lambda x: x @ a64.T, torch.tensor(z), radii=radii)
     assert got.shape == (5, len(radii)) and got.dtype == torch.float64
-    np.testing.assert_allclose(got[:, :-1].numpy(), np.broadcast_to(expected, (5, 4)), rtol=1e-6)
+    np.testing.assert_allclose(got[:, :-1].numpy(), expected, rtol=1e-6)
     assert torch.isnan(got[:, -1]).all()
+    terms = decay_terms(lambda x: x @ a64.T, torch.tensor(z), radii=radii)
+    np.testing.assert_allclose(terms.prior[:, :-1].numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(terms.volume[:, :-1].numpy(), 0.0, atol=1e-9)
+    assert terms.unreached[:, -1].all() and not terms.unreached[:, :-1].any()
     # float32: the offsets come from float32 output chords (relative error ~1e-6); the term
     # (z . v)(t_+ + t_-) amplifies it by about |z| s_1 / r <= 40 here, so 1e-3 relative.
     a32 = torch.tensor(a, dtype=torch.float32)
     got32 = decay_scores(lambda x: x @ a32.T, torch.tensor(z, dtype=torch.float32), radii=radii)
-    np.testing.assert_allclose(got32[:, :-1].numpy(), np.broadcast_to(expected, (5, 4)), rtol=1e-3)
+    np.testing.assert_allclose(got32[:, :-1].numpy(), expected, rtol=1e-3)
 
 
 @pytest.mark.parametrize("steps", [16, 17])
 def test_dip_matches_float64_reference_on_an_mlp(tanh_mlp, steps):
-    """Procedure 1 re-done in numpy: FD Jacobians, chords, ``np.interp`` at half the arclength."""
+    """Procedure 1 re-done in numpy: FD Jacobians, chords, the latent midpoint ``t*`` by
+    ``np.interp`` of ``t`` at half the arclength, ``lp`` evaluated at ``z_{t*}`` itself."""
     module = Scaled(tanh_mlp, 3.0).double()
     z0, z1 = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    terms = dip_terms(module, z0, z1, steps=steps)
     got = dip_scores(module, z0, z1, steps=steps)
-    t = np.linspace(0.0, 1.0, steps)[:, None]
+    assert torch.equal(got, terms.prior + terms.volume)
+    t = np.linspace(0.0, 1.0, steps)
     for i in range(4):
-        path = (1 - t) * z0[i].numpy() + t * z1[i].numpy()
-        lp = reference_lp(module, path, int(reference_rank(module, path[:1])[0]))
+        a, b = z0[i].numpy(), z1[i].numpy()
+        path = (1 - t[:, None]) * a + t[:, None] * b
         with torch.no_grad():
             x = module(torch.as_tensor(path)).numpy()
         arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(x, axis=0), axis=1))])
-        expected = lp[0] + lp[-1] - 2 * np.interp(arc[-1] / 2, arc, lp)
-        assert got[i].item() == pytest.approx(expected, abs=1e-6)
+        t_mid = np.interp(arc[-1] / 2, arc, t)
+        ends = np.stack([a, b, (1 - t_mid) * a + t_mid * b])
+        k = int(reference_rank(module, ends[:1])[0])
+        lp = reference_lp(module, ends, k)
+        log_p = log_normal(ends)
+        assert got[i].item() == pytest.approx(lp[0] + lp[1] - 2 * lp[2], abs=1e-6)
+        prior_term = log_p[0] + log_p[1] - 2 * log_p[2]
+        assert terms.prior[i].item() == pytest.approx(prior_term, abs=1e-9)
 
 
 def test_decay_matches_a_fine_grid_reference(tanh_mlp):
-    """Procedure 2 with 64,000 uniform samples per side: the coarse-then-fine search in
-    ``decay_scores`` keeps the offsets within its chord error (observed 2.5e-4 relative)."""
+    """Procedure 2 with 64,000 uniform samples per side: the coarse search plus bisection in
+    ``decay_scores`` keeps the decay within its chord error (observed 6.7e-4 relative; the
+    previous 64 coarse + 16 fine samples: 2.5e-4)."""
     module = Scaled(tanh_mlp, 3.0).double()
     z = torch.randn(5, 5, dtype=torch.float64)
     radii = (0.25, 0.5, 1.0)
@@ -218,7 +243,7 @@ def test_memorizing_generator_dips_and_decays(tau):
     distance of 2 is ``-1`` and its decay ``-r / s_bar^2`` (closed forms above).
     Observed (seed 7, float32; s_bar = 2.63, linear decay -0.072 at r = 0.5, -0.144 at r = 1):
     tau = 0.5: dip 18.6 to 18.9; decay -21.5 to -24.3 (r = 0.5), -12.2 to -13.9 (r = 1).
-    tau = 1.0: dip 6.7 to 7.0; decay -3.7 to -6.0 (r = 0.5), -3.2 to -4.3 (r = 1).
+    tau = 1.0: dip 6.7 to 7.1; decay -3.7 to -6.0 (r = 0.5), -3.2 to -4.3 (r = 1).
     """
     f, centres, outputs = soft_nearest_centre(tau)
     dip = dip_scores(f, centres[:1].expand(3, 2), centres[1:])
@@ -297,7 +322,30 @@ def identity(z):
         (lambda: decay_scores(identity, torch.zeros(3)), "`z`"),
         (lambda: decay_scores(identity, torch.zeros(2, 3), rtol=-0.1), "rtol"),
         (lambda: induced_log_density(identity, torch.zeros(2, 3), k=4), "`k`"),
-        (lambda: induced_log_density(identity, torch.zeros(2, 3), prior="normal"), "prior"),
+        (lambda: induced_log_density(identity, torch.zeros(2, 3), prior="uniform"), "prior"),
+        (lambda: dip_scores(identity, torch.zeros(2, 3), torch.ones(2, 3), prior=1.0), "prior"),
+        (lambda: decay_scores(identity, torch.zeros(2, 3), prior="gauss"), "prior"),
+        (
+            lambda: dip_scores(
+                identity, torch.zeros(2, 3), torch.ones(2, 3), s_start=torch.ones(3)
+            ),
+            "s_start",
+        ),
+        (
+            lambda: dip_scores(
+                identity, torch.zeros(2, 3), torch.ones(2, 3), s_end=torch.ones(3, 3)
+            ),
+            "s_end",
+        ),
+        (  # the right rows, but 2 singular values where the Jacobian has 3
+            lambda: dip_scores(
+                identity, torch.zeros(2, 3), torch.ones(2, 3), s_end=torch.ones(2, 2)
+            ),
+            "s_end",
+        ),
+        (lambda: decay_scores(identity, torch.zeros(2, 3), head=torch.ones(2, 3)), "head"),
+        (lambda: decay_scores(identity, torch.zeros(2, 3), head=torch.ones(2, 5)), "head"),
+        (lambda: decay_scores(identity, torch.zeros(2, 3), head=torch.ones(1, 6)), "head"),
         (lambda: induced_log_density(identity, torch.zeros(0, 3)), "empty"),
         (
             lambda: induced_log_density(
@@ -354,3 +402,220 @@ def test_batched_equals_per_path(tanh_mlp, dtype, atol):
     for name, value in batched.items():
         assert torch.isfinite(value).all(), name
         torch.testing.assert_close(value, single[name], rtol=0, atol=atol, msg=name)
+
+
+# ---------------------------------------------------------------- priors, terms, reuse
+def test_dip_terms_with_priors(rng):
+    """Linear map, so the arclength midpoint is ``t = 1/2`` and ``psi`` cancels: the volume
+    term is 0 and the prior term is ``log p(z_0) + log p(z_1) - 2 log p((z_0 + z_1) / 2)``:
+    scipy's log-density for an independent normal prior, exactly 0 for the sphere's constant."""
+    s = np.array([2.0, 1.0, 0.5])
+    a = torch.tensor(linear_map(7, 3, s, rng))
+    z0, z1 = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    loc, scale = np.array([0.5, -1.0, 2.0]), np.array([0.5, 2.0, 1.5])
+    prior = D.Independent(D.Normal(torch.tensor(loc), torch.tensor(scale)), 1)
+    terms = dip_terms(lambda x: x @ a.T, torch.tensor(z0), torch.tensor(z1), prior=prior)
+    ref = stats.norm(loc, scale)
+    logpdf = lambda z: ref.logpdf(z).sum(-1)  # noqa: E731
+    expected = logpdf(z0) + logpdf(z1) - 2 * logpdf((z0 + z1) / 2)
+    np.testing.assert_allclose(terms.prior.numpy(), expected, rtol=1e-9)
+    np.testing.assert_allclose(terms.volume.numpy(), 0.0, atol=1e-9)
+    sphere = dip_terms(lambda x: x @ a.T, torch.tensor(z0), torch.tensor(z1), prior="sphere")
+    assert torch.equal(sphere.prior, torch.zeros(5, dtype=torch.float64))
+    np.testing.assert_allclose(sphere.volume.numpy(), 0.0, atol=1e-9)
+    normal = dip_scores(lambda x: x @ a.T, torch.tensor(z0), torch.tensor(z1), prior="normal")
+    np.testing.assert_allclose(normal.numpy(), -((z0 - z1) ** 2).sum(-1) / 4, rtol=1e-9)
+
+
+def test_decay_terms_with_priors(rng):
+    """Linear map: ``t_± = ±r / s_1`` along ``v_1``, ``psi`` constant (volume term 0), prior term
+    ``(log p(z + t_+ v) + log p(z + t_- v) - 2 log p(z)) / r`` by scipy (either sign of ``v``
+    gives the same sum); the sphere prior's term is 0."""
+    s = np.array([2.0, 1.0, 0.5])
+    a_np = linear_map(7, 3, s, rng)
+    a = torch.tensor(a_np)
+    z = rng.standard_normal((4, 3))
+    loc, scale = np.array([0.5, -1.0, 2.0]), np.array([0.5, 2.0, 1.5])
+    prior = D.Normal(torch.tensor(loc), torch.tensor(scale))
+    radii = (0.5, 1.0)
+    terms = decay_terms(lambda x: x @ a.T, torch.tensor(z), radii=radii, prior=prior)
+    v = np.linalg.svd(a_np)[2][0]
+    logpdf = lambda x: stats.norm(loc, scale).logpdf(x).sum(-1)  # noqa: E731
+    for j, r in enumerate(radii):
+        t = r / s[0]
+        expected = (logpdf(z + t * v) + logpdf(z - t * v) - 2 * logpdf(z)) / r
+        np.testing.assert_allclose(terms.prior[:, j].numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(terms.volume.numpy(), 0.0, atol=1e-9)
+    assert not terms.unreached.any()
+    sphere = decay_terms(lambda x: x @ a.T, torch.tensor(z), radii=radii, prior="sphere")
+    assert torch.equal(sphere.prior, torch.zeros(4, 2, dtype=torch.float64))
+
+
+def test_scores_are_the_sum_of_their_terms(tanh_mlp):
+    module = Scaled(tanh_mlp, 3.0)
+    z0, z1 = torch.randn(6, 5), torch.randn(6, 5)
+    dip = dip_terms(module, z0, z1)
+    assert torch.equal(dip_scores(module, z0, z1), dip.prior + dip.volume)
+    decay = decay_terms(module, z0)
+    assert torch.equal(decay_scores(module, z0), decay.prior + decay.volume)
+    assert torch.isfinite(dip.volume).all() and torch.isfinite(decay.volume).all()
+
+
+def test_precomputed_spectra_give_the_same_scores_with_fewer_jacobians(tanh_mlp, monkeypatch):
+    """``s_start`` / ``s_end`` (the probe's spectra) and ``head`` (spectra and top vector) leave
+    one Jacobian per path for the dip (its midpoint) and none at the decay's centres."""
+    from lightning_memwatch.functional import decay as decay_module
+    from lightning_memwatch.functional import density as density_module
+    from lightning_memwatch.functional.jacobian import map_jacobian_chunks
+    from lightning_memwatch.functional.spectrum import (
+        gram_singular_values,
+        gram_singular_values_and_top_vector,
+    )
+
+    module = Scaled(tanh_mlp, 3.0).double()
+    z0, z1 = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    s0 = map_jacobian_chunks(module, z0, gram_singular_values)
+    s1 = map_jacobian_chunks(module, z1, gram_singular_values)
+    head = map_jacobian_chunks(module, z0, gram_singular_values_and_top_vector)
+    points: list[int] = []
+
+    def counting(f, z, reduce, **kwargs):
+        points.append(z.shape[0])
+        return map_jacobian_chunks(f, z, reduce, **kwargs)
+
+    monkeypatch.setattr(density_module, "map_jacobian_chunks", counting)
+    monkeypatch.setattr(decay_module, "map_jacobian_chunks", counting)
+    default = dip_scores(module, z0, z1)
+    assert points == [18]  # midpoint, start and end of 6 paths
+    given = dip_scores(module, z0, z1, s_start=s0, s_end=s1)
+    assert points[1:] == [6]
+    torch.testing.assert_close(given, default, rtol=0, atol=1e-12)
+    half = dip_scores(module, z0, z1, s_end=s1)
+    assert points[2:] == [12]
+    torch.testing.assert_close(half, default, rtol=0, atol=1e-12)
+    points.clear()
+    default = decay_scores(module, z0)
+    assert points == [6, 24]  # the centres, then 2 sides x 2 radii
+    given = decay_scores(module, z0, head=head)
+    assert points[2:] == [24]
+    torch.testing.assert_close(given, default, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- flat regions
+def centres_on_a_line(tau: float, gap: float = 10.0, dtype=torch.float64):
+    """A memorizer flat around its training points: ``f(z) = sum_j softmax_j(-|z - c_j|^2 /
+    tau) x_j`` with centres ``(-gap, 0), (0, 0), (gap, 0)`` in R^2.
+
+    The output crossfades only near the Voronoi boundaries, ``gap / 2 = 5`` from the middle
+    centre: past ``LATENT_LIMIT``. Along ``v = e_1`` the middle centre reaches both neighbours'
+    outputs; an outer centre's line leaves on its outer side where the output never moves.
+    Returns ``f``, the centres, the outputs and the analytic float64 Jacobian (numpy) of ``f``.
+    """
+    gen = torch.Generator().manual_seed(7)
+    centres = torch.tensor([[-gap, 0.0], [0.0, 0.0], [gap, 0.0]], dtype=dtype)
+    outputs = torch.randn(3, 16, generator=gen).to(dtype)
+
+    def f(z: torch.Tensor) -> torch.Tensor:
+        d2 = (z[:, None, :] - centres).square().sum(-1)
+        return torch.softmax(-d2 / tau, dim=-1) @ outputs
+
+    c, x = centres.double().numpy(), outputs.double().numpy()
+
+    def jacobian(z: np.ndarray) -> np.ndarray:
+        """``J = sum_j x_j grad p_j^T``, ``grad p_j = p_j (g_j - sum_k p_k g_k)``,
+        ``g_j = -2 (z - c_j) / tau``."""
+        logits = -((z[:, None, :] - c) ** 2).sum(-1) / tau
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        g = -2 * (z[:, None, :] - c) / tau
+        dp = p[..., None] * (g - (p[..., None] * g).sum(1, keepdims=True))
+        return np.einsum("jn,bjm->bnm", x, dp)
+
+    return f, centres, outputs, jacobian
+
+
+def test_flat_region_decay_is_measured_past_the_first_limit():
+    """Before the extended search every centre was NaN (the arclength at ``LATENT_LIMIT`` is
+    below both radii: checked here on a fine grid). Now the middle centre is measured, equal to
+    a fine-grid float64 reference (analytic Jacobians) and 40 times steeper than a linear map
+    with the same output distances; the outer centres are ``unreached`` (their outer side
+    never moves ``r`` within ``search_bound``), not NaN of another kind.
+    Observed: middle centre -235.0 (r = 0.5) and -119.5 (r = 1), prior term -45.4 and -23.5.
+    """
+    f, centres, outputs, jac = centres_on_a_line(tau=2.0)
+    radii = (0.5, 1.0)
+    terms = decay_terms(f, centres, radii=radii)
+    bound = search_bound(None, 2)
+    ts = np.linspace(0.0, bound, 400_001)
+    at_limit = int(np.searchsorted(ts, LATENT_LIMIT))
+    c = centres.numpy()
+    for i in range(3):
+        _, s, vt = np.linalg.svd(jac(c[i : i + 1])[0])
+        k = int((s > 1e-4 * s[0]).sum())
+        offsets, arcs = [], []
+        for sign in (1.0, -1.0):
+            with torch.no_grad():
+                x = f(torch.as_tensor(c[i] + sign * ts[:, None] * vt[0])).numpy()
+            arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(x, axis=0), axis=1))])
+            assert arc[at_limit] < min(radii), "the first limit alone leaves it NaN"
+            arcs.append(arc[-1])
+            offsets.append(sign * np.interp(radii, arc, ts))
+        if min(arcs) < max(radii):
+            assert terms.unreached[i].all() and torch.isnan(terms.prior[i]).all()
+            continue
+        assert i == 1 and not terms.unreached[i].any()
+        for j, r in enumerate(radii):
+            ends = np.stack([c[i] + offsets[0][j] * vt[0], c[i] + offsets[1][j] * vt[0], c[i]])
+            sv = np.linalg.svd(jac(ends), compute_uv=False)
+            lp = log_normal(ends) - np.log(sv[:, :k]).sum(-1)
+            got = (terms.prior + terms.volume)[i, j].item()
+            assert got == pytest.approx((lp[0] + lp[1] - 2 * lp[2]) / r, rel=2e-3)
+            s_bar = ((outputs[1:] - outputs[:-1]).norm(dim=-1) / 10).mean().item()
+            assert got < 40 * -r / s_bar**2, "far steeper than a linear map"
+    assert terms.unreached.sum() == 4  # both radii at both outer centres
+
+
+def test_unreached_is_apart_from_other_nans():
+    """``f(z) = a tanh(z_1)``: the arclength from 0 along ``e_1`` is ``|a| tanh |t| < |a|``, so
+    a radius above ``|a|`` is never reached (unreached), one below is (finite); a decoder that
+    is NaN past ``z_1 > 2`` gives NaN there that is not "unreached"."""
+    a = torch.tensor([0.6, 0.8], dtype=torch.float64)  # |a| = 1
+
+    def f(z):
+        return torch.tanh(z[:, :1]) * a
+
+    z = torch.zeros(3, 2, dtype=torch.float64)
+    terms = decay_terms(f, z, radii=(0.5, 1.5))
+    assert torch.isfinite(terms.prior[:, 0]).all() and not terms.unreached[:, 0].any()
+    assert terms.unreached[:, 1].all() and torch.isnan(terms.volume[:, 1]).all()
+
+    def g(x):
+        return f(x) * torch.where(x[:, :1] > 2, torch.nan, 1.0)
+
+    broken = decay_terms(g, z, radii=(0.5, 1.5))
+    assert torch.isfinite(broken.prior[:, 0]).all()
+    assert torch.isnan(broken.prior[:, 1]).all() and not broken.unreached.any()
+
+
+def test_saturated_memorizer_centres_are_counted_unreached():
+    """``tests.conftest.SoftNearestCentre`` with ``scale = 6``: at each centre ``c_j = 6 e_j``
+    the top singular direction points away from every other centre on one side, where the
+    output stays on ``x_j``: that side never moves ``r`` within ``search_bound`` (checked on a
+    fine float64 grid), so every centre's decay is NaN *and* flagged unreached. The smooth
+    memorizer of :func:`soft_nearest_centre` (centres 2 apart) stays measured and unflagged."""
+    from tests.conftest import SoftNearestCentre
+
+    gen = torch.Generator().manual_seed(0)
+    f = SoftNearestCentre(torch.rand(4, 16, generator=gen, dtype=torch.float64), scale=6.0)
+    centres = f.centres.clone()
+    terms = decay_terms(f, centres, radii=(0.5, 1.0))
+    assert terms.unreached.all() and torch.isnan(terms.prior).all()
+    ts = torch.linspace(0.0, search_bound(None, 4), 20_001, dtype=torch.float64)[:, None]
+    v = torch.linalg.svd(torch.func.jacrev(f)(centres[:1])[0, :, 0]).Vh[0]  # reverse mode
+    with torch.no_grad():
+        arcs = [f(centres[0] + sign * ts * v).diff(dim=0).norm(dim=1).sum() for sign in (1, -1)]
+    shortest = min(arc.item() for arc in arcs)
+    assert shortest < 0.5 < max(arc.item() for arc in arcs)
+    smooth, centres2, _ = soft_nearest_centre(0.5)
+    measured = decay_terms(smooth, centres2[:1], radii=(0.5, 1.0))
+    assert torch.isfinite(measured.prior).all() and not measured.unreached.any()
