@@ -24,6 +24,7 @@ from lightning_memwatch.functional.spectrum import (
     singular_values,
 )
 from lightning_memwatch.functional.stats import ks_pvalue, mre_gap
+from lightning_memwatch.functional.topk import top_singular_values, top_singular_values_and_vector
 
 __all__ = [
     "bernoulli_log_likelihood",
@@ -43,4 +44,6 @@ __all__ = [
     "posterior_from_encoder",
     "recover_latents",
     "singular_values",
+    "top_singular_values",
+    "top_singular_values_and_vector",
 ]

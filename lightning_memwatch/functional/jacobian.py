@@ -46,6 +46,40 @@ def as_plain_tensor(z: Tensor) -> Tensor:
         return z.detach().clone()
 
 
+@contextmanager
+def fixed_randomness(device: torch.device) -> Iterator[Callable[[], None]]:
+    """Yield ``rewind``, which puts the global RNG back where it was on entry; restored on exit.
+
+    Rewinding before each decoder pass gives a stochastic decoder (dropout in train mode) the
+    same draws in every pass, so that ``J V`` and ``J^T U`` are products of one Jacobian.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        cpu = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state(device) if devices else None
+
+        def rewind() -> None:
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state(cuda, device)
+
+        yield rewind
+
+
+def push_block(f: Decoder, z: Tensor, block: Tensor) -> tuple[Tensor, Tensor]:
+    """``f(z)`` ``(b, ...)`` and ``J V`` ``(l, b, ...)`` for a float64 block ``V`` (``(m, l)``
+    shared by the points, or ``(b, m, l)``): one ``vmap`` of ``jvp`` over its columns, the
+    outputs computed once."""
+    tangents = block.to(z.dtype).transpose(-1, -2)
+    tangents = tangents[:, None] if block.ndim == 2 else tangents.transpose(0, 1)
+    tangents = tangents.expand(-1, *z.shape).contiguous()
+
+    def push(tangent: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.func.jvp(f, (z,), (tangent,))
+
+    return torch.func.vmap(push, out_dims=(None, 0), randomness="same")(tangents)
+
+
 def _basis_tangents(z: Tensor) -> Tensor:
     """The ``m`` basis tangents ``e_j``, each broadcast over the batch: ``(m, B, m)``."""
     batch, dim = z.shape
