@@ -36,6 +36,7 @@ from lightning_memwatch.functional.spectrum import (
     singular_values,
 )
 from lightning_memwatch.functional.stats import ks_pvalue, mre_gap
+from lightning_memwatch.functional.topk import top_singular_values, top_singular_values_and_vector
 
 __all__ = [
     "assign_cells",
@@ -72,4 +73,6 @@ __all__ = [
     "recover_latents",
     "sample_prior",
     "singular_values",
+    "top_singular_values",
+    "top_singular_values_and_vector",
 ]

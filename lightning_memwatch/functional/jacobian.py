@@ -46,6 +46,40 @@ def as_plain_tensor(z: Tensor) -> Tensor:
         return z.detach().clone()
 
 
+@contextmanager
+def fixed_randomness(device: torch.device) -> Iterator[Callable[[], None]]:
+    """Yield ``rewind``, which puts the global RNG back where it was on entry; restored on exit.
+
+    Rewinding before each decoder pass gives a stochastic decoder (dropout in train mode) the
+    same draws in every pass, so that ``J V`` and ``J^T U`` are products of one Jacobian.
+    """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        cpu = torch.get_rng_state()
+        cuda = torch.cuda.get_rng_state(device) if devices else None
+
+        def rewind() -> None:
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state(cuda, device)
+
+        yield rewind
+
+
+def push_block(f: Decoder, z: Tensor, block: Tensor) -> tuple[Tensor, Tensor]:
+    """``f(z)`` ``(b, ...)`` and ``J V`` ``(l, b, ...)`` for a float64 block ``V`` (``(m, l)``
+    shared by the points, or ``(b, m, l)``): one ``vmap`` of ``jvp`` over its columns, the
+    outputs computed once."""
+    tangents = block.to(z.dtype).transpose(-1, -2)
+    tangents = tangents[:, None] if block.ndim == 2 else tangents.transpose(0, 1)
+    tangents = tangents.expand(-1, *z.shape).contiguous()
+
+    def push(tangent: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.func.jvp(f, (z,), (tangent,))
+
+    return torch.func.vmap(push, out_dims=(None, 0), randomness="same")(tangents)
+
+
 def _basis_tangents(z: Tensor) -> Tensor:
     """The ``m`` basis tangents ``e_j``, each broadcast over the batch: ``(m, B, m)``."""
     batch, dim = z.shape
@@ -53,24 +87,37 @@ def _basis_tangents(z: Tensor) -> Tensor:
     return eye[:, None, :].expand(dim, batch, dim)
 
 
-def _jacobian_vmap(f: Decoder, z: Tensor) -> Tensor:
-    """``vmap`` over the basis tangents of ``jvp(f)`` at the whole chunk: ``(m, B, ...)``."""
+def _jacobian_vmap(f: Decoder, z: Tensor) -> tuple[Tensor, Tensor]:
+    """``vmap`` over the basis tangents of ``jvp(f)`` at the whole chunk: the outputs
+    ``(B, ...)`` (computed once, not per tangent) and the tangents ``(m, B, ...)``."""
 
-    def push(tangent: Tensor) -> Tensor:
-        return torch.func.jvp(f, (z,), (tangent,))[1]
+    def push(tangent: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.func.jvp(f, (z,), (tangent,))
 
-    return torch.func.vmap(push, randomness="same")(_basis_tangents(z))
+    return torch.func.vmap(push, out_dims=(None, 0), randomness="same")(_basis_tangents(z))
+
+
+def finite_outputs(outputs: Tensor) -> Tensor:
+    """``(B,)`` mask of the points whose output ``(B, ...)`` is finite everywhere."""
+    return torch.isfinite(outputs.reshape(outputs.shape[0], -1)).all(dim=-1)
 
 
 def _jacobian_chunk(f: Decoder, z: Tensor) -> Tensor:
     """Jacobian of one chunk of points: ``(B, n, m)``, a transposed view of ``(B, m, n)``.
 
     The tangent outputs come out as ``(m, B, ...)``; keeping ``n`` innermost lets the Gram
-    (``J^T J = Jt Jt^T`` with ``Jt = J.mT``) read them without a strided copy.
+    (``J^T J = Jt Jt^T`` with ``Jt = J.mT``) read them without a strided copy. A point whose
+    output is not finite gets an all-NaN Jacobian: forward-mode AD can hand back a finite
+    tangent there (``relu`` of a NaN, a NaN constant in ``torch.where``), which would read as a
+    zero or ordinary spectrum.
     """
-    columns = _jacobian_vmap(f, z)
+    outputs, columns = _jacobian_vmap(f, z)
     dim, batch = columns.shape[:2]
-    return columns.reshape(dim, batch, -1).transpose(0, 1).mT
+    columns = columns.reshape(dim, batch, -1)
+    finite = finite_outputs(outputs)
+    if not bool(finite.all()):
+        columns = torch.where(finite[None, :, None], columns, torch.nan)
+    return columns.transpose(0, 1).mT
 
 
 def _check_latents(z: Tensor) -> None:
@@ -99,6 +146,30 @@ def default_chunk_size(f: Decoder, z: Tensor, *, budget_bytes: int = DEFAULT_CHU
     return max(1, min(z.shape[0], budget_bytes // max(per_point, 1)))
 
 
+def map_chunks(compute: Callable[[Tensor], Tensor], z: Tensor, size: int) -> Tensor:
+    """``compute`` on consecutive chunks of at most ``size`` points of ``z``, concatenated.
+
+    On a CUDA out-of-memory error the chunk is halved and the failed chunk retried.
+    """
+    if z.shape[0] == 0:
+        raise ValueError("Expected `z` to hold at least one latent point but got an empty batch")
+    results: list[Tensor] = []
+    start = 0
+    while start < z.shape[0]:
+        chunk = z[start : start + size]
+        try:
+            results.append(compute(chunk))
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            if z.is_cuda:
+                torch.cuda.empty_cache()
+            continue
+        start += chunk.shape[0]
+    return results[0] if len(results) == 1 else torch.cat(results, dim=0)
+
+
 def map_jacobian_chunks(
     f: Decoder,
     z: Tensor,
@@ -118,22 +189,8 @@ def map_jacobian_chunks(
     if z.shape[0] == 0:
         raise ValueError("Expected `z` to hold at least one latent point but got an empty batch")
     size = chunk_size or default_chunk_size(f, z)
-    results: list[Tensor] = []
-    start = 0
     with differentiable_context():
-        while start < z.shape[0]:
-            chunk = z[start : start + size]
-            try:
-                results.append(reduce(_jacobian_chunk(f, chunk)))
-            except torch.cuda.OutOfMemoryError:
-                if size == 1:
-                    raise
-                size = max(1, size // 2)
-                if z.is_cuda:
-                    torch.cuda.empty_cache()
-                continue
-            start += chunk.shape[0]
-    return results[0] if len(results) == 1 else torch.cat(results, dim=0)
+        return map_chunks(lambda chunk: reduce(_jacobian_chunk(f, chunk)), z, size)
 
 
 def jacobian(f: Decoder, z: Tensor, *, chunk_size: int | None = None) -> Tensor:
@@ -151,7 +208,8 @@ def jacobian(f: Decoder, z: Tensor, *, chunk_size: int | None = None) -> Tensor:
             :data:`DEFAULT_CHUNK_BYTES` of Jacobian entries.
 
     Returns:
-        ``(B, n, m)`` tensor, ``n`` the number of output elements.
+        ``(B, n, m)`` tensor, ``n`` the number of output elements; all NaN at a point whose
+        output has a non-finite element (there is no derivative to report there).
 
     Example::
 

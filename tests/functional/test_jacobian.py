@@ -94,3 +94,19 @@ def test_bad_latents_are_rejected(tanh_mlp, z, message):
 def test_bad_chunk_size_is_rejected(tanh_mlp):
     with pytest.raises(ValueError, match="chunk_size"):
         jacobian(tanh_mlp, torch.randn(3, 5), chunk_size=0)
+
+
+def test_non_finite_outputs_give_nan_jacobians(tanh_mlp):
+    """``relu`` of a NaN has a finite derivative, so forward mode alone would report the net's
+    Jacobian at a point whose output is NaN; the point gets an all-NaN Jacobian instead."""
+
+    def decoder(z):
+        return torch.relu(torch.where(z[:, :1] < 0, torch.nan, tanh_mlp(z)))
+
+    z = torch.randn(6, 5)
+    z[:, 0] = torch.tensor([-1.0, 0.5, -0.2, 0.3, 0.7, -2.0])
+    bad = z[:, 0] < 0
+    jac = jacobian(decoder, z, chunk_size=4)
+    assert torch.isnan(jac[bad]).all()
+    torch.testing.assert_close(jac[~bad], jacobian(decoder, z[~bad]))
+    assert torch.isfinite(jac[~bad]).all()

@@ -155,3 +155,37 @@ def test_grad_modes_give_the_same_spectrum(conv_decoder):
     with torch.inference_mode():
         got = singular_values(conv_decoder, z.clone())
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def _nan_where_first_negative(z, values):
+    """``values`` with every output of a point whose first coordinate is negative set to NaN;
+    the NaN is a constant of ``torch.where``, so forward-mode AD gives those points a finite
+    (zero) Jacobian."""
+    return torch.where(z[:, :1] < 0, torch.nan, values)
+
+
+@pytest.mark.parametrize(
+    "make_decoder",
+    [
+        # the issue's case: the NaN replaces the output, the Jacobian there is exactly zero
+        lambda net: lambda z: _nan_where_first_negative(z, net(z)),
+        # relu passes a NaN input on but has a finite derivative: J = J_net there, not zero
+        lambda net: lambda z: torch.relu(_nan_where_first_negative(z, net(z) + 5.0)),
+    ],
+    ids=["nan-constant", "relu-of-nan"],
+)
+def test_non_finite_outputs_give_nan_descriptors(tanh_mlp, make_decoder):
+    """A point whose output is NaN has no Jacobian: every descriptor is NaN there (and k = -1),
+    even where forward-mode AD hands back a finite tangent (issue 14 item 5)."""
+    decoder = make_decoder(tanh_mlp)
+    z = torch.randn(10, 5)
+    z[:, 0] = torch.linspace(-1.0, 1.0, 10)
+    bad = z[:, 0] < 0
+    assert torch.isnan(decoder(z)[bad]).all() and torch.isfinite(decoder(z)[~bad]).all()
+    s = singular_values(decoder, z, chunk_size=3)
+    assert torch.isnan(s[bad]).all()
+    torch.testing.assert_close(s[~bad], singular_values(tanh_mlp, z[~bad]))
+    assert (intrinsic_dim(s)[bad] == -1).all() and (intrinsic_dim(s)[~bad] == 5).all()
+    for descriptor in (local_scaling, local_rank, log_condition):
+        values = descriptor(s)
+        assert torch.isnan(values[bad]).all() and torch.isfinite(values[~bad]).all()
