@@ -80,19 +80,23 @@ def test_flat_spectrum_is_exact(m, n):
 @pytest.mark.parametrize(("m", "n"), SHAPES)
 @pytest.mark.parametrize(
     "spectrum",
-    [lambda r: 3.0 * np.geomspace(1.0, 1e-4, r), lambda r: 1.0 / np.sqrt(np.arange(1.0, r + 1))],
-    ids=["geometric", "inverse-sqrt"],
+    [
+        lambda r: gapped(r, 0.5),
+        lambda r: 3.0 * np.geomspace(1.0, 1e-4, r),
+        lambda r: 1.0 / np.sqrt(np.arange(1.0, r + 1)),
+    ],
+    ids=["gap-2x", "geometric", "inverse-sqrt"],
 )
 def test_no_gap_error_is_bounded_and_one_sided(m, n, spectrum):
-    """Without a gap the top-k values are Ritz values: never above the exact ones (interlacing),
-    and low by at most 25% (measured worst: 19% at s_k for ``1/sqrt(i)``, m = 1,024; s_1
-    within 4%, the geometric spectrum at m = 1,024, n = 1,152, where the top 32 values span
-    only 7%)."""
+    """Without a 10x gap the top-k values are Ritz values: never above the exact ones
+    (interlacing), and low by at most 35% near s_k (measured worst: 29% for a gap of 2x and
+    21% for ``1/sqrt(i)``, both at m = 1,024), s_1 within 5% (measured worst 4.6%: the
+    geometric spectrum at m = 1,024, n = 1,152, whose top 32 values span only 7%)."""
     s = spectrum(min(n, m))
     got = top_singular_values(spectrum_map(n, m, s), torch.randn(2, m), K)
     assert (got.numpy() <= s[:K] * (1 + 1e-5)).all()
     err = relative_error(got, s)
-    assert err.max() <= 0.25 and err[:, 0].max() <= 0.05
+    assert err.max() <= 0.35 and err[:, 0].max() <= 0.05
 
 
 def test_low_rank_map_gives_its_rank_then_zeros():
