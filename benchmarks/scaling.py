@@ -4,25 +4,19 @@
     python benchmarks/scaling.py --quick         # fewer sizes and points, for a smoke run
     python benchmarks/scaling.py --device cuda   # the same tables on a GPU
 
-For an MLP and a conv decoder of fixed width it prints, per probe point and side by side in one
-run: seconds (best of ``--repeats``) of ``singular_values(f, z)`` (exact) and
-``singular_values(f, z, top_k=32)``; the floor of each (one forward pass, without autograd, of
-the points the method pushes through the decoder: ``B m`` latents for the exact path,
-``B (2q + 1) l`` for top-k, its ``(q + 1) l`` Jacobian-vector and ``q l`` vector-Jacobian
-products with ``l = k + 8``, ``q = 1``); the peak tensor memory per point with the whole batch
-in one chunk (CPU: the allocator's events recorded by ``torch.profiler``; CUDA:
-``torch.cuda.max_memory_allocated``), beside the bound ``n L (4 + 8) + m L 8`` bytes of the
-top-k Krylov images and bases (``L = (q + 1) l``); and the largest relative error of the top-k
-values against the exact ones where both ran. Then the exponents of ``seconds ~ m^a n^b``
-(least squares on logs; top-k over ``m >= 128``), the latent size above which top-k is the
-faster, and the two targets of the issue: top-k exponent in m below 0.3, and at m = 512 top-k
-(k = 32) at least 8x faster than exact. The ``q=2`` columns time
-``top_singular_values(f, z, 32, iterations=2)``: two Krylov steps, ``5 l`` products instead of
-``3 l``, for spectra without a gap after k.
+For an MLP and a conv decoder of fixed width, per probe point, side by side in one run: seconds
+(best of ``--repeats``) of ``singular_values(f, z)`` (exact) and ``singular_values(f, z,
+top_k=32)`` (and of ``top_singular_values(..., iterations=2)``, the ``q=2`` columns); the floor
+of each, one forward pass without autograd of the points it pushes through the decoder (``B m``
+for exact, ``B (2q + 1) l`` for top-k: ``(q + 1) l`` jvps and ``q l`` vjps, ``l = k + 8``,
+``q = 1``); peak tensor memory with the batch in one chunk (CPU: allocator events from
+``torch.profiler``; CUDA: ``max_memory_allocated``) beside the bound ``L (12 n + 8 m)`` bytes
+of the Krylov images and bases (``L = (q + 1) l``; the rest is the decoder's activations for
+``l`` tangents, also ``~ k + 8``); the top-k error against exact. Then the exponents of
+``seconds ~ m^a n^b`` (least squares on logs; top-k over ``m >= 128``), the crossover size, and
+the targets: top-k exponent in m below 0.3, and at m = 512 top-k (k = 32) >= 8x faster.
 
-The exact path is skipped where its estimated time for one call exceeds ``--budget`` seconds.
-Top-k memory above the images-and-bases bound is the decoder's own tangent activations, ``l``
-of them per point (``l x`` one forward pass's activations), also proportional to ``k + 8``.
+The exact path is skipped where its extrapolated time for one call exceeds ``--budget`` s.
 Timings on a shared machine move with its load: compare within one run.
 """
 
@@ -138,42 +132,39 @@ def measure(
 ) -> dict:
     torch.manual_seed(0)
     f = DECODERS[kind](m, shape).to(device).eval()
-    z = torch.randn(args.batch, m, device=device)
-    n = math.prod(shape)
+    batch, n = args.batch, math.prod(shape)
+    z = torch.randn(batch, m, device=device)
     row: dict = {"kind": kind, "m": m, "n": n, "shape": shape}
-    batch = args.batch
     width = min(K + OVERSAMPLE, m)
-    columns = min(m, (ITERATIONS + 1) * width)
+
+    def per_point(fn: Callable[[], object]) -> float:
+        return best_time(fn, device, args.repeats) / batch
+
     if K < m:
-        products = (2 * ITERATIONS + 1) * width
         singular_values(f, z[:1], top_k=K)  # warm-up
         top = singular_values(f, z, top_k=K)
-        row["topk_s"] = best_time(lambda: singular_values(f, z, top_k=K), device, args.repeats)
-        row["topk_s"] /= batch
-        row["topk_floor"] = floor_time(f, z, products, device, args.repeats) / batch
+        top2 = top_singular_values(f, z, K, iterations=2)
+        row["topk_s"] = per_point(lambda: singular_values(f, z, top_k=K))
+        row["topk_floor"] = floor_time(f, z, (2 * ITERATIONS + 1) * width, device, args.repeats)
+        row["topk_floor"] /= batch
         row["topk_mem"] = peak_bytes(
             lambda: singular_values(f, z, top_k=K, chunk_size=batch), device
         )
         row["topk_mem"] /= batch
-        row["topk_bound"] = columns * (n * (4 + 8) + m * 8)
-        top2 = top_singular_values(f, z, K, iterations=2)
-        row["topk2_s"] = best_time(
-            lambda: top_singular_values(f, z, K, iterations=2), device, args.repeats
-        )
-        row["topk2_s"] /= batch
-    if exact_est <= args.budget:
-        singular_values(f, z[:1])  # warm-up
-        exact = singular_values(f, z)
-        row["exact_s"] = best_time(lambda: singular_values(f, z), device, args.repeats) / batch
-        row["exact_floor"] = floor_time(f, z, m, device, args.repeats) / batch
-        row["exact_mem"] = peak_bytes(lambda: singular_values(f, z, chunk_size=batch), device)
-        row["exact_mem"] /= batch
-        if "topk_s" in row:
-            ref = exact[:, :K]
-            row["error"] = ((ref - top).abs() / ref).max().item()
-            row["error2"] = ((ref - top2).abs() / ref).max().item()
-    else:
+        row["topk_bound"] = min(m, (ITERATIONS + 1) * width) * (n * (4 + 8) + m * 8)
+        row["topk2_s"] = per_point(lambda: top_singular_values(f, z, K, iterations=2))
+    if exact_est > args.budget:
         row["exact_skipped"] = exact_est
+        return row
+    singular_values(f, z[:1])  # warm-up
+    exact = singular_values(f, z)
+    row["exact_s"] = per_point(lambda: singular_values(f, z))
+    row["exact_floor"] = floor_time(f, z, m, device, args.repeats) / batch
+    row["exact_mem"] = peak_bytes(lambda: singular_values(f, z, chunk_size=batch), device) / batch
+    if "topk_s" in row:
+        ref = exact[:, :K]
+        row["error"] = ((ref - top).abs() / ref).max().item()
+        row["error2"] = ((ref - top2).abs() / ref).max().item()
     return row
 
 
