@@ -46,11 +46,6 @@ def gapped(r: int, ratio: float) -> np.ndarray:
     return np.concatenate([np.geomspace(3.0, 1.0, K), ratio * np.geomspace(1.0, 1e-3, r - K)])
 
 
-def matrix_map(a: np.ndarray):
-    a32 = torch.tensor(a, dtype=torch.float32)
-    return lambda z: z @ a32.T
-
-
 def relative_error(got: torch.Tensor, s: np.ndarray) -> np.ndarray:
     return np.abs(got.numpy() - s[: got.shape[1]]) / s[: got.shape[1]]
 
@@ -80,19 +75,23 @@ def test_flat_spectrum_is_exact(m, n):
 @pytest.mark.parametrize(("m", "n"), SHAPES)
 @pytest.mark.parametrize(
     "spectrum",
-    [lambda r: 3.0 * np.geomspace(1.0, 1e-4, r), lambda r: 1.0 / np.sqrt(np.arange(1.0, r + 1))],
-    ids=["geometric", "inverse-sqrt"],
+    [
+        lambda r: gapped(r, 0.5),
+        lambda r: 3.0 * np.geomspace(1.0, 1e-4, r),
+        lambda r: 1.0 / np.sqrt(np.arange(1.0, r + 1)),
+    ],
+    ids=["gap-2x", "geometric", "inverse-sqrt"],
 )
 def test_no_gap_error_is_bounded_and_one_sided(m, n, spectrum):
-    """Without a gap the top-k values are Ritz values: never above the exact ones (interlacing),
-    and low by at most 25% (measured worst: 19% at s_k for ``1/sqrt(i)``, m = 1,024; s_1
-    within 4%, the geometric spectrum at m = 1,024, n = 1,152, where the top 32 values span
-    only 7%)."""
+    """Without a 10x gap the top-k values are Ritz values: never above the exact ones
+    (interlacing), and low by at most 35% near s_k (measured worst: 29% for a gap of 2x and
+    21% for ``1/sqrt(i)``, both at m = 1,024), s_1 within 5% (measured worst 4.6%: the
+    geometric spectrum at m = 1,024, n = 1,152, whose top 32 values span only 7%)."""
     s = spectrum(min(n, m))
     got = top_singular_values(spectrum_map(n, m, s), torch.randn(2, m), K)
     assert (got.numpy() <= s[:K] * (1 + 1e-5)).all()
     err = relative_error(got, s)
-    assert err.max() <= 0.25 and err[:, 0].max() <= 0.05
+    assert err.max() <= 0.35 and err[:, 0].max() <= 0.05
 
 
 def test_low_rank_map_gives_its_rank_then_zeros():
@@ -105,21 +104,20 @@ def test_low_rank_map_gives_its_rank_then_zeros():
     assert (intrinsic_dim(got) == 5).all()
 
 
-def test_top_vector_is_the_top_right_singular_vector(rng):
+def test_top_vector_is_the_top_right_singular_vector():
     """``s_1 = 2 s_2``, so that ``v_1`` is well determined. A Ritz vector is less accurate than
     its Ritz value (the value error is quadratic in the angle): measured angle ~1e-4 rad, so
     ``1 - cos`` ~ 1e-8; the sign convention makes the cosine positive."""
     m, n = 256, 512
     s = gapped(m, 0.1)
     s[0] = 2 * s[1]
-    v = random_orthogonal(m, rng)
-    u = random_orthogonal(n, rng)[:, :m]
-    a = (u * s) @ v.T
-    values, vector = top_singular_values_and_vector(matrix_map(a), torch.randn(3, m), K)
-    v1 = v[:, 0] * np.sign(v[np.abs(v[:, 0]).argmax(), 0])  # largest-magnitude entry positive
+    f = spectrum_map(n, m, s)
+    values, vector = top_singular_values_and_vector(f, torch.randn(3, m), K)
+    v = _bases(n, m)[1][:, 0]
+    v1 = v * np.sign(v[np.abs(v).argmax()])  # largest-magnitude entry positive
     np.testing.assert_allclose(np.linalg.norm(vector.numpy(), axis=-1), 1.0, rtol=1e-10)
     assert (1 - vector.numpy() @ v1).max() <= 1e-6
-    torch.testing.assert_close(values, top_singular_values(matrix_map(a), torch.randn(3, m), K))
+    torch.testing.assert_close(values, top_singular_values(f, torch.randn(3, m), K))
 
 
 def test_descriptors_on_a_top_k_spectrum():
