@@ -75,7 +75,8 @@ def check_setup(
 def _check_setup(
     monitor: Any, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str
 ) -> None:
-    monitor.decoder(pl_module)
+    if monitor.uses_decoder:
+        monitor.decoder(pl_module)
     monitor.encoder(pl_module)
     if monitor.preprocess_name is not None:
         monitor._attribute(pl_module, monitor.preprocess_name, "preprocess")
@@ -115,7 +116,8 @@ def _prepare_probes(monitor: Any, trainer: pl.Trainer, pl_module: pl.LightningMo
     preprocess = None
     if monitor.preprocess_name is not None:
         preprocess = monitor._attribute(pl_module, monitor.preprocess_name, "preprocess")
-    dtype = parameter_dtype(monitor.decoder(pl_module).fn, pl_module)
+    model = (monitor.decoder(pl_module).fn,) if monitor.uses_decoder else ()
+    dtype = parameter_dtype(*model, pl_module)
     with measurement_context(pl_module, device), torch.no_grad():
         for offset, split in enumerate(SPLITS):
             what = "training" if split == "train" else "validation"

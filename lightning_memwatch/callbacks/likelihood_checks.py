@@ -39,9 +39,8 @@ def check_unit_inputs(owner: str, x: Tensor, what: str) -> None:
         raise ValueError(
             f"{owner} measures a Bernoulli likelihood, which needs inputs in [0, 1], but the "
             f"{what} probe's inputs lie in [{low:.4g}, {high:.4g}]: pass "
-            '`likelihood="gaussian"` (and its `scale`) for real-valued inputs, or rescale the '
-            "data to [0, 1] in the dataset (the probe is read from it, before any preprocessing "
-            "in the module)"
+            '`likelihood="gaussian"` (and its `scale`) for real-valued inputs, or `preprocess=` '
+            "the name of a module method that rescales a batch to [0, 1]"
         )
 
 

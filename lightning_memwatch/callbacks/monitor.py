@@ -176,6 +176,11 @@ class MemwatchMonitor(Callback):
 
     # ----------------------------------------------------------------- configuration
     @property
+    def uses_decoder(self) -> bool:
+        """Whether this monitor calls the decoder (checked at setup and on the probe)."""
+        return True
+
+    @property
     def state_key(self) -> str:
         return self._generate_state_key(
             decoder=self.decoder_name, probe_size=self.probe_size, seed=self.seed
@@ -246,7 +251,7 @@ class MemwatchMonitor(Callback):
         self.budget.attach(trainer, self.state_key)
         self._check_lightning_readers(trainer)
         silence_sync_dist_advice()
-        if self.latent_dim is None and self.encoder_name is None:
+        if self.latent_dim is None and self.encoder_name is None and self.uses_decoder:
             self.latent_dim = self._module_latent_dim(pl_module)
             if self.latent_dim is None:
                 raise ValueError(

@@ -198,6 +198,8 @@ def _check_reverse_mode(monitor: Any, decoder: Callable[..., Any], z: Tensor) ->
 def check_attachment(monitor: Any, pl_module: pl.LightningModule) -> int:
     """Run the encoder and the decoder once on the training probe as the measurements will,
     and return the latent size (the encoder's, else ``monitor.latent_dim``)."""
+    if not monitor.uses_decoder:
+        return monitor.latent_dim
     device = pl_module.device
     x = monitor.inputs["train"][:2].to(device)
     latent_dim, source = monitor.latent_dim, "from `latent_dim=` or the module's `latent_dim`"

@@ -109,8 +109,12 @@ def roll(
         all_rows, all_values = gather_rows(strategy, mine, fresh)
         values = {d: all_values[:, i] for i, d in enumerate(metric.descriptors)}
         table.update(split, all_rows, values, epoch)
-    metric.reset()
-    for split in SPLITS:
-        measured = {d: table.column(d, split)[rank::world] for d in metric.descriptors}
-        metric._append(split, {d: v.to(metric.device) for d, v in measured.items()})
+    metric.set_samples(
+        {
+            split: {
+                d: table.column(d, split)[rank::world].to(metric.device) for d in metric.descriptors
+            }
+            for split in SPLITS
+        }
+    )
     return metric.scalars()

@@ -147,10 +147,13 @@ class SampleMonitor(MemwatchMonitor):
         return frozenset(f"memwatch/{FAMILY}/{key}" for key in KEYS)
 
     # ----------------------------------------------------------------- configuration
+    @property
+    def uses_decoder(self) -> bool:
+        return self.sampler_name is None
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.sampler_name is None:
-            super().setup(trainer, pl_module, stage)  # the decoder and its latent size
-        else:
+        super().setup(trainer, pl_module, stage)  # the decoder and its latent size, if used
+        if self.sampler_name is not None:
             self._attribute(pl_module, self.sampler_name, "sampler")
         if self.features_name is not None:
             self._attribute(pl_module, self.features_name, "features")

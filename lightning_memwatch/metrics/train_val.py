@@ -86,6 +86,14 @@ class TrainValGap(Metric):
         for name, value in values.items():
             getattr(self, f"{name}_{split}").append(value.detach().reshape(-1).to(torch.float64))
 
+    def set_samples(self, values: dict[str, dict[str, Tensor]]) -> None:
+        """Replace every state by ``values`` (per split, per descriptor: 1-D per-sample values),
+        as if this were the metric's one update; the rolling probe's table is fed this way."""
+        self.reset()
+        for split, per_descriptor in values.items():
+            self._append(split, per_descriptor)
+        self._update_count = 1  # an update happened: compute() need not warn
+
     def _samples(self, name: str, split: str) -> Tensor:
         state = getattr(self, f"{name}_{split}")
         if isinstance(state, list) and not state:

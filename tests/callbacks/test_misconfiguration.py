@@ -330,7 +330,7 @@ def test_a_decoder_without_gradients_fails_for_latent_recovery():
 def test_bernoulli_likelihood_on_inputs_outside_the_unit_interval():
     train, val = digits_tensors()
     data = loaders_of(TensorDataset(2 * train - 1), TensorDataset(2 * val - 1))
-    with pytest.raises(ValueError, match=r"likelihood='bernoulli'.*in \[0, 1\].*`preprocess=`"):
+    with pytest.raises(ValueError, match=r"likelihood='auto'.*in \[0, 1\].*`preprocess=`"):
         fit(LikelihoodMonitor(encoder="encode"), make_autoencoder(), *data)
 
 
