@@ -20,6 +20,10 @@ logging):
   ``cold`` a warm one plus the recovery family's cold-minus-warm seconds, ``cold with figures``
   the first measurement (one-off costs included, so the estimate errs high). Both are printed
   where both exist.
+- ``new, slices of 16``: what the budget chooses at the defaults (``MIN_PROBE`` = 16 rows per
+  split), fixed: every sample measured once takes 4 measurements, and per coverage is 4 times
+  the mean of measurements 1-20 (a whole cycle: a slice's cold restart every 20 measurements,
+  figures every 10).
 
 Agreement: per descriptor, the share of per-sample values (probe order, same epoch; both fits
 train identically, checked through ``val_loss``) within 1% of the baseline's, at epoch 0 (both
@@ -38,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "47f86a5"
@@ -69,15 +73,16 @@ def baseline_root(tmp: str) -> Path:
     return Path(tmp)
 
 
-def run_worker(code: Path, model: str, epochs: int, probe: int, threads: int, seed: int) -> dict:
+def run_worker(code: Path, run: Any, threads: int, seed: int) -> dict:
     """One :mod:`probe_cost` fit in a subprocess importing the package under ``code``."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": str(threads)}
         command = [
             sys.executable,
             str(ROOT / "benchmarks" / "probe_cost.py"),
-            *("--model", model, "--epochs", str(epochs), "--probe-size", str(probe)),
-            *("--threads", str(threads), "--seed", str(seed), "--json", out.name),
+            *("--model", run.model, "--epochs", str(run.epochs), "--probe-size", str(run.probe)),
+            *("--slice", str(run.slice), "--threads", str(threads), "--seed", str(seed)),
+            *("--json", out.name),
         ]
         done = subprocess.run(command, env=env, stderr=subprocess.PIPE, text=True)
         if done.returncode:
@@ -148,64 +153,110 @@ def agreement(new: dict, old: dict) -> list[str]:
     return rows
 
 
-def main(quick: bool = False, threads: int = 1, seed: int = 0) -> dict[str, Any]:
+class Run(NamedTuple):
+    """One worker fit: which code, model, epochs, probe size, slice (0: the whole probe)."""
+
+    code: str
+    model: str
+    epochs: int
+    probe: int
+    slice: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.code == "old":
+            return BASELINE
+        return f"new, slices of {self.slice}" if self.slice else "new"
+
+
+def plan(quick: bool) -> list[Run]:
+    """The fits, in the order they run (the two codes alternate first place per model)."""
+    if quick:
+        return [
+            Run("old", "vae", 2, 64),
+            Run("new", "vae", 2, 64),
+            Run("new", "vae", 5, 64, 16),
+            Run("new", "conv", 2, 4),
+            Run("old", "conv", 1, 4),
+        ]
+    return [
+        Run("old", "vae", CYCLE + 1, 64),
+        Run("new", "vae", CYCLE + 1, 64),
+        # slices of 16: a sample's cold restart comes every 5 x 4 measurements
+        Run("new", "vae", RESTART_EVERY * 4 + 1, 64, 16),
+        Run("new", "conv", 3, 64),
+        Run("old", "conv", 2, 64),
+    ]
+
+
+def slice_cost(result: dict, run: Run) -> tuple[float, float]:
+    """``(first coverage, per coverage)`` of a sliced run: the first ``probe / slice``
+    measurements, and ``probe / slice`` times the mean of the later ones (a whole cycle of cold
+    restarts and figures with the full plan)."""
+    seconds, per = per_measurement(result), run.probe // run.slice
+    return sum(seconds[:per]), per * statistics.mean(seconds[1:])
+
+
+def cost_row(run: Run, result: dict, old_cost: float) -> str:
+    """A markdown row of the cost table; ``old_cost`` is the baseline's per coverage."""
+    seconds = per_measurement(result)
+    if run.slice:
+        first, cost = slice_cost(result, run)
+        shown, ratio = f"{cost:.2f}", cost
+    else:
+        first = seconds[0]
+        cost, direct = coverage_cost(result, new=run.code == "new")
+        shown = f"{cost:.2f}" + (f" (direct {direct:.2f})" if direct is not None else "")
+        ratio = direct if direct is not None else cost
+    last = result["scalars"][-1]
+    parts = ", ".join(
+        f"{f} {last[f'memwatch/{f}/seconds']:.2f}"
+        for f in ("spectrum", "density", "recovery")
+        if f"memwatch/{f}/seconds" in last
+    )
+    later = ", ".join(f"{s:.2f}" for s in seconds[1:])
+    target = TARGETS[run.model] if run.code == "new" else ""
+    return (
+        f"| {LABELS[run.model]} | {run.label} | {first:.2f} | {later} | {shown} | "
+        f"{ratio / old_cost:.3f} | {target} | {parts} |"
+    )
+
+
+def main(quick: bool = False, threads: int = 1, seed: int = 0) -> list[tuple[Run, dict]]:
     """Part 4: print the cost table and the agreement tables; return the raw results."""
     print(
         f"\n## Target 4: measuring every sample of a 64 + 64 probe once, against {BASELINE}\n",
         flush=True,
     )
-    # (model, probe size, epochs of the baseline, epochs of the new code)
-    plan = (
-        [("vae", 64, 2, 2), ("conv", 8, 1, 2)]
-        if quick
-        else [("vae", 64, 11, 11), ("conv", 64, 2, 3)]
-    )
     if quick:
-        print("--quick: the conv VAE on a probe of 8 + 8 and 2 epochs; numbers are a smoke test")
-    results: dict[str, dict[str, dict]] = {}
+        print("--quick: the conv VAE on a probe of 4 + 4; numbers are a smoke test")
+    done: list[tuple[Run, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         codes = {"old": baseline_root(tmp), "new": ROOT}
-        for i, (model, probe, old_epochs, new_epochs) in enumerate(plan):
-            order = ("old", "new") if i % 2 == 0 else ("new", "old")
-            results[model] = {}
-            for which in order:
-                epochs = old_epochs if which == "old" else new_epochs
-                results[model][which] = run_worker(
-                    codes[which], model, epochs, probe, threads, seed
-                )
-                print(
-                    f"  {model}, {which} code ({results[model][which]['package']}): "
-                    f"{results[model][which]['fit_seconds']:.1f} s fit",
-                    flush=True,
-                )
+        for run in plan(quick):
+            result = run_worker(codes[run.code], run, threads, seed)
+            done.append((run, result))
+            print(
+                f"  {run.model}, {run.label} ({result['package']}): {run.epochs} epochs, "
+                f"{result['fit_seconds']:.1f} s fit",
+                flush=True,
+            )
     print(
-        "\n| model | code | first (s) | later measurements (s) | per coverage (s) | ratio | "
-        "target | seconds by family, last measurement |"
+        "\n| model | code | first coverage (s) | later measurements (s) | per coverage (s) | "
+        "ratio | target | seconds by family, last measurement |"
     )
     print("|---|---|---:|---|---:|---:|---:|---|")
-    for model, pair in results.items():
-        old_cost, _ = coverage_cost(pair["old"], new=False)
-        for which in ("old", "new"):
-            result = pair[which]
-            seconds = per_measurement(result)
-            cost, direct = coverage_cost(result, new=which == "new")
-            shown = f"{cost:.2f}" + (f" (direct {direct:.2f})" if direct is not None else "")
-            ratio = direct if direct is not None else cost
-            last = result["scalars"][-1]
-            parts = ", ".join(
-                f"{f} {last[f'memwatch/{f}/seconds']:.2f}"
-                for f in ("spectrum", "density", "recovery")
-                if f"memwatch/{f}/seconds" in last
-            )
-            print(
-                f"| {LABELS[model]} | {which if which == 'new' else BASELINE} | {seconds[0]:.2f} | "
-                f"{', '.join(f'{s:.2f}' for s in seconds[1:])} | {shown} | "
-                f"{ratio / old_cost:.3f} | {TARGETS[model] if which == 'new' else ''} | {parts} |"
-            )
-    for model, pair in results.items():
+    for model in LABELS:
+        runs = [(run, result) for run, result in done if run.model == model]
+        old = next(result for run, result in runs if run.code == "old")
+        old_cost, _ = coverage_cost(old, new=False)
+        for run, result in sorted(runs, key=lambda pair: (pair[0].code != "old", pair[0].slice)):
+            print(cost_row(run, result, old_cost))
+    for model in LABELS:
+        whole = {run.code: result for run, result in done if run.model == model and not run.slice}
         same = all(
             a.get("val_loss") == b.get("val_loss")
-            for a, b in zip(pair["new"]["scalars"], pair["old"]["scalars"], strict=False)
+            for a, b in zip(whole["new"]["scalars"], whole["old"]["scalars"], strict=False)
         )
         print(f"\nAgreement, {LABELS[model]} (val_loss per epoch identical in both fits: {same}):")
         print(
@@ -213,5 +264,5 @@ def main(quick: bool = False, threads: int = 1, seed: int = 0) -> dict[str, Any]
             "probe noise |"
         )
         print("|---|---:|---:|---:|---:|")
-        print("\n".join(agreement(pair["new"], pair["old"])))
-    return results
+        print("\n".join(agreement(whole["new"], whole["old"])))
+    return done

@@ -8,11 +8,14 @@ parent points it at this checkout or at an older commit's package (``git archive
 answer names the package it imported. One ``trainer.fit`` of ``--epochs`` epochs with a
 ``TensorBoardLogger`` (artifacts are written) and ``GeometryMonitor(encoder="encode")`` and
 ``RecoveryMonitor(encoder="encode")`` at their defaults except ``max_overhead=float("inf")``, so
-that every epoch measures every sample of the 64 + 64 probe (``--probe-size``); the model trains
-between two measurements, as in a real fit. Written as JSON: per epoch, the wall time of each
-monitor's hooks (the whole measurement: families, artifacts, logging), its logged
-``memwatch/<family>/seconds``, every logged ``memwatch/`` scalar, ``val_loss``, and the
-per-sample values of every descriptor (probe order) behind the logged statistics.
+that every epoch measures every sample of the probe (``--probe-size``, default 64 per split);
+the model trains between two measurements, as in a real fit. ``--slice n`` (the new code only)
+fixes what the budget would choose: each measurement covers ``n`` rows of the rolling probe.
+
+Written as JSON: per epoch, the wall time of each monitor's epoch-end hooks (the whole
+measurement: families, artifacts, logging), every logged ``memwatch/`` scalar (the families'
+``seconds`` among them) and ``val_loss``, and the per-sample values of every descriptor (probe
+order) behind the logged statistics.
 """
 
 from __future__ import annotations
@@ -103,6 +106,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--model", choices=("vae", "conv"), required=True)
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--probe-size", type=int, default=64, help="samples per split")
+    parser.add_argument(
+        "--slice",
+        type=int,
+        default=0,
+        help="samples per split of each measurement (0: the whole probe); the new code only",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, required=True)
@@ -114,6 +123,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     geometry = GeometryMonitor(encoder="encode", **common)
     recovery = RecoveryMonitor(encoder="encode", **common)
     hook_seconds = {name: defaultdict(float) for name in ("geometry", "recovery")}
+    if args.slice:  # the budget's choice, fixed: a measurement covers `slice` rows
+        for monitor in (geometry, recovery):
+            monitor.budget.next_probe_size = lambda: args.slice
     time_hooks(geometry, hook_seconds["geometry"])
     time_hooks(recovery, hook_seconds["recovery"])
     keep_samples("spectrum", geometry.spectrum_metric, samples, clock)
