@@ -1,8 +1,12 @@
 """The memwatch monitors at their defaults: the four overhead targets of issue 12 in one run.
 
-    python benchmarks/overhead.py               # all four parts (full-run time: see below)
-    python benchmarks/overhead.py --quick       # a smoke run of every part, about a minute
+    python benchmarks/overhead.py               # all four parts: 534 s on 2 quiet CPU cores
+    python benchmarks/overhead.py --quick       # a smoke run of every part: 107 s (loaded machine)
     python benchmarks/overhead.py --part 3      # one part: 1, 2, 3, 4 or all (2 is read from 1)
+
+Measured run times: the full run took 534 s (load average about 1 on the 2 cores), of which part
+4 was about 235 s (the conv VAE's whole-probe measurements at latent 100 cost 30-45 s each);
+``--quick`` took 107 s with the machine loaded by other jobs (load average 3).
 
 1. **Fit time with / without the monitors** of the README's snippet at their defaults
    (``GeometryMonitor(encoder="encode")``, ``RecoveryMonitor(encoder="encode")``,
