@@ -57,8 +57,8 @@ def silence_sync_dist_advice() -> None:
 
 
 SPLITS = ("train", "val")
-#: Matplotlib figures are drawn at the first measurement and every this many after it: they
-#: cost 0.34-0.52 s a measurement on the demo VAE, more than the measurement itself.
+#: Matplotlib figures are drawn at every this many-th measurement of a fit: they cost
+#: 0.34-0.52 s a measurement on the demo VAE (at 100 dpi), more than the measurement itself.
 FIGURE_EVERY = 10
 
 
@@ -171,6 +171,7 @@ class MemwatchMonitor(Callback):
         self.dataset_sizes: dict[str, int] = {}
         self.last_logged_epoch: int | None = None
         self.last_checked_epoch: int | None = None
+        self._fitting = True
         self._warned_no_probe = False
         self._layout_written = False
 
@@ -306,7 +307,7 @@ class MemwatchMonitor(Callback):
                 return
             self._prepare_probes(trainer, pl_module)
         # the budget is a share of training time: outside fit (validate) the whole probe
-        fitting = trainer.state.fn == TrainerFn.FITTING
+        fitting = self._fitting = trainer.state.fn == TrainerFn.FITTING
         size = self.budget.next_probe_size() if fitting else self.probe_size
         size = int(trainer.strategy.broadcast(size, src=0))
         scalars: dict[str, Any] = {}
@@ -351,9 +352,11 @@ class MemwatchMonitor(Callback):
 
     @property
     def figures_due(self) -> bool:
-        """Whether this measurement draws its matplotlib figures (the first, then every
-        :data:`FIGURE_EVERY`-th); histograms, images and scalars come at every measurement."""
-        return self.measurements % FIGURE_EVERY == 0
+        """Whether this measurement draws its matplotlib figures: every :data:`FIGURE_EVERY`-th
+        measurement of a fit (the 10th, 20th, ...; not the first, which would add matplotlib's
+        one-off start-up to the calibration), and every measurement outside ``fit``
+        (``trainer.validate``); histograms, images and scalars come at every measurement."""
+        return not self._fitting or (self.measurements + 1) % FIGURE_EVERY == 0
 
     def rolled(
         self,

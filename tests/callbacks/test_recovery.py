@@ -169,8 +169,12 @@ def test_early_stopping_on_the_ks_pvalue_stops_a_memorizing_run_only():
     assert stopper.fired_epoch is None and trainer.current_epoch == 3
 
 
-def test_tensorboard_histograms_error_figure_and_pairs(tmp_path):
+def test_tensorboard_histograms_error_figure_and_pairs(tmp_path, monkeypatch):
     from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lightning_memwatch.callbacks import monitor as monitor_module
+
+    monkeypatch.setattr(monitor_module, "FIGURE_EVERY", 1)  # the figure at every measurement
 
     train, val = digits_tensors(n_train=24, n_val=40)
     cb = RecoveryMonitor(probe_size=16, max_overhead=math.inf)
