@@ -10,23 +10,21 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.latents import CHUNK, LatentStore, recover_rows
+from lightning_memwatch.callbacks.latents import LatentStore
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
-from lightning_memwatch.callbacks.probes import InputKey, latents_of, shard
-from lightning_memwatch.callbacks.recovery import RecoveryMonitor
-from lightning_memwatch.functional import (
-    decay_scores,
-    dip_scores,
-    local_complexity,
-    singular_values,
-)
+from lightning_memwatch.callbacks.probe_latents import ProbeLatents, nearest_train_neighbours
+from lightning_memwatch.callbacks.probes import InputKey, shard
+from lightning_memwatch.functional import decay_terms, dip_terms, local_complexity
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.complexity import check_radius, piecewise_linear_activations
 from lightning_memwatch.functional.density import check_radii
+from lightning_memwatch.functional.jacobian import map_jacobian_chunks
+from lightning_memwatch.functional.priors import Prior, check_prior, sample_prior
 from lightning_memwatch.functional.profiles import line_profile, path_profile
+from lightning_memwatch.functional.spectrum import gram_singular_values_and_top_vector
 from lightning_memwatch.metrics import ComplexityGap, DensityGap, SpectrumGap
 from lightning_memwatch.viz import global_step, tensorboard_writer
-from lightning_memwatch.viz.geometry import write_complexity, write_density, write_spectrum
+from lightning_memwatch.viz.geometry import write_geometry
 
 FAMILIES = ("spectrum", "density", "complexity")
 #: Measured unless ``families`` says otherwise: complexity needs a piecewise-linear decoder.
@@ -35,35 +33,31 @@ DEFAULT_FAMILIES = ("spectrum", "density")
 COMPLEXITY_SEED_OFFSET = 104729
 
 
-def nearest_train_neighbours(queries: Tensor, pool: Tensor, query_index: Tensor | None) -> Tensor:
-    """Index in ``pool`` of each query's nearest neighbour (L2, inputs flattened).
-
-    ``query_index`` gives, for queries taken from the pool itself, their own row so that a point
-    is never its own neighbour (feiszli §4.1, remark 2b: paths join nearest neighbours).
-    """
-    dist = torch.cdist(queries.flatten(1).double(), pool.flatten(1).double())
-    if query_index is not None:
-        dist[torch.arange(len(queries), device=dist.device), query_index] = torch.inf
-    return dist.argmin(dim=1)
-
-
-class GeometryMonitor(MemwatchMonitor):
+class GeometryMonitor(ProbeLatents, MemwatchMonitor):
     """Watch the decoder's local geometry at the probes: spectrum (psi, nu, intrinsic dimension,
     log condition), density (dip, decay) and, opt-in, local complexity, train against validation.
 
     Logs (DESIGN §3), each descriptor with ``/{train,val,gap,ks_pvalue}``:
     ``memwatch/spectrum/{log_volume,local_rank,intrinsic_dim,log_condition}``,
-    ``memwatch/density/{dip,decay}``, ``memwatch/complexity`` (no descriptor level:
+    ``memwatch/density/{dip,decay}``, their two parts
+    ``memwatch/density/{dip,decay}/{prior,volume}`` (``log p`` and ``-psi``: on a large latent
+    the dip's prior part ``-|z_0 - z_1|^2 / 4`` can be most of it, so read which one moves),
+    ``memwatch/density/decay/unreached`` (share of lines that never reach a radius: flat
+    regions), ``memwatch/complexity`` (no descriptor level:
     ``memwatch/complexity/{train,val,gap,ks_pvalue}``); per family
     ``memwatch/<family>/{seconds,probe_size,nonfinite}``; and
-    ``memwatch/spectrum/<descriptor>/prior``, the mean at ``probe_size`` latents drawn from the
-    prior ``N(0, I)``, where the decoder is sampled. Sources:
+    ``memwatch/spectrum/<descriptor>/prior``, the mean at latents drawn from the prior, where
+    the decoder is sampled. Sources:
     ``papers/feiszli_latent_geometry.txt`` (spectrum, dip, decay),
     ``papers/humayun_local_geometry.txt`` (psi, nu; complexity §2),
     ``papers/ramirez_geometry_poster.txt`` (log condition).
 
-    The latents of the probe are the encoder's, or recovered by latent optimisation when there is
-    no encoder. Dip paths join each probe point (train and validation alike) to its nearest
+    The latents of the probe are the encoder's, or recovered by latent optimisation and moved into
+    the prior's typical set when there is no encoder
+    (:mod:`~lightning_memwatch.callbacks.probe_latents`). The spectrum pass gives the dip starts'
+    and the decay centres' spectra and top singular vectors, so a dip path needs one new Jacobian
+    (at its arclength midpoint; its end's, when the end is not in the slice) and a decay line
+    none at its centre. Dip paths join each probe point (train and validation alike) to its nearest
     neighbour in the train probe; decay lines run through each probe point. Complexity counts
     the activation boundaries of a piecewise-linear decoder inside the l1 ball of radius
     ``complexity_radius`` around each probe latent
@@ -89,6 +83,10 @@ class GeometryMonitor(MemwatchMonitor):
             latents, cuts a few boundaries per point on such a decoder without saturating
             (measured: about 3 to 5 of 32 neurons on average over 0-20 epochs, never all).
         complexity_samples: random points per ball besides its ``2 m`` vertices.
+        prior: the latent prior ``p(z)`` of the density's ``log p(z)``, of the prior draws and of
+            the typical set recovered latents are moved into: ``"normal"`` (``N(0, I)``, VAEs,
+            most GANs), ``"sphere"`` (uniform on the unit sphere, GLO), or a
+            ``torch.distributions.Distribution`` (from Python; no typical-set projection).
         Others: see :class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`.
     """
 
@@ -110,6 +108,7 @@ class GeometryMonitor(MemwatchMonitor):
         complexity_radius: float = 0.1,
         complexity_samples: int = 64,
         *,
+        prior: Prior = "normal",
         decoder_output: str | None = None,
         encoder_output: str | None = None,
         preprocess: str | None = None,
@@ -141,6 +140,7 @@ class GeometryMonitor(MemwatchMonitor):
         self.complexity_radius = check_radius(complexity_radius, "complexity_radius")
         self.complexity_samples = check_int("complexity_samples", complexity_samples, minimum=0)
         self.latent_store = LatentStore(probe_size)
+        self.prior = check_prior(prior)
 
     @property
     def families(self) -> tuple[str, ...]:
@@ -181,63 +181,6 @@ class GeometryMonitor(MemwatchMonitor):
                     "leave 'complexity' out of `families`"
                 ) from None
 
-    def _store(self, trainer: pl.Trainer) -> LatentStore:
-        """The latents store this monitor recovers into: a single-process ``RecoveryMonitor`` of
-        the same decoder, probe and seed shares its own (so a sample is solved once an epoch);
-        else the monitor's own (every rank recovers the whole slice, so the stores agree)."""
-        if trainer.world_size == 1:
-            for callback in trainer.callbacks:
-                if (
-                    isinstance(callback, RecoveryMonitor)
-                    and callback.decoder_name == self.decoder_name
-                    and (callback.probe_size, callback.seed) == (self.probe_size, self.seed)
-                ):
-                    return callback.latent_store
-        return self.latent_store
-
-    def probe_latents(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        x: Tensor,
-        split: str,
-        rows: Tensor,
-    ) -> Tensor:
-        """The latents of probe ``rows`` of ``split`` (inputs ``x``): the encoder's, else
-        recovered as :class:`~lightning_memwatch.callbacks.recovery.RecoveryMonitor` recovers
-        them (warm-started from :mod:`~lightning_memwatch.callbacks.latents`)."""
-        encoder = self.encoder(pl_module)
-        if encoder is not None:
-            with torch.no_grad():
-                return latents_of(encoder(x)).detach()
-        decoder, store = self.decoder(pl_module), self._store(trainer)
-        chunks = [
-            recover_rows(
-                decoder,
-                x[start : start + CHUNK],
-                split,
-                rows[start : start + CHUNK],
-                store,
-                latent_dim=self.latent_dim,
-                seed=self.seed,
-                epoch=trainer.current_epoch,
-            )[0]
-            for start in range(0, len(x), CHUNK)
-        ]
-        return torch.cat(chunks)
-
-    def neighbour_latents(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, rows: Tensor
-    ) -> Tensor:
-        """Latents of train probe ``rows`` that are dip-path ends: the encoder's, else the latest
-        recovered ones (recovered now where the store has none yet)."""
-        x = self.inputs["train"][rows.cpu()].to(pl_module.device).clone()
-        if self.encoder(pl_module) is None:
-            kept, _ = self._store(trainer).get("train", rows)
-            if kept is not None and bool(torch.isfinite(kept).all()):
-                return kept.to(x.device)
-        return self.probe_latents(trainer, pl_module, x, "train", rows)
-
     def measure(
         self,
         trainer: pl.Trainer,
@@ -250,6 +193,7 @@ class GeometryMonitor(MemwatchMonitor):
         rank, world = trainer.global_rank, trainer.world_size
         mine = shard(rows, rank, world)
         cache: dict[str, Tensor] = {}
+        heads: dict[str, Tensor] = {}  # per split: the spectrum pass's (s, v_1) of this rank
         figures = self.figures_due
 
         def latents(split: str) -> Tensor:
@@ -271,16 +215,19 @@ class GeometryMonitor(MemwatchMonitor):
             for split in SPLITS:
                 z = shard(latents(split), rank, world)
                 if len(z):  # a rank without a sample of its own still takes part in the sync
-                    s = singular_values(decoder, z)
+                    heads[split] = map_jacobian_chunks(
+                        decoder, z, gram_singular_values_and_top_vector
+                    )
+                    s = heads[split][:, : -z.shape[1]]
                     self.spectrum_metric.update(s, split)
                     artifacts["log_s"][split] = s.log()
-            # the same descriptors where the decoder is sampled: z ~ N(0, I), seeded per epoch
+            # the same descriptors where the decoder is sampled, the draws seeded per epoch
             generator = torch.Generator().manual_seed(
                 self.seed + 7919 * (trainer.current_epoch + 1)
             )
-            prior = torch.randn(size, self.latent_dim, generator=generator).to(inputs["train"])
+            prior = sample_prior(self.prior, size, self.latent_dim, generator=generator)
             # every rank the whole draw (the metric does not sync), so no rank is ever empty
-            self.prior_metric.update(singular_values(decoder, prior), "train")
+            self.prior_metric.update(spectrum_of(prior.to(inputs["train"])), "train")
             prior_means = {
                 key.replace("/train", "/prior"): value
                 for key, value in self.prior_metric.compute().items()
@@ -288,6 +235,11 @@ class GeometryMonitor(MemwatchMonitor):
             }
             self.prior_metric.reset()
             return {**self.rolled(trainer, "spectrum", self.spectrum_metric, mine), **prior_means}
+
+        def spectrum_of(z: Tensor) -> Tensor:
+            return map_jacobian_chunks(decoder, z, gram_singular_values_and_top_vector)[
+                :, : -z.shape[1]
+            ]
 
         def density() -> dict[str, Tensor]:
             pool = self.inputs["train"].to(inputs["train"].device)
@@ -298,15 +250,30 @@ class GeometryMonitor(MemwatchMonitor):
                 query = shard(rows, rank, world) if split == "train" else None
                 neighbours = nearest_train_neighbours(x, pool, query)
                 ends = self.neighbour_latents(trainer, pl_module, neighbours)
-                dip = dip_scores(decoder, z, ends, rtol=self.rtol)
-                decay = decay_scores(decoder, z, radii=self.radii, rtol=self.rtol)
-                self.density_metric.update(split, dip=dip, decay=decay)
+                head = heads.get(split)
+                s_start = None if head is None else head[:, : -z.shape[1]]
+                dip = dip_terms(decoder, z, ends, rtol=self.rtol, prior=self.prior, s_start=s_start)
+                decay = decay_terms(
+                    decoder, z, radii=self.radii, rtol=self.rtol, prior=self.prior, head=head
+                )
+                self.density_metric.update(
+                    split,
+                    dip=dip.prior + dip.volume,
+                    decay=decay.prior + decay.volume,
+                    dip_terms=(dip.prior, dip.volume),
+                    decay_terms=(decay.prior, decay.volume, decay.unreached),
+                )
                 if writer is not None:
-                    artifacts["dip"][split], artifacts["decay"][split] = dip, decay
+                    artifacts["dip"][split] = dip.prior + dip.volume
+                    artifacts["decay"][split] = decay.prior + decay.volume
                     if figures:
-                        arc, lp, points = path_profile(decoder, z[0], ends[0], rtol=self.rtol)
+                        arc, lp, points = path_profile(
+                            decoder, z[0], ends[0], rtol=self.rtol, prior=self.prior
+                        )
                         artifacts["paths"][split] = (arc, lp)
-                        artifacts["lines"][split] = line_profile(decoder, z[0], rtol=self.rtol)
+                        artifacts["lines"][split] = line_profile(
+                            decoder, z[0], rtol=self.rtol, prior=self.prior
+                        )
                         if split == "train":
                             with torch.no_grad():
                                 artifacts["path_outputs"] = decoder(points)
@@ -343,7 +310,7 @@ class GeometryMonitor(MemwatchMonitor):
                 steps[family],
                 None
                 if writer is None
-                else lambda f=family: self._write(writer, step, f, artifacts, figures),
+                else lambda f=family: write_geometry(writer, step, f, artifacts, figures),
             )
             for family in self._families
         }
@@ -355,21 +322,3 @@ class GeometryMonitor(MemwatchMonitor):
         super().load_state_dict(state_dict)
         if "latents" in state_dict:
             self.latent_store.load_state_dict(state_dict["latents"])
-
-    @staticmethod
-    def _write(
-        writer: Any, step: int, family: str, artifacts: dict[str, Any], figures: bool
-    ) -> None:
-        """Write one family's TensorBoard artifacts (the matplotlib figures when ``figures``)."""
-        if family == "spectrum":
-            write_spectrum(writer, step, artifacts["log_s"], figures=figures)
-        elif family == "density":
-            write_density(
-                writer,
-                step,
-                {"dip": artifacts["dip"], "decay": artifacts["decay"]},
-                {"dip_path": artifacts["paths"], "decay_line": artifacts["lines"]},
-                artifacts.get("path_outputs"),
-            )
-        else:
-            write_complexity(writer, step, artifacts["complexity"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from lightning_memwatch.metrics.train_val import TrainValGap
@@ -16,7 +17,11 @@ class DensityGap(TrainValGap):
     per-point scores of :func:`~lightning_memwatch.functional.decay_scores` (``(B, R)``, one
     column per radius); a point's decay is the mean over its radii, non-finite if any radius is.
 
-    ``compute()`` gives ``{dip,decay}/{train,val,gap,ks_pvalue,nonfinite}``
+    ``compute()`` gives ``{dip,decay}/{train,val,gap,ks_pvalue,nonfinite}``, and the same for
+    the parts when they are given: ``dip/{prior,volume}``, ``decay/{prior,volume}`` (each score
+    is the sum of its two parts) and ``decay/unreached`` (the share of lines that never reach a
+    radius, NaN decays: a train share far above val is itself a sign of flat, memorized
+    regions)
     (see :class:`~lightning_memwatch.metrics.train_val.TrainValGap`).
 
     Example::
@@ -32,10 +37,31 @@ class DensityGap(TrainValGap):
         1
     """
 
-    descriptors = ("dip", "decay")
+    descriptors = (
+        "dip",
+        "decay",
+        "dip/prior",
+        "dip/volume",
+        "decay/prior",
+        "decay/volume",
+        "decay/unreached",
+    )
 
-    def update(self, split: str, *, dip: Tensor | None = None, decay: Tensor | None = None) -> None:
-        """Record per-sample ``dip`` (``(B,)``) and/or ``decay`` (``(B, R)`` or ``(B,)``)."""
+    def update(
+        self,
+        split: str,
+        *,
+        dip: Tensor | None = None,
+        decay: Tensor | None = None,
+        dip_terms: tuple[Tensor, Tensor] | None = None,
+        decay_terms: tuple[Tensor, Tensor, Tensor] | None = None,
+    ) -> None:
+        """Record per-sample ``dip`` (``(B,)``) and/or ``decay`` (``(B, R)`` or ``(B,)``), and
+        optionally their parts: ``dip_terms`` ``(prior, volume)`` (each ``(B,)``, from
+        :func:`~lightning_memwatch.functional.dip_terms`) and ``decay_terms``
+        ``(prior, volume, unreached)`` (each ``(B, R)``, from
+        :func:`~lightning_memwatch.functional.decay_terms`); a point's ``decay/unreached`` is
+        ``1`` when one of its radii was never reached (a flat region), else ``0``."""
         values = {}
         if dip is not None:
             if dip.ndim != 1:
@@ -47,4 +73,10 @@ class DensityGap(TrainValGap):
                     f"Expected `decay` to be a (B, R) or (B,) tensor but got {tuple(decay.shape)}"
                 )
             values["decay"] = decay.mean(dim=-1) if decay.ndim == 2 else decay
+        if dip_terms is not None:
+            values["dip/prior"], values["dip/volume"] = dip_terms
+        if decay_terms is not None:
+            prior, volume, unreached = decay_terms
+            values["decay/prior"], values["decay/volume"] = prior.mean(-1), volume.mean(-1)
+            values["decay/unreached"] = unreached.any(dim=-1).to(torch.float64)
         self._append(split, values)

@@ -18,6 +18,7 @@ Written on global rank zero only, at the step of Lightning's scalars (DESIGN §3
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
@@ -68,3 +69,23 @@ def write_density(
 def write_complexity(writer: SummaryWriter, step: int, counts: Mapping[str, Tensor]) -> None:
     """``counts``: per split, the ``(B,)`` local complexity of the probe points."""
     add_histograms(writer, "memwatch/complexity/samples", dict(counts), step)
+
+
+def write_geometry(
+    writer: SummaryWriter, step: int, family: str, artifacts: Mapping[str, Any], figures: bool
+) -> None:
+    """Write one GeometryMonitor family's artifacts (the matplotlib figures when ``figures``):
+    ``artifacts`` holds ``log_s``, ``dip``, ``decay``, ``paths``, ``lines``, ``complexity`` per
+    split and ``path_outputs``."""
+    if family == "spectrum":
+        write_spectrum(writer, step, artifacts["log_s"], figures=figures)
+    elif family == "density":
+        write_density(
+            writer,
+            step,
+            {"dip": artifacts["dip"], "decay": artifacts["decay"]},
+            {"dip_path": artifacts["paths"], "decay_line": artifacts["lines"]},
+            artifacts.get("path_outputs"),
+        )
+    else:
+        write_complexity(writer, step, artifacts["complexity"])
