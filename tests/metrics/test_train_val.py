@@ -129,3 +129,25 @@ def test_scalars_fold_the_nonfinite_counts_into_the_largest_and_reset():
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, equal_nan=True)
     assert metric.samples("dip", "train").numel() == 0  # reset
+
+
+def test_density_parts_and_unreached_share_against_numpy():
+    from lightning_memwatch.metrics import DensityGap
+
+    rng = np.random.default_rng(1)
+    metric, want = DensityGap(), {}
+    for split in ("train", "val"):
+        prior, volume = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
+        unreached = rng.random((5, 2)) < 0.3
+        decay = np.where(unreached, np.nan, prior + volume)
+        metric.update(
+            split,
+            decay=torch.from_numpy(decay),
+            decay_terms=tuple(map(torch.from_numpy, (prior, volume, unreached))),
+        )
+        want[split] = (prior.mean(1).mean(), unreached.any(1).mean(), np.nanmean(decay.mean(1)))
+    out = metric.compute()
+    for split in ("train", "val"):
+        assert out[f"decay/prior/{split}"].item() == pytest.approx(want[split][0])
+        assert out[f"decay/unreached/{split}"].item() == pytest.approx(want[split][1])
+        assert out[f"decay/{split}"].item() == pytest.approx(want[split][2])

@@ -1,0 +1,92 @@
+"""GeometryMonitor's density family: the dip and decay parts, the prior and where recovered
+latents are measured, against closed forms and scipy."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_memwatch.callbacks import GeometryMonitor
+from tests.conftest import FixedDecoderModule, digits_tensors, quiet_trainer
+
+
+class Linear(nn.Module):
+    """``f(z) = A z``: the Jacobian is ``A`` everywhere, so psi is the same at every latent and
+    the dip is its prior part alone, ``-|z_0 - z_1|^2 / 4`` (N(0, I), exact midpoint)."""
+
+    def __init__(self, m: int, n: int, gain: float = 1.0) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.register_buffer("a", gain * torch.randn(n, m, generator=generator))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (z @ self.a.T).reshape(-1, 1, 8, 8)
+
+
+def fit(model, monitor, n_train=32, n_val=32):
+    train, val = digits_tensors(n_train=n_train, n_val=n_val)
+    L.seed_everything(0, verbose=False)
+    trainer = quiet_trainer(callbacks=[monitor], max_epochs=1, num_sanity_val_steps=0)
+    trainer.fit(
+        model,
+        DataLoader(TensorDataset(train), batch_size=16),
+        DataLoader(TensorDataset(val), batch_size=16),
+    )
+    return {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("memwatch/")}
+
+
+def test_the_dip_of_a_linear_decoder_is_its_prior_part_alone():
+    cb = GeometryMonitor(probe_size=16, max_overhead=math.inf, radii=(0.05, 0.1))
+    got = fit(FixedDecoderModule(Linear(6, 64), 6), cb)
+    for split in ("train", "val"):
+        assert got[f"memwatch/density/dip/volume/{split}"] == pytest.approx(0.0, abs=1e-6)
+        assert got[f"memwatch/density/dip/{split}"] == pytest.approx(
+            got[f"memwatch/density/dip/prior/{split}"], rel=1e-9, abs=1e-9
+        )
+        # decay = prior part + volume part, and a linear map's volume part is 0 as well
+        assert got[f"memwatch/density/decay/volume/{split}"] == pytest.approx(0.0, abs=1e-6)
+        assert got[f"memwatch/density/decay/unreached/{split}"] == 0.0
+
+
+def recovered_norms(model, prior):
+    cb = GeometryMonitor(
+        probe_size=16, max_overhead=math.inf, families=("spectrum",), radii=(0.1,), prior=prior
+    )
+    fit(model, cb)
+    rows = torch.arange(16)
+    z = cb.probe_latents(cb_trainer(cb), model, cb.inputs["train"], "train", rows)
+    return z.double().norm(dim=1).numpy()
+
+
+def cb_trainer(cb):
+    """A stand-in trainer for ``probe_latents`` outside a fit: one process, epoch 0."""
+
+    class Trainer:
+        world_size, current_epoch, callbacks = 1, 0, [cb]
+
+    return Trainer()
+
+
+def test_recovered_latents_far_outside_the_prior_are_measured_in_its_typical_set():
+    """A generator with a tiny gain can only reach the digits from latents of norm ~100, far
+    outside N(0, I_8) (norm 0.8 to 5.3 at chi's 0.001 and 0.999 quantiles): the geometry is
+    measured at latents moved into that range, where the generator is sampled."""
+    model = FixedDecoderModule(Linear(8, 64, gain=0.003), 8)
+    norms = recovered_norms(model, "normal")
+    low, high = stats.chi.ppf([0.001, 0.999], df=8)
+    assert np.all(norms >= low - 1e-6) and np.all(norms <= high + 1e-6)
+    assert np.any(np.isclose(norms, high, rtol=1e-6))  # they were outside, and were moved
+    sphere = recovered_norms(FixedDecoderModule(Linear(8, 64, gain=0.003), 8), "sphere")
+    assert np.allclose(sphere, 1.0, rtol=1e-6)
+
+
+def test_a_prior_spec_that_is_not_one_fails_at_construction():
+    with pytest.raises(ValueError, match="prior"):
+        GeometryMonitor(prior="laplace")
