@@ -13,18 +13,15 @@ maths lives here.
 from __future__ import annotations
 
 import logging
-import math
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor
 
 from lightning_memwatch.callbacks.adapters import (
@@ -38,22 +35,17 @@ from lightning_memwatch.callbacks.attach import check_setup, prepare_probes
 from lightning_memwatch.callbacks.budget import CostBudget
 from lightning_memwatch.callbacks.isolation import measurement_context
 from lightning_memwatch.callbacks.probes import InputKey, train_loader
+from lightning_memwatch.callbacks.readers import (
+    check_lightning_readers,
+    drop_stale,
+    silence_sync_dist_advice,
+)
 from lightning_memwatch.callbacks.rolling import RollingTable, roll, slice_indices
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.metrics.train_val import TrainValGap
 from lightning_memwatch.viz import add_layout
 
 log = logging.getLogger(__name__)
-
-
-def silence_sync_dist_advice() -> None:
-    """The values a monitor logs are already the same on every rank (the metrics gather the
-    per-sample values), so Lightning's advice to reduce them with ``sync_dist=True`` does not
-    apply; it would repeat for every memwatch key of every DDP fit. Only that advice, only for
-    ``memwatch/`` keys, is filtered (at every monitor's setup: idempotent)."""
-    warnings.filterwarnings(
-        "ignore", message=r".*self\.log\('memwatch/.*sync_dist=True", category=PossibleUserWarning
-    )
 
 
 SPLITS = ("train", "val")
@@ -215,42 +207,10 @@ class MemwatchMonitor(Callback):
                 return value
         return None
 
-    def _check_lightning_readers(self, trainer: pl.Trainer) -> None:
-        """Lightning's ``ModelCheckpoint`` and ``EarlyStopping`` read ``trainer.callback_metrics``
-        at every check. An epoch this monitor does not measure has none of its values there
-        (:meth:`_drop_stale`), so a reader of one of its keys must check only when it measures
-        (``ModelCheckpoint``) or tolerate a missing value (``EarlyStopping(strict=False)``)."""
-        keys = {k for k in self.logged_keys if not k.endswith("/probe_size")}
-        name = type(self).__name__
-        for callback in trainer.callbacks:
-            key = getattr(callback, "monitor", None)
-            if key not in keys:
-                continue
-            if isinstance(callback, ModelCheckpoint):
-                every = callback._every_n_epochs
-                if self.max_overhead != math.inf or every % self.every_n_epochs:
-                    raise ValueError(
-                        f"`ModelCheckpoint(monitor={key!r})` scores a checkpoint with the value of "
-                        f"its epoch, but {name}(max_overhead={self.max_overhead}, every_n_epochs="
-                        f"{self.every_n_epochs}) does not measure at every epoch it checks "
-                        f"(every_n_epochs={every}): pass `max_overhead=float('inf')` to {name} "
-                        "and the same `every_n_epochs` to both"
-                    )
-            elif isinstance(callback, EarlyStopping) and callback.strict:
-                skips = self.max_overhead != math.inf or self.every_n_epochs > 1
-                if skips:
-                    raise ValueError(
-                        f"`EarlyStopping(monitor={key!r})` fails on an epoch without the value, "
-                        f"and {name}(max_overhead={self.max_overhead}, every_n_epochs="
-                        f"{self.every_n_epochs}) skips epochs: pass `strict=False` to "
-                        "EarlyStopping (it then checks the epochs that were measured), or use "
-                        "`MemorizationEarlyStopping`"
-                    )
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_setup(self, trainer, pl_module, stage)
         self.budget.attach(trainer, self.state_key)
-        self._check_lightning_readers(trainer)
+        check_lightning_readers(self, trainer)
         silence_sync_dist_advice()
         if self.latent_dim is None and self.encoder_name is None and self.uses_decoder:
             self.latent_dim = self._module_latent_dim(pl_module)
@@ -281,13 +241,13 @@ class MemwatchMonitor(Callback):
         if self._scheduled(trainer):
             self._measure_or_skip(trainer, pl_module)
         elif not trainer.sanity_checking:
-            self._drop_stale(trainer)
+            drop_stale(self, trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """A scheduled epoch that ran no validation (no ``validation_step``,
         ``limit_val_batches=0``, ``check_val_every_n_epoch``) is measured here instead."""
         if not self._scheduled(trainer):
-            self._drop_stale(trainer)
+            drop_stale(self, trainer)
             return
         if self.last_checked_epoch == trainer.current_epoch:
             return
@@ -326,7 +286,7 @@ class MemwatchMonitor(Callback):
                 self.budget.record(size, time.perf_counter() - start)
             self.last_logged_epoch = epoch  # fresh values (MemorizationEarlyStopping reads this)
         else:
-            self._drop_stale(trainer)
+            drop_stale(self, trainer)
         for family in self.families:  # a skipped epoch shows as probe size 0, nothing else
             scalars.setdefault(f"memwatch/{family}/probe_size", float(size))
         pl_module.log_dict(
@@ -340,15 +300,6 @@ class MemwatchMonitor(Callback):
     def slice_inputs(self, rows: Tensor) -> dict[str, Tensor]:
         """The probe inputs a measurement of ``rows`` reads, per split."""
         return {split: self.inputs[split][rows] for split in SPLITS}
-
-    def _drop_stale(self, trainer: pl.Trainer) -> None:
-        """Take this monitor's earlier values out of ``trainer.callback_metrics``: an epoch that
-        is not measured must not show ``ModelCheckpoint`` or ``EarlyStopping`` an old value as
-        if it were this epoch's."""
-        metrics = trainer.callback_metrics
-        for key in self.logged_keys:
-            if not key.endswith("/probe_size"):
-                metrics.pop(key, None)
 
     @property
     def figures_due(self) -> bool:

@@ -1,0 +1,70 @@
+"""The monitors beside Lightning's own readers of ``trainer.callback_metrics``.
+
+``ModelCheckpoint`` and ``EarlyStopping`` read ``trainer.callback_metrics`` at every check. A
+monitor that does not measure an epoch (its ``every_n_epochs``, its cost budget) takes its keys
+out of it (:func:`drop_stale`), so an older value is never scored as the epoch's; the readers
+that cannot work with that fail at setup and say what to change (:func:`check_lightning_readers`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+
+def silence_sync_dist_advice() -> None:
+    """The values a monitor logs are already the same on every rank (the metrics gather the
+    per-sample values), so Lightning's advice to reduce them with ``sync_dist=True`` does not
+    apply; it would repeat for every memwatch key of every DDP fit. Only that advice, only for
+    ``memwatch/`` keys, is filtered (at every monitor's setup: idempotent)."""
+    warnings.filterwarnings(
+        "ignore", message=r".*self\.log\('memwatch/.*sync_dist=True", category=PossibleUserWarning
+    )
+
+
+def check_lightning_readers(monitor: Any, trainer: pl.Trainer) -> None:
+    """Lightning's ``ModelCheckpoint`` and ``EarlyStopping`` read ``trainer.callback_metrics``
+    at every check. An epoch this monitor does not measure has none of its values there
+    (:func:`drop_stale`), so a reader of one of its keys must check only when it measures
+    (``ModelCheckpoint``) or tolerate a missing value (``EarlyStopping(strict=False)``)."""
+    keys = {k for k in monitor.logged_keys if not k.endswith("/probe_size")}
+    name = type(monitor).__name__
+    for callback in trainer.callbacks:
+        key = getattr(callback, "monitor", None)
+        if key not in keys:
+            continue
+        if isinstance(callback, ModelCheckpoint):
+            every = callback._every_n_epochs
+            if monitor.max_overhead != math.inf or every % monitor.every_n_epochs:
+                raise ValueError(
+                    f"`ModelCheckpoint(monitor={key!r})` scores a checkpoint with the value of "
+                    f"its epoch, but {name}(max_overhead={monitor.max_overhead}, every_n_epochs="
+                    f"{monitor.every_n_epochs}) does not measure at every epoch it checks "
+                    f"(every_n_epochs={every}): pass `max_overhead=float('inf')` to {name} "
+                    "and the same `every_n_epochs` to both"
+                )
+        elif isinstance(callback, EarlyStopping) and callback.strict:
+            skips = monitor.max_overhead != math.inf or monitor.every_n_epochs > 1
+            if skips:
+                raise ValueError(
+                    f"`EarlyStopping(monitor={key!r})` fails on an epoch without the value, "
+                    f"and {name}(max_overhead={monitor.max_overhead}, every_n_epochs="
+                    f"{monitor.every_n_epochs}) skips epochs: pass `strict=False` to "
+                    "EarlyStopping (it then checks the epochs that were measured), or use "
+                    "`MemorizationEarlyStopping`"
+                )
+
+
+def drop_stale(monitor: Any, trainer: pl.Trainer) -> None:
+    """Take this monitor's earlier values out of ``trainer.callback_metrics``: an epoch that
+    is not measured must not show ``ModelCheckpoint`` or ``EarlyStopping`` an old value as
+    if it were this epoch's."""
+    metrics = trainer.callback_metrics
+    for key in monitor.logged_keys:
+        if not key.endswith("/probe_size"):
+            metrics.pop(key, None)
