@@ -140,6 +140,12 @@ class CostBudget:
             size = max(floor, size // 2)
         return size if self.predicted(size) <= allowance else 0
 
+    def charge(self, seconds: float) -> None:
+        """Work of the monitor that is not a measurement (the checks on the probe when training
+        starts) spent ``seconds``: spent, but no prediction of a measurement's cost."""
+        self.spent_seconds += seconds
+        self.clock.charge(self.name, seconds)
+
     def record(self, size: int, seconds: float) -> None:
         """A measurement of ``size`` samples per split took ``seconds``."""
         self.warm = self.seconds_per_sample is not None

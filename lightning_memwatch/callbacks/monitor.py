@@ -228,7 +228,9 @@ class MemwatchMonitor(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.budget.start()
+        start = time.perf_counter()
         self._prepare_probes(trainer, pl_module)  # also when Lightning loads no validation data
+        self.budget.charge(time.perf_counter() - start)  # the probe and its checks count too
 
     # ------------------------------------------------------------------ scheduling
     def _scheduled(self, trainer: pl.Trainer) -> bool:
@@ -271,8 +273,8 @@ class MemwatchMonitor(Callback):
         size = self.budget.next_probe_size() if fitting else self.probe_size
         size = int(trainer.strategy.broadcast(size, src=0))
         scalars: dict[str, Any] = {}
+        start = time.perf_counter()
         if size > 0:
-            start = time.perf_counter()
             device = pl_module.device
             rows = slice_indices(self.cursor, size, self.probe_size)
             with measurement_context(pl_module, device):
@@ -282,8 +284,6 @@ class MemwatchMonitor(Callback):
                     scalars.update(timed)
             self.cursor = (self.cursor + size) % self.probe_size
             self.measurements += 1
-            if fitting:
-                self.budget.record(size, time.perf_counter() - start)
             self.last_logged_epoch = epoch  # fresh values (MemorizationEarlyStopping reads this)
         else:
             drop_stale(self, trainer)
@@ -296,6 +296,8 @@ class MemwatchMonitor(Callback):
             sync_dist=False,
             rank_zero_only=False,
         )
+        if fitting and size > 0:  # the logging is the measurement's cost too
+            self.budget.record(size, time.perf_counter() - start)
 
     def slice_inputs(self, rows: Tensor) -> dict[str, Tensor]:
         """The probe inputs a measurement of ``rows`` reads, per split."""

@@ -113,3 +113,14 @@ def test_infinite_overhead_measures_every_time_and_resume_keeps_the_books(clock)
     assert restored.clock.allowance(restored.name) == pytest.approx(
         budget.clock.allowance(budget.name)
     )
+
+
+def test_work_outside_measurements_is_charged_without_changing_the_prediction(clock):
+    budget = CostBudget(max_overhead=0.05, probe_size=64)
+    budget.start()
+    budget.seconds_per_sample, budget.warm = 0.01, True
+    budget.charge(1.0)  # the probe's checks at train start
+    clock.now += 30.0  # 1.5 s earned, 1.0 s spent: 0.5 s left
+    assert budget.seconds_per_sample == 0.01
+    assert budget.clock.allowance(budget.name) == pytest.approx(0.5)
+    assert budget.next_probe_size() == 32  # 0.64 s for 64 does not fit, 0.32 s for 32 does
