@@ -218,7 +218,7 @@ def test_tensorboard_event_file_has_scalars_histograms_images_figures_and_layout
 ):
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lightning_memwatch.callbacks import monitor as monitor_module
+    from lightning_memwatch.callbacks import measuring as monitor_module
 
     monkeypatch.setattr(monitor_module, "FIGURE_EVERY", 2)  # figures at the 2nd measurement
     from tensorboard.plugins.custom_scalar import layout_pb2
@@ -274,7 +274,7 @@ def test_without_matplotlib_figures_are_skipped_with_one_warning(tmp_path, monke
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     monkeypatch.setattr(figures, "_warned_missing_matplotlib", False)
-    from lightning_memwatch.callbacks import monitor as monitor_module
+    from lightning_memwatch.callbacks import measuring as monitor_module
 
     monkeypatch.setattr(monitor_module, "FIGURE_EVERY", 1)  # figures due at every measurement
     cb = monitor()
