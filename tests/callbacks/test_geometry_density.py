@@ -90,3 +90,39 @@ def test_recovered_latents_far_outside_the_prior_are_measured_in_its_typical_set
 def test_a_prior_spec_that_is_not_one_fails_at_construction():
     with pytest.raises(ValueError, match="prior"):
         GeometryMonitor(prior="laplace")
+
+
+class Chosen(nn.Module):
+    """``f(z) = A z`` with chosen singular values (a gap after the 4th)."""
+
+    S = (5.0, 4.0, 3.0, 2.0, 0.1, 0.05)
+
+    def __init__(self) -> None:
+        super().__init__()
+        from tests.conftest import linear_map
+
+        a = linear_map(64, 6, np.array(self.S), np.random.default_rng(0))
+        self.register_buffer("a", torch.from_numpy(a).float())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return (z @ self.a.T).reshape(-1, 1, 8, 8)
+
+
+@pytest.mark.parametrize("top_k", [None, 4])
+def test_top_k_spectrum_is_the_top_k_of_a_linear_maps_chosen_values(top_k):
+    cb = GeometryMonitor(
+        probe_size=16, max_overhead=math.inf, radii=(0.05, 0.1), top_k=top_k, families=("spectrum",)
+    )
+    got = fit(FixedDecoderModule(Chosen(), 6), cb)
+    kept = Chosen.S if top_k is None else Chosen.S[:top_k]
+    assert got["memwatch/spectrum/log_volume/train"] == pytest.approx(np.log(kept).sum(), rel=1e-4)
+    assert got["memwatch/spectrum/intrinsic_dim/train"] == len(kept)
+    assert cb.spectrum_size(6, 64) == top_k
+
+
+def test_top_k_auto_is_exact_below_512_latents_and_32_from_there():
+    cb = GeometryMonitor()
+    assert cb.spectrum_size(128, 784) is None and cb.spectrum_size(512, 784) == 32
+    assert cb.spectrum_size(4096, 16) is None  # 32 is not below min(m, n) = 16
+    with pytest.raises(ValueError, match="top_k"):
+        GeometryMonitor(top_k=0)
