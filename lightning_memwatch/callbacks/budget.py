@@ -95,7 +95,6 @@ class CostBudget:
     probe_size: int
     name: str = "monitor"
     spent_seconds: float = 0.0
-    train_seconds: float = 0.0
     seconds_per_sample: float | None = None
     warm: bool = False
     clock: RunClock = field(default_factory=RunClock, repr=False)
@@ -118,8 +117,8 @@ class CostBudget:
     def overhead(self) -> float:
         """This monitor's seconds per second of the run outside all monitors so far."""
         self.clock.catch_up()
-        self.train_seconds = self.clock.run_seconds
-        return self.spent_seconds / self.train_seconds if self.train_seconds > 0 else 0.0
+        run = self.clock.run_seconds
+        return self.spent_seconds / run if run > 0 else 0.0
 
     def predicted(self, size: int) -> float:
         assert self.seconds_per_sample is not None

@@ -14,15 +14,13 @@ from lightning_memwatch.callbacks.latents import LatentStore
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
 from lightning_memwatch.callbacks.probe_latents import ProbeLatents, nearest_train_neighbours
 from lightning_memwatch.callbacks.probes import InputKey, shard
+from lightning_memwatch.callbacks.spectra import spectral_head, spectrum_size
 from lightning_memwatch.functional import decay_terms, dip_terms, local_complexity
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.complexity import check_radius, piecewise_linear_activations
 from lightning_memwatch.functional.density import check_radii
-from lightning_memwatch.functional.jacobian import map_jacobian_chunks
 from lightning_memwatch.functional.priors import Prior, check_prior, sample_prior
 from lightning_memwatch.functional.profiles import line_profile, path_profile
-from lightning_memwatch.functional.spectrum import gram_singular_values_and_top_vector
-from lightning_memwatch.functional.topk import top_singular_values_and_vector
 from lightning_memwatch.metrics import ComplexityGap, DensityGap, SpectrumGap
 from lightning_memwatch.viz import global_step, tensorboard_writer
 from lightning_memwatch.viz.geometry import write_geometry
@@ -30,12 +28,6 @@ from lightning_memwatch.viz.geometry import write_geometry
 FAMILIES = ("spectrum", "density", "complexity")
 #: Measured unless ``families`` says otherwise: complexity needs a piecewise-linear decoder.
 DEFAULT_FAMILIES = ("spectrum", "density")
-#: ``top_k="auto"``: from this latent size on, the spectrum is the top :data:`TOP_K` singular
-#: values by randomized block Krylov (measured at m = 512, k = 32: 8.1x faster than the exact
-#: spectrum on an MLP decoder, 8.8x on a conv decoder; below 256 exact costs 5-52 ms a point
-#: and is at least as accurate).
-TOP_K_FROM = 512
-TOP_K = 32
 #: Offset of the seed of the complexity family's ball samples (fixed across epochs).
 COMPLEXITY_SEED_OFFSET = 104729
 
@@ -95,7 +87,8 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
             (:func:`~lightning_memwatch.functional.top_singular_values`); psi, nu, the intrinsic
             dimension and the log condition are then over the top ``k`` (compare runs with the
             same ``top_k`` only); ``"auto"`` (default): ``32`` from a latent size of 512 on,
-            else exact. The density's other Jacobians stay exact.
+            else exact (:mod:`~lightning_memwatch.callbacks.spectra`). The density's other
+            Jacobians stay exact.
         prior: the latent prior ``p(z)`` of the density's ``log p(z)``, of the prior draws and of
             the typical set recovered latents are moved into: ``"normal"`` (``N(0, I)``, VAEs,
             most GANs), ``"sphere"`` (uniform on the unit sphere, GLO), or a
@@ -251,14 +244,11 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
             self.prior_metric.reset()
             return {**self.rolled(trainer, "spectrum", self.spectrum_metric, mine), **prior_means}
 
+        # the decoder's outputs have as many values as an input (checked at train start)
+        k = self.spectrum_size(self.latent_dim, inputs["train"][0].numel())
+
         def head_of(z: Tensor) -> Tensor:
-            """``(s, v_1)`` per point, ``(B, r + m)``: exact, or the top ``k`` values."""
-            with torch.no_grad():
-                k = self.spectrum_size(z.shape[1], decoder(z[:1]).numel())
-            if k is None:
-                return map_jacobian_chunks(decoder, z, gram_singular_values_and_top_vector)
-            values, vector = top_singular_values_and_vector(decoder, z, k)
-            return torch.cat([values, vector.to(values)], dim=1)
+            return spectral_head(decoder, z, k)
 
         def spectrum_of(z: Tensor) -> Tensor:
             return head_of(z)[:, : -z.shape[1]]
@@ -339,10 +329,7 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
 
     def spectrum_size(self, m: int, n: int) -> int | None:
         """How many singular values the spectrum pass computes: ``None`` for all (exact)."""
-        k = self.top_k
-        if k == "auto":
-            k = TOP_K if m >= TOP_K_FROM else None
-        return None if k is None or k >= min(m, n) else int(k)
+        return spectrum_size(self.top_k, m, n)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "latents": self.latent_store.state_dict()}

@@ -135,7 +135,7 @@ def recover_rows(
     elif not cold:
         n_steps, n_restarts = warm_steps, 0
     else:
-        n_steps, n_restarts = steps, restarts if steps > 0 else 0
+        n_steps, n_restarts = steps, restarts
     if not starts and n_restarts == 0:
         n_restarts = 1
     generator = torch.Generator(device=x.device).manual_seed(
