@@ -22,6 +22,9 @@ KEYS = (
     "mre/val",
     "mre_gap",
     "ks_pvalue",
+    "effect",
+    "effect_lower",
+    "effect_upper",
     "nonfinite",
     "staleness",
     "seconds",
@@ -42,6 +45,10 @@ class RecoveryMonitor(MemwatchMonitor):
       overfitting (webster eq. 5);
     - ``memwatch/recovery/ks_pvalue``: two-sample KS test of the train and validation errors;
       below ``0.01`` flags overfitting (webster §3.3);
+    - ``memwatch/recovery/effect``: Cliff's delta ``P(e_train > e_val) - P(e_train < e_val)``,
+      ``-1`` when every train error is below every validation error, and
+      ``memwatch/recovery/effect_{lower,upper}``: its one-sided 95 % DeLong bounds; a size, not
+      a test, so a harmless gap does not cross a threshold on it as the probe grows;
     - ``memwatch/recovery/{seconds,probe_size,nonfinite,staleness}``: its cost, the probe size it
       used (0 for an epoch the cost budget skipped), how many errors were not finite and the age
       in epochs of the oldest error in use (the rolling probe of

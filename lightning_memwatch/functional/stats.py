@@ -80,7 +80,7 @@ Z_95 = 1.6448536269514722
 def rank_effect(
     a: Tensor | np.ndarray, b: Tensor | np.ndarray, z: float = Z_95
 ) -> tuple[float, float, float]:
-    """Cliff's delta of ``a`` against ``b`` with DeLong confidence bounds: ``(delta, lower, upper)``.
+    """Cliff's delta of ``a`` against ``b``, DeLong bounds: ``(delta, lower, upper)``.
 
     ``delta = P(a > b) - P(a < b) = 2 AUC - 1`` (ties count half in ``AUC``), the Mann-Whitney
     ``AUC = U / (n_a n_b)`` moved to ``[-1, 1]``: ``0`` when the two samples come from one
