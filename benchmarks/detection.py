@@ -1,8 +1,8 @@
 """How often each memwatch key and rule is right: detection, false alarms and how early it fires.
 
-    python benchmarks/detection.py                     # train every run, cache it, print tables
-    python benchmarks/detection.py --from-cache        # the tables again from the cache, no training
-    python benchmarks/detection.py --fast              # a seconds-long smoke run (the tests use it)
+    python benchmarks/detection.py               # train every run, cache it, print the tables
+    python benchmarks/detection.py --from-cache  # the tables again from the cache, no training
+    python benchmarks/detection.py --fast        # a seconds-long smoke run (the tests use it)
 
 Runs (``benchmarks/detection_runs.py``): for each of ``--seeds`` seeds and each model class
 (the demo's MLP VAE, a conv VAE on digits upsampled to 28 x 28, a GLO without encoder), one

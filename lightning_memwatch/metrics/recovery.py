@@ -24,7 +24,8 @@ class RecoveryGap(TrainValGap):
     ``ks_pvalue``, ``nonfinite`` (errors dropped, train and val together) and ``effect``,
     ``effect_lower``, ``effect_upper``: Cliff's delta ``P(e_train > e_val) - P(e_train < e_val)``
     and its one-sided 95 % DeLong bounds
-    (:func:`~lightning_memwatch.functional.stats.rank_effect`); memorization drives it to -1. Unlike the
+    (:func:`~lightning_memwatch.functional.stats.rank_effect`); memorization drives it to -1.
+    Unlike the
     descriptor families (means, ``gap = train - val``) the aggregate is the median and the gap is
     webster's normalized one (DESIGN §3).
 
@@ -64,5 +65,5 @@ class RecoveryGap(TrainValGap):
         out["nonfinite"] = (~torch.isfinite(train)).sum() + (~torch.isfinite(val)).sum()
         if self.effects:
             values = rank_effect(train, val)
-            out.update({s: train.new_tensor(v) for s, v in zip(EFFECT_STATS, values)})
+            out.update({s: train.new_tensor(v) for s, v in zip(EFFECT_STATS, values, strict=True)})
         return out

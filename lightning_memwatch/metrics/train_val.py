@@ -154,4 +154,5 @@ class TrainValGap(Metric):
     def effect_scalars(self, name: str, train: Tensor, val: Tensor) -> dict[str, Tensor]:
         """``effect``, ``effect_lower``, ``effect_upper`` of descriptor ``name``'s samples."""
         values = rank_effect(train, val)
-        return {self.key(name, s): train.new_tensor(v) for s, v in zip(EFFECT_STATS, values)}
+        pairs = zip(EFFECT_STATS, values, strict=True)
+        return {self.key(name, s): train.new_tensor(v) for s, v in pairs}
