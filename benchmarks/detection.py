@@ -42,8 +42,18 @@ from digits_vae import quiet
 OUT = Path("outputs/detection")
 
 
-def cache_path(out: Path, budget: float, model_class: str, kind: str, seed: int) -> Path:
-    return out / f"budget_{budget:g}" / f"{model_class}_{kind}_{seed}.json"
+def cache_path(
+    out: Path, budget: float, model_class: str, kind: str, seed: int, radii: str | None = None
+) -> Path:
+    folder = f"budget_{budget:g}" + ("" if radii is None else f"_radii_{radii}")
+    return out / folder / f"{model_class}_{kind}_{seed}.json"
+
+
+def parse_radii(text: str | None) -> Any:
+    """``--radii``: ``None`` (the default), ``auto``, or comma-separated floats."""
+    if text is None or text == "auto":
+        return text
+    return tuple(float(r) for r in text.split(","))
 
 
 def collect(args: argparse.Namespace, budget: float) -> list[dict[str, Any]]:
@@ -52,14 +62,22 @@ def collect(args: argparse.Namespace, budget: float) -> list[dict[str, Any]]:
     for seed in range(args.seeds):
         for model_class in CLASSES:
             for kind in KINDS:
-                path = cache_path(args.out, budget, model_class, kind, seed)
+                path = cache_path(args.out, budget, model_class, kind, seed, args.radii)
                 if path.exists() and not args.fast:
                     results.append(json.loads(path.read_text()))
                     continue
                 if args.from_cache:
                     raise SystemExit(f"--from-cache: {path} is missing; run without --from-cache")
                 with quiet(args.threads):
-                    run = detection_runs.train(model_class, kind, seed, budget, args.fast)
+                    run = detection_runs.train(
+                        model_class,
+                        kind,
+                        seed,
+                        budget,
+                        args.fast,
+                        parse_radii(args.radii),
+                        args.geometry_only,
+                    )
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(run))
                 print(
@@ -157,6 +175,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=OUT, help="cache folder")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--family", default=None, help="print only rules of this family")
+    parser.add_argument("--radii", default=None, help="decay radii: auto or r1,r2 (cached apart)")
+    parser.add_argument(
+        "--geometry-only", action="store_true", help="GeometryMonitor alone (with --radii)"
+    )
     args = parser.parse_args(argv)
     if args.fast:
         args.seeds, args.budgets = min(args.seeds, 1), args.budgets.split(",")[0]

@@ -83,6 +83,17 @@ def scalar_rule(key: str, threshold: float, mode: str) -> Condition:
     return condition
 
 
+def gap_rule(key_train: str, key_val: str, threshold: float) -> Condition:
+    """``scalars[key_train] - scalars[key_val] > threshold``."""
+
+    def condition(check: Check, first: Check) -> float:
+        scalars = check["scalars"]
+        value = scalars.get(key_train, math.nan) - scalars.get(key_val, math.nan)
+        return _truth(value, value > threshold)
+
+    return condition
+
+
 def effect_rule(descriptor: str, margin: float, sign: int) -> Condition:
     """``sign = +1``: lower bound above ``margin``; ``-1``: upper bound below ``-margin``;
     ``0``: either."""
@@ -154,6 +165,10 @@ HEADLINE = ("recovery/errors", "likelihood/likelihood", "spectrum/log_volume", "
 def rules() -> list[Rule]:
     """Every rule of the table, in its print order."""
     out = [Rule(label, "paper", scalar_rule(k, t, m)) for k, t, m, label in PAPER]
+    unreached = "memwatch/density/decay/unreached"
+    for margin in (0.1, 0.25):
+        label = f"decay unreached share, train - val > {margin:g}"
+        out.append(Rule(label, "paper", gap_rule(f"{unreached}/train", f"{unreached}/val", margin)))
     for descriptor in SIGNS:
         key = descriptor.replace("/errors", "").replace("/likelihood/likelihood", "/likelihood")
         ks_key = f"memwatch/{key}/ks_pvalue"

@@ -111,10 +111,19 @@ def model_and_data(model_class: str, plan_: Plan, seed: int) -> tuple[Any, Any]:
     return ProbeGLO(plan_.n_train), IndexedDigits(plan_, seed)
 
 
-def monitors(model_class: str, plan_: Plan, budget: float, seed: int, fast: bool) -> list[Any]:
+def monitors(
+    model_class: str,
+    plan_: Plan,
+    budget: float,
+    seed: int,
+    fast: bool,
+    radii: Any = None,
+    geometry_only: bool = False,
+) -> list[Any]:
     """The monitors at their defaults except ``probe_size`` (32: a memorizing run has 32
     training digits), ``every_n_epochs`` (about 10 checks a run), ``max_overhead`` (``budget``)
-    and, in ``fast``, fewer L-BFGS steps."""
+    and, in ``fast``, fewer L-BFGS steps. ``radii``: the decay radii (``None``: the default);
+    ``geometry_only``: the ``GeometryMonitor`` alone."""
     encoder = None if model_class == "glo" else "encode"
     common: dict[str, Any] = {
         "probe_size": 16 if fast else PROBE,
@@ -125,10 +134,11 @@ def monitors(model_class: str, plan_: Plan, budget: float, seed: int, fast: bool
     if model_class == "glo":
         common["input_key"] = 1
     recovery = {"steps": 5, "restarts": 1} if fast else {}
-    out: list[Any] = [
-        GeometryMonitor(encoder=encoder, **common),
-        RecoveryMonitor(encoder=encoder, **common, **recovery),
-    ]
+    geometry = {} if radii is None else {"radii": radii}
+    out: list[Any] = [GeometryMonitor(encoder=encoder, **common, **geometry)]
+    if geometry_only:
+        return out
+    out.append(RecoveryMonitor(encoder=encoder, **common, **recovery))
     if encoder is not None:  # the importance-sampled likelihood needs q(z|x)
         out.append(
             LikelihoodMonitor(encoder=encoder, **common, **({"num_samples": 8} if fast else {}))
@@ -176,12 +186,20 @@ class Recorder(Callback):
         self.checks.append(check)
 
 
-def train(model_class: str, kind: str, seed: int, budget: float, fast: bool) -> dict[str, Any]:
+def train(
+    model_class: str,
+    kind: str,
+    seed: int,
+    budget: float,
+    fast: bool,
+    radii: Any = None,
+    geometry_only: bool = False,
+) -> dict[str, Any]:
     """One run; its per-epoch ``val_loss``, its checks and its cost."""
     plan_ = plan(model_class, kind, fast)
     L.seed_everything(seed, verbose=False)
     model, data = model_and_data(model_class, plan_, seed)
-    watched = monitors(model_class, plan_, budget, seed, fast)
+    watched = monitors(model_class, plan_, budget, seed, fast, radii, geometry_only)
     recorder = Recorder(watched)
     trainer = cpu_trainer(plan_.epochs, False, [*watched, recorder])
     start = time.perf_counter()
@@ -197,6 +215,7 @@ def train(model_class: str, kind: str, seed: int, budget: float, fast: bool) -> 
         "kind": kind,
         "seed": seed,
         "budget": budget,
+        "radii": radii,
         "plan": plan_._asdict(),
         "val_loss": val_loss,
         "checks": recorder.checks,
