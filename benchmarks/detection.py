@@ -145,6 +145,38 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def margins(results: list[dict[str, Any]]) -> str:
+    """How close each headline effect came to a margin: per class, the generalizing runs' most
+    memorization-like bound over every check (a rule with a larger margin never fired on them)
+    and the memorizing runs' least memorization-like bound at their first check."""
+    lines = [
+        "| descriptor (sign) | class | generalizing: closest bound, any check | "
+        "memorizing: weakest bound at the first check |",
+        "|---|---|---:|---:|",
+    ]
+    for descriptor in detection_rules.HEADLINE:
+        sign = detection_rules.SIGNS[descriptor]
+        for model_class in CLASSES:
+            closest, weakest = [], []
+            for run in results:
+                if run["model_class"] != model_class or not run["checks"]:
+                    continue
+                bounds = []
+                for check in run["checks"]:
+                    _, lower, upper = detection_rules.effect(check, descriptor)
+                    bounds.append(sign * (lower if sign > 0 else upper))
+                finite = [b for b in bounds if math.isfinite(b)]
+                if run["kind"] == "generalize" and finite:
+                    closest.append(max(finite))
+                elif run["kind"] == "memorize" and math.isfinite(bounds[0]):
+                    weakest.append(bounds[0])
+            if closest or weakest:
+                gen = f"{max(closest):+.2f}" if closest else "-"
+                mem = f"{min(weakest):+.2f}" if weakest else "-"
+                lines.append(f"| {descriptor} ({sign:+d}) | {model_class} | {gen} | {mem} |")
+    return "\n".join(lines)
+
+
 def runs_summary(results: list[dict[str, Any]]) -> str:
     lines = [
         "| class | kind | runs | best val epoch (each seed) | epochs | checks | seconds each |"
@@ -198,6 +230,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         print(runs_summary(results) + "\n")
         print(table(rows))
+        print(
+            "\nEffect margins (sign x bound: the rule 'bound past t' fires when this exceeds t):\n"
+        )
+        print(margins(results))
         out[f"{budget:g}"] = rows
     print(f"\n{time.perf_counter() - start:.0f} s for this invocation")
     if args.fast:
