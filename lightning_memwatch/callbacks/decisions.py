@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 from lightning.fabric.utilities.rank_zero import rank_prefixed_message
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from lightning_memwatch.viz import add_layout
+from lightning_memwatch.viz import add_layout, global_step
 
 #: The stopper's logger: its records propagate to ``lightning.pytorch``'s console handler.
 log = logging.getLogger("lightning.pytorch.callbacks.memwatch")
@@ -44,13 +44,10 @@ def announce(trainer: pl.Trainer, message: str) -> None:
 
 
 def write_text(trainer: pl.Trainer, message: str) -> None:
-    """Write ``message`` to TensorBoard at the step of the epoch's scalars. Called from
-    ``on_train_epoch_end``, where Lightning logs them at one step before the epoch's count
-    of stepped batches (``fit_loop.on_advance_end``)."""
-    loop = trainer.fit_loop.epoch_loop
-    step = max(getattr(loop, "_batches_that_stepped", trainer.global_step) - 1, 0)
+    """Write ``message`` to TensorBoard at the step of the epoch's scalars (:func:`global_step`:
+    called from ``on_train_epoch_end``, the step the decision scalar lands on)."""
     for writer in tensorboard_writers(trainer):
-        writer.add_text(TEXT_TAG, message, global_step=step)
+        writer.add_text(TEXT_TAG, message, global_step=global_step(trainer))
 
 
 def lay_out(trainer: pl.Trainer, key: str) -> None:
