@@ -96,6 +96,8 @@ def test_ddp_metrics_equal_a_single_process_run_and_both_ranks_stop_together(nam
     stops = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert stops == ["2 1", "2 1"]
     distributed = memwatch_metrics(ddp)
+    # the stopper's decision at its last check (epoch 1, where it fired on both ranks)
+    assert distributed.pop("memwatch/early_stopping/triggered") == 1.0
 
     if name != "recovery":
         # The same (trained, returned from rank 0) weights, one process, the same seeded probe.
@@ -109,6 +111,7 @@ def test_ddp_metrics_equal_a_single_process_run_and_both_ranks_stop_together(nam
         )
         single.fit(fixed_decoder_module(), datamodule=DigitsDataModule())
     reference = memwatch_metrics(single)
+    reference.pop("memwatch/early_stopping/triggered", None)
     assert distributed.keys() == reference.keys() and len(reference) >= 6
     for key, value in reference.items():
         # prior draws are seeded by epoch (1 vs 0 for validate); staleness counts epochs
