@@ -126,3 +126,49 @@ def test_top_k_auto_is_exact_below_512_latents_and_32_from_there():
     assert cb.spectrum_size(4096, 16) is None  # 32 is not below min(m, n) = 16
     with pytest.raises(ValueError, match="top_k"):
         GeometryMonitor(top_k=0)
+
+
+class FlatMemorizer(FixedDecoderModule):
+    """The three-centre memorizer of the density tests (centres 10 apart on a line, flat around
+    each) as a decoder to 8 x 8 images, with a fixed linear encoder that spreads the digits
+    over all three centres' flat regions and their crossfades."""
+
+    def __init__(self) -> None:
+        from tests.functional.test_density import centres_on_a_line
+
+        self.f = centres_on_a_line(tau=2.0, dtype=torch.float32, n=64)[0]
+        super().__init__(nn.Unflatten(1, (1, 8, 8)), 2)
+        generator = torch.Generator().manual_seed(3)
+        self.register_buffer("w", torch.randn(64, 2, generator=generator) * torch.tensor([3, 0.2]))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.f(z))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w - 5.0
+
+
+def test_unreached_share_per_split_equals_a_dense_float64_count():
+    """``memwatch/density/decay/unreached/{train,val}`` is the share of probe points whose
+    line misses some radius after the extended search: the count of a dense float64 evaluation
+    of the same lines (:func:`tests.functional.test_density.dense_unreached`) at the encoder's
+    latents. Observed: 22 of 32 lines unreached in each split."""
+    from lightning_memwatch.functional.priors import search_bound
+    from tests.functional.test_density import centres_on_a_line, dense_unreached
+
+    model = FlatMemorizer()
+    radii = (0.5, 1.0)
+    cb = GeometryMonitor(
+        "decode", "encode", probe_size=32, max_overhead=math.inf, radii=radii, prior="normal"
+    )
+    got = fit(model, cb, n_train=32, n_val=32)
+    f64, _, _, jacobian = centres_on_a_line(tau=2.0, n=64)
+    for split in ("train", "val"):
+        with torch.no_grad():
+            z = model.encode(cb.inputs[split]).double().numpy()
+        expected, ends, _ = dense_unreached(f64, jacobian, z, radii, search_bound(None, 2))
+        assert np.abs(ends.min(axis=1)[:, None] / np.asarray(radii) - 1).min() > 0.02
+        share = expected.any(axis=1).mean()
+        print(f"{split}: {expected.any(axis=1).sum()} of {len(z)} unreached")
+        assert 0.1 < share < 0.9
+        assert got[f"memwatch/density/decay/unreached/{split}"] == pytest.approx(share, abs=1e-12)
