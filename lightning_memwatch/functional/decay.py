@@ -9,6 +9,7 @@ the training outputs, so ``eta`` is strongly negative there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -30,6 +31,49 @@ from lightning_memwatch.functional.spectrum import (
     gram_singular_values_and_top_vector,
     intrinsic_dim,
 )
+
+#: Fractions of the median nearest-neighbour distance of the training outputs that
+#: :func:`nearest_neighbour_radii` returns: ``0.5`` reaches half way to the typical nearest
+#: training sample (the middle of the crossfade between two memorized outputs), ``0.25`` stays
+#: inside a sample's own neighbourhood; their ratio 2 is the paper's (0.5 and 1).
+AUTO_RADII_FRACTIONS = (0.25, 0.5)
+
+
+def nearest_neighbour_radii(
+    x: Tensor, fractions: Sequence[float] = AUTO_RADII_FRACTIONS
+) -> tuple[float, ...]:
+    """Decay radii on the data's scale: ``r_j = fractions_j * median_i min_{k != i} |x_i - x_k|``.
+
+    ``x``: ``(N, ...)`` training samples (in output space, flattened, L2, float64), ``N >= 2``;
+    the median is numpy's (the mean of the two middle values for even ``N``). Feiszli et al.
+    §5.3 take 0.5 and 1 for MNIST in ``[-1, 1]``; on other data those miss the distances at
+    which a memorizer's output moves, so the radii are set as fractions of the typical distance
+    from a training sample to the next one. Raises ``ValueError`` when that distance is not a
+    positive number (duplicated samples).
+
+    Example::
+
+        >>> import torch
+        >>> nearest_neighbour_radii(torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 6.0]]))
+        (0.5, 1.0)
+    """
+    r = check_radii(fractions)
+    if not isinstance(x, Tensor) or x.ndim < 2 or len(x) < 2:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"Expected at least two samples (N, ...) to set the radii from but got {got}"
+        )
+    flat = x.detach().reshape(len(x), -1).to(torch.float64)
+    dist = torch.cdist(flat, flat)
+    dist.fill_diagonal_(torch.inf)
+    typical = float(torch.quantile(dist.min(dim=1).values.cpu(), 0.5))
+    if not (math.isfinite(typical) and typical > 0):
+        raise ValueError(
+            "Expected the median nearest-neighbour distance of the training samples to be a "
+            f"positive number (radii='auto') but got {typical}: most samples have a duplicate. "
+            "Pass explicit `radii=`"
+        )
+    return tuple(float(v) * typical for v in r)
 
 
 class DecayTerms(NamedTuple):

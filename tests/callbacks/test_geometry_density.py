@@ -172,3 +172,78 @@ def test_unreached_share_per_split_equals_a_dense_float64_count():
         print(f"{split}: {expected.any(axis=1).sum()} of {len(z)} unreached")
         assert 0.1 < share < 0.9
         assert got[f"memwatch/density/decay/unreached/{split}"] == pytest.approx(share, abs=1e-12)
+
+
+def numpy_auto_radii(x: np.ndarray) -> np.ndarray:
+    """``(0.25, 0.5)`` times numpy's median over samples of the L2 distance to the nearest
+    other sample, inputs flattened, float64."""
+    flat = x.reshape(len(x), -1).astype(np.float64)
+    dist = np.sqrt(((flat[:, None] - flat[None]) ** 2).sum(-1))
+    np.fill_diagonal(dist, np.inf)
+    return np.array([0.25, 0.5]) * np.median(dist.min(axis=1))
+
+
+def auto_fit(tmp_path, ckpt_path=None, max_epochs=1):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from tests.conftest import make_autoencoder
+
+    train, val = digits_tensors(n_train=48, n_val=32)
+    L.seed_everything(0, verbose=False)
+    cb = GeometryMonitor(
+        encoder="encode", probe_size=16, max_overhead=math.inf, radii="auto", families=("density",)
+    )
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1)
+    trainer = quiet_trainer(
+        callbacks=[cb, ckpt],
+        max_epochs=max_epochs,
+        num_sanity_val_steps=0,
+        enable_checkpointing=True,
+    )
+    trainer.fit(
+        make_autoencoder(dropout=0.0),
+        DataLoader(TensorDataset(train), batch_size=16),
+        DataLoader(TensorDataset(val), batch_size=16),
+        ckpt_path=ckpt_path,
+    )
+    got = {k: v.item() for k, v in trainer.callback_metrics.items() if k.startswith("memwatch/")}
+    return cb, got
+
+
+def test_auto_radii_from_the_train_probe_are_logged_and_survive_resume(tmp_path):
+    """``radii="auto"``: ``0.25`` and ``0.5`` times the median nearest-neighbour distance of
+    the train probe (numpy), logged as ``memwatch/density/radius_{0,1}``, saved in the
+    checkpoint: a run resumed from one whose saved radii were replaced measures with those,
+    not with radii drawn again from its probe."""
+    cb, got = auto_fit(tmp_path / "a")
+    expected = numpy_auto_radii(cb.inputs["train"].numpy())
+    np.testing.assert_allclose(cb.radii, expected, rtol=1e-12)
+    assert [got[f"memwatch/density/radius_{i}"] for i in range(2)] == pytest.approx(expected)
+    assert {f"memwatch/density/radius_{i}" for i in range(2)} <= cb.logged_keys
+    assert np.isfinite(got["memwatch/density/decay/train"])
+    (path,) = (tmp_path / "a").glob("*.ckpt")
+    checkpoint = torch.load(path, weights_only=False)
+    assert tuple(checkpoint["callbacks"][cb.state_key]["radii"]) == cb.radii
+    checkpoint["callbacks"][cb.state_key]["radii"] = (0.125, 0.375)
+    torch.save(checkpoint, tmp_path / "edited.ckpt")
+    resumed, got = auto_fit(tmp_path / "b", tmp_path / "edited.ckpt", max_epochs=2)
+    assert resumed.radii == (0.125, 0.375)
+    assert got["memwatch/density/radius_0"] == pytest.approx(0.125)
+    # given radii are the user's: a checkpoint's do not replace them
+    explicit = GeometryMonitor(radii=(0.5, 1.0))
+    explicit.load_state_dict({**resumed.state_dict(), "radii": (0.125, 0.375)})
+    assert explicit.radii == (0.5, 1.0)
+
+
+def test_auto_radii_and_bad_radii_fail_with_what_was_given():
+    from lightning_memwatch.functional.decay import nearest_neighbour_radii
+
+    x = np.random.default_rng(0).standard_normal((7, 1, 3, 3))
+    got = nearest_neighbour_radii(torch.from_numpy(x).float())
+    np.testing.assert_allclose(got, numpy_auto_radii(x), rtol=1e-6)
+    with pytest.raises(ValueError, match="duplicate"):
+        nearest_neighbour_radii(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="two samples"):
+        nearest_neighbour_radii(torch.zeros(1, 3))
+    with pytest.raises(ValueError, match=r"'auto'.*'automatic'"):
+        GeometryMonitor(radii="automatic")
