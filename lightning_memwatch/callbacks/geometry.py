@@ -89,8 +89,12 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
             (:func:`~lightning_memwatch.functional.top_singular_values`); psi, nu, the intrinsic
             dimension and the log condition are then over the top ``k`` (compare runs with the
             same ``top_k`` only); ``"auto"`` (default): ``32`` from a latent size of 512 on,
-            else exact (:mod:`~lightning_memwatch.callbacks.spectra`). The density's other
-            Jacobians stay exact.
+            else exact (:mod:`~lightning_memwatch.callbacks.spectra`). The density family then
+            takes the top ``k`` too: the dip's and decay's spectra and the decay's top
+            right-singular vector come from the same operator
+            (:func:`~lightning_memwatch.functional.dip_scores` ``top_k``), and their ``psi``
+            (volume parts) is over the top ``k`` values; the path and line figures stay
+            exact.
         prior: the latent prior ``p(z)`` of the density's ``log p(z)``, of the prior draws and of
             the typical set recovered latents are moved into: ``"normal"`` (``N(0, I)``, VAEs,
             most GANs), ``"sphere"`` (uniform on the unit sphere, GLO), or a

@@ -99,12 +99,10 @@ def measure_geometry(
             ends = monitor.neighbour_latents(trainer, pl_module, neighbours)
             head = heads.get(split)
             s_start = None if head is None else head[:, : -z.shape[1]]
-            dip = dip_terms(
-                decoder, z, ends, rtol=monitor.rtol, prior=monitor.prior, s_start=s_start
-            )
-            decay = decay_terms(
-                decoder, z, radii=monitor.radii, rtol=monitor.rtol, prior=monitor.prior, head=head
-            )
+            # the spectrum pass's k: top-k spectra everywhere when it took the top k
+            options = {"rtol": monitor.rtol, "prior": monitor.prior, "top_k": k}
+            dip = dip_terms(decoder, z, ends, s_start=s_start, **options)
+            decay = decay_terms(decoder, z, radii=monitor.radii, head=head, **options)
             monitor.density_metric.update(
                 split,
                 dip=dip.prior + dip.volume,

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from lightning_memwatch.functional.density import _given, _scaling_at_rank, check_radii
+from lightning_memwatch.functional.density import _given, _scaling_at_rank, check_radii, spectra
 from lightning_memwatch.functional.jacobian import (
     Decoder,
     _check_latents,
@@ -27,10 +27,10 @@ from lightning_memwatch.functional.paths import LATENT_LIMIT, radius_offsets
 from lightning_memwatch.functional.priors import Prior, check_prior, log_prior, search_bound
 from lightning_memwatch.functional.spectrum import (
     _check_rtol,
-    gram_singular_values,
     gram_singular_values_and_top_vector,
     intrinsic_dim,
 )
+from lightning_memwatch.functional.topk import top_singular_values_and_vector
 
 #: Fractions of the median nearest-neighbour distance of the training outputs that
 #: :func:`nearest_neighbour_radii` returns: ``0.5`` reaches half way to the typical nearest
@@ -96,13 +96,16 @@ def decay_terms(
     rtol: float = 1e-4,
     prior: Prior = None,
     head: Tensor | None = None,
+    top_k: int | None = None,
 ) -> DecayTerms:
     """Prior and volume terms of the decay ``(lp(r) + lp(-r) - 2 lp(0)) / r`` (see
     :func:`decay_scores`), and which radii were never reached.
 
     ``head``: the ``(B, r + m)`` output of
     :func:`~lightning_memwatch.functional.spectrum.gram_singular_values_and_top_vector` at ``z``
-    from a pass the caller already made; then no Jacobian is computed at the centres.
+    from a pass the caller already made; then no Jacobian is computed at the centres. With
+    ``top_k``: ``(B, top_k + m)``, the layout of
+    :func:`~lightning_memwatch.functional.top_singular_values_and_vector`.
 
     Example::
 
@@ -120,8 +123,10 @@ def decay_terms(
     z = as_plain_tensor(z)
     batch, dim = z.shape
     _given("head", head, batch)
-    if head is None:
+    if head is None and top_k is None:
         head = map_jacobian_chunks(f, z, gram_singular_values_and_top_vector)
+    elif head is None:
+        head = torch.cat(top_singular_values_and_vector(f, z, top_k), dim=1)
     elif head.shape[1] <= dim:
         _given("head", head, batch, dim + 1)
     head = head.to(torch.float64)
@@ -132,7 +137,7 @@ def decay_terms(
     bound = max(LATENT_LIMIT, search_bound(spec, dim))
     t, reached = radius_offsets(f, z, v.nan_to_num(0.0), r, bound=bound)
     ends = (z.double()[:, None, None] + t.nan_to_num(0.0)[..., None] * v[:, None, None]).to(z.dtype)
-    s = map_jacobian_chunks(f, ends.reshape(-1, dim), gram_singular_values)
+    s = spectra(f, ends.reshape(-1, dim), top_k)
     if s.shape[1] != s0.shape[1]:
         _given("head", head, batch, s.shape[1] + dim)
     s = s.reshape(*t.shape, -1)
@@ -158,6 +163,7 @@ def decay_scores(
     rtol: float = 1e-4,
     prior: Prior = None,
     head: Tensor | None = None,
+    top_k: int | None = None,
 ) -> Tensor:
     """Decay of the induced log-density around ``z``, ``eta(r) = (lp(r) + lp(-r) - 2 lp(0)) / r``.
 
@@ -184,7 +190,13 @@ def decay_scores(
         rtol: threshold for ``k`` at the centre.
         prior: ``None`` / ``"normal"`` (N(0, I)), ``"sphere"`` or a Distribution.
         head: optional ``(B, r + m)`` spectra and top right-singular vectors at ``z`` already
-            computed (``gram_singular_values_and_top_vector``).
+            computed (``gram_singular_values_and_top_vector``; with ``top_k``, ``r = top_k``).
+        top_k: ``None``: exact spectra and top vector. An integer ``k``: the ``k`` largest
+            singular values and ``v_1`` by randomized block Krylov
+            (:func:`~lightning_memwatch.functional.top_singular_values_and_vector`), no
+            ``n x m`` Jacobian; ``psi`` (the volume term) is then over those ``k`` values,
+            ``k`` fixed at the centre capped at ``top_k``: equal to the exact decay when the
+            smaller values do not change along the line and there is a gap after ``k``.
 
     Returns:
         ``(B, len(radii))`` float64; NaN where a value is not finite or ``r`` is not reached.
@@ -196,5 +208,5 @@ def decay_scores(
         >>> decay_scores(lambda z: z @ A.T, torch.zeros(1, 2))  # -r / s_1^2
         tensor([[-0.1250, -0.2500]], dtype=torch.float64)
     """
-    terms = decay_terms(f, z, radii=radii, rtol=rtol, prior=prior, head=head)
+    terms = decay_terms(f, z, radii=radii, rtol=rtol, prior=prior, head=head, top_k=top_k)
     return terms.prior + terms.volume

@@ -247,3 +247,20 @@ def test_auto_radii_and_bad_radii_fail_with_what_was_given():
         nearest_neighbour_radii(torch.zeros(1, 3))
     with pytest.raises(ValueError, match=r"'auto'.*'automatic'"):
         GeometryMonitor(radii="automatic")
+
+
+@pytest.mark.parametrize("top_k", [None, 4])
+def test_top_k_density_of_a_linear_map_is_its_closed_form(top_k):
+    """With ``top_k`` the density family takes the spectrum pass's top-k values and vector (a
+    top-k ``s_start`` beside exact midpoint spectra used to fail): the decay is
+    ``-r / s_1^2`` along the top singular direction, mean over ``r``, and psi is the same
+    everywhere (volume parts 0), exact or top-k."""
+    radii = (0.05, 0.1)
+    cb = GeometryMonitor(probe_size=16, max_overhead=math.inf, radii=radii, top_k=top_k)
+    got = fit(FixedDecoderModule(Chosen(), 6), cb)
+    expected = np.mean([-r / Chosen.S[0] ** 2 for r in radii])
+    for split in ("train", "val"):
+        assert got[f"memwatch/density/decay/{split}"] == pytest.approx(expected, rel=1e-3)
+        assert got[f"memwatch/density/decay/volume/{split}"] == pytest.approx(0.0, abs=1e-5)
+        assert got[f"memwatch/density/dip/volume/{split}"] == pytest.approx(0.0, abs=1e-5)
+        assert got[f"memwatch/density/dip/{split}"] < 0
