@@ -46,6 +46,18 @@ MONITORS = {
         ),
         "memwatch/spectrum/log_volume/train",
     ),
+    # radii="auto": rank 0's radii on both ranks, so the gathered decays are one process's
+    "geometry_auto_radii": (
+        functools.partial(
+            GeometryMonitor,
+            encoder="encode",
+            probe_size=12,
+            max_overhead=math.inf,
+            radii="auto",
+            families=("density",),
+        ),
+        "memwatch/density/radius_0",
+    ),
     # the held-out probe sharded, the generated samples too; the reference on every rank
     "samples": (
         functools.partial(
