@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import detection_rules
 import detection_runs
-from detection_runs import CLASSES, KINDS
+from detection_runs import CLASSES, KINDS, LONG, LONG_CLASSES
 from digits_vae import quiet
 
 OUT = Path("outputs/detection")
@@ -59,33 +59,35 @@ def parse_radii(text: str | None) -> Any:
 def collect(args: argparse.Namespace, budget: float) -> list[dict[str, Any]]:
     """Every run at ``budget``: read from the cache, trained (and cached) when missing."""
     results = []
+    plan = [(c, k) for c in CLASSES for k in KINDS]
+    if args.long:
+        plan += [(c, LONG) for c in LONG_CLASSES]
     for seed in range(args.seeds):
-        for model_class in CLASSES:
-            for kind in KINDS:
-                path = cache_path(args.out, budget, model_class, kind, seed, args.radii)
-                if path.exists() and not args.fast:
-                    results.append(json.loads(path.read_text()))
-                    continue
-                if args.from_cache:
-                    raise SystemExit(f"--from-cache: {path} is missing; run without --from-cache")
-                with quiet(args.threads):
-                    run = detection_runs.train(
-                        model_class,
-                        kind,
-                        seed,
-                        budget,
-                        args.fast,
-                        parse_radii(args.radii),
-                        args.geometry_only,
-                    )
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(run))
-                print(
-                    f"  trained {model_class} {kind} seed {seed} (budget {budget:g}): "
-                    f"{run['seconds']:.0f} s, {len(run['checks'])} checks",
-                    flush=True,
+        for model_class, kind in plan:
+            path = cache_path(args.out, budget, model_class, kind, seed, args.radii)
+            if path.exists() and not args.fast:
+                results.append(json.loads(path.read_text()))
+                continue
+            if args.from_cache:
+                raise SystemExit(f"--from-cache: {path} is missing; run without --from-cache")
+            with quiet(args.threads):
+                run = detection_runs.train(
+                    model_class,
+                    kind,
+                    seed,
+                    budget,
+                    args.fast,
+                    parse_radii(args.radii),
+                    args.geometry_only,
                 )
-                results.append(run)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(run))
+            print(
+                f"  trained {model_class} {kind} seed {seed} (budget {budget:g}): "
+                f"{run['seconds']:.0f} s, {len(run['checks'])} checks",
+                flush=True,
+            )
+            results.append(run)
     return results
 
 
@@ -116,6 +118,12 @@ def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 cell[kind] = (sum(f is not None for f, _ in fired), len(runs))
                 if kind == "memorize":
                     cell["delay"] = _delays(fired)
+            long_runs = [
+                r for r in results if r["model_class"] == model_class and r["kind"] == LONG
+            ]
+            if long_runs:
+                fired_long = [detection_rules.fired_epoch(rule, r["checks"]) for r in long_runs]
+                cell[LONG] = (sum(f is not None for f in fired_long), len(long_runs))
             row["classes"][model_class] = cell
         rows.append(row)
     return rows
@@ -131,7 +139,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         + " | ".join(f"{c} det | {c} FA | {c} epoch - best" for c in CLASSES)
         + " | all det | all FA |"
     )
-    lines = [header, "|---|" + "---:|" * (3 * len(CLASSES) + 2)]
+    long_classes = [c for c in CLASSES if rows and LONG in rows[0]["classes"][c]]
+    if long_classes:
+        header += f" 3x-long FA ({', '.join(long_classes)}) |"
+    lines = [header, "|---|" + "---:|" * (3 * len(CLASSES) + 2 + bool(long_classes))]
     for row in rows:
         cells, det, fa = [], [0, 0], [0, 0]
         for model_class in CLASSES:
@@ -141,6 +152,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                 total[0] += cell[kind][0]
                 total[1] += cell[kind][1]
         cells += [_share(tuple(det)), _share(tuple(fa))]
+        if long_classes:
+            cells.append(", ".join(_share(row["classes"][c][LONG]) for c in long_classes))
         lines.append(f"| {row['rule']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -166,7 +179,7 @@ def margins(results: list[dict[str, Any]]) -> str:
                     _, lower, upper = detection_rules.effect(check, descriptor)
                     bounds.append(sign * (lower if sign > 0 else upper))
                 finite = [b for b in bounds if math.isfinite(b)]
-                if run["kind"] == "generalize" and finite:
+                if run["kind"] in ("generalize", LONG) and finite:
                     closest.append(max(finite))
                 elif run["kind"] == "memorize" and math.isfinite(bounds[0]):
                     weakest.append(bounds[0])
@@ -207,6 +220,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=OUT, help="cache folder")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--family", default=None, help="print only rules of this family")
+    parser.add_argument(
+        "--long", action="store_true", help="add generalizing runs 3x longer (mlp, glo)"
+    )
     parser.add_argument("--radii", default=None, help="decay radii: auto or r1,r2 (cached apart)")
     parser.add_argument(
         "--geometry-only", action="store_true", help="GeometryMonitor alone (with --radii)"

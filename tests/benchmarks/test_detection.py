@@ -29,7 +29,7 @@ def smoke(detection, tmp_path_factory):
     out = tmp_path_factory.mktemp("detection")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        rows = detection.main(["--fast", "--out", str(out)])
+        rows = detection.main(["--fast", "--long", "--out", str(out)])
     return out, printed.getvalue(), rows
 
 
@@ -43,9 +43,10 @@ def test_fast_run_prints_one_row_per_rule_and_class(detection, smoke):
     table_rows = [line for line in printed.splitlines() if line.startswith("| ")]
     for rule in rules:
         assert any(line.startswith(f"| {rule.name} |") for line in table_rows)
-    # one cached run per class and kind, each with its checks and per-sample values
+    assert "3x-long FA (mlp, glo)" in header
+    # one cached run per class and kind (+ the long generalizing runs of mlp and glo)
     cached = sorted(p.name for p in (out / "budget_inf").iterdir())
-    assert len(cached) == 6
+    assert len(cached) == 8 and "glo_generalize_long_0.json" in cached
     for row in rows["inf"]:
         for cell in row["classes"].values():
             assert cell["memorize"][1] == 1 and cell["generalize"][1] == 1
@@ -55,7 +56,7 @@ def test_from_cache_gives_the_same_rows(detection, smoke):
     out, _, rows = smoke
     with contextlib.redirect_stdout(io.StringIO()):
         again = detection.main(
-            ["--from-cache", "--seeds", "1", "--budgets", "inf", "--out", str(out)]
+            ["--from-cache", "--long", "--seeds", "1", "--budgets", "inf", "--out", str(out)]
         )
     assert again["inf"] == rows["inf"]
 
