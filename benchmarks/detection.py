@@ -192,19 +192,26 @@ def margins(results: list[dict[str, Any]]) -> str:
 
 def runs_summary(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| class | kind | runs | best val epoch (each seed) | epochs | checks | seconds each |"
+        "| class | kind | runs | best val epoch (each seed) | epochs | checks | seconds each | "
+        "measurements per monitor (each seed) |"
     ]
-    lines.append("|---|---|---:|---|---:|---:|---|")
+    lines.append("|---|---|---:|---|---:|---:|---|---|")
     for model_class in CLASSES:
-        for kind in KINDS:
+        for kind in (*KINDS, LONG):
             runs = [r for r in results if r["model_class"] == model_class and r["kind"] == kind]
             if not runs:
                 continue
             best = ", ".join(str(best_epoch(r)) for r in runs)
             seconds = ", ".join(f"{r['seconds']:.0f}" for r in runs)
+            names = sorted(runs[0]["measurements"])
+            counts = "; ".join(
+                f"{name.removesuffix('Monitor')} "
+                + ",".join(str(r["measurements"].get(name, 0)) for r in runs)
+                for name in names
+            )
             lines.append(
                 f"| {model_class} | {kind} | {len(runs)} | {best} | {runs[0]['plan']['epochs']} | "
-                f"{len(runs[0]['checks'])} | {seconds} |"
+                f"{len(runs[0]['checks'])} | {seconds} | {counts} |"
             )
     return "\n".join(lines)
 
