@@ -56,6 +56,19 @@ def parse_radii(text: str | None) -> Any:
     return tuple(float(r) for r in text.split(","))
 
 
+def borrow_val_loss(run: dict[str, Any], args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """A ``--geometry-only`` GLO run has no held-out recovery error (its validation loss): take
+    it from the same seed's run with every monitor, trained identically (the monitors leave the
+    global RNG alone), when that run is cached."""
+    if any(v is not None and math.isfinite(v) for v in run["val_loss"]):
+        return run
+    budget = run["budget"]
+    full = cache_path(args.out, budget, run["model_class"], run["kind"], run["seed"])
+    if full != path and full.exists():
+        run = {**run, "val_loss": json.loads(full.read_text())["val_loss"]}
+    return run
+
+
 def collect(args: argparse.Namespace, budget: float) -> list[dict[str, Any]]:
     """Every run at ``budget``: read from the cache, trained (and cached) when missing."""
     results = []
@@ -66,7 +79,7 @@ def collect(args: argparse.Namespace, budget: float) -> list[dict[str, Any]]:
         for model_class, kind in plan:
             path = cache_path(args.out, budget, model_class, kind, seed, args.radii)
             if path.exists() and not args.fast:
-                results.append(json.loads(path.read_text()))
+                results.append(borrow_val_loss(json.loads(path.read_text()), args, path))
                 continue
             if args.from_cache:
                 raise SystemExit(f"--from-cache: {path} is missing; run without --from-cache")
@@ -82,6 +95,7 @@ def collect(args: argparse.Namespace, budget: float) -> list[dict[str, Any]]:
                 )
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(run))
+            run = borrow_val_loss(run, args, path)
             print(
                 f"  trained {model_class} {kind} seed {seed} (budget {budget:g}): "
                 f"{run['seconds']:.0f} s, {len(run['checks'])} checks",
