@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
 
 import detection_runs
-from detection_runs import CLASSES, KINDS, LONG, LONG_CLASSES
+from detection_runs import CLASSES, KINDS, LONG_CLASSES, LONG_KINDS
 from detection_tables import evaluate, margins, runs_summary, table
 from digits_vae import quiet
 
@@ -101,7 +101,7 @@ def collect(args: argparse.Namespace, budget: float) -> list[dict[str, Any]]:
     results = []
     plan = [(c, k) for c in CLASSES for k in KINDS]
     if args.long:
-        plan += [(c, LONG) for c in LONG_CLASSES]
+        plan += [(c, k) for k in LONG_KINDS for c in LONG_CLASSES]
     for seed in range(args.seeds):
         for model_class, kind in plan:
             path = cache_path(args.out, budget, model_class, kind, seed, args.radii)

@@ -44,6 +44,9 @@ KINDS = ("memorize", "generalize")
 #: ``--long``: generalizing runs trained 3x longer (the harmless gap grows with training), for
 #: the classes where that is affordable on 2 cores (a conv check costs 15-20 s).
 LONG = "generalize_long"
+#: ``--long`` also: generalizing runs trained 9x longer.
+LONGER = "generalize_9x"
+LONG_KINDS = {LONG: "3x", LONGER: "9x"}
 LONG_CLASSES = ("mlp", "glo")
 CLASSES = ("mlp", "conv", "glo")
 
@@ -69,13 +72,15 @@ PLANS = {
     ("glo", "generalize"): Plan(N_GENERALIZE, 64, 1, 20, 2),
     ("mlp", LONG): Plan(N_GENERALIZE, 64, 1, 60, 6),
     ("glo", LONG): Plan(N_GENERALIZE, 64, 1, 60, 6),
+    ("mlp", LONGER): Plan(N_GENERALIZE, 64, 1, 180, 18),
+    ("glo", LONGER): Plan(N_GENERALIZE, 64, 1, 180, 18),
 }
 FAST_PLAN = {"memorize": Plan(N_MEMORIZE, 8, 1, 1, 1), "generalize": Plan(96, 32, 1, 1, 1)}
 
 
 def plan(model_class: str, kind: str, fast: bool) -> Plan:
     if fast:
-        return FAST_PLAN["generalize" if kind == LONG else kind]
+        return FAST_PLAN["generalize" if kind in LONG_KINDS else kind]
     return PLANS[(model_class, kind)]
 
 

@@ -7,7 +7,7 @@ import statistics
 from typing import Any
 
 import detection_rules
-from detection_runs import CLASSES, KINDS, LONG
+from detection_runs import CLASSES, KINDS, LONG_KINDS
 
 
 def best_epoch(run: dict[str, Any]) -> int | None:
@@ -37,12 +37,13 @@ def evaluate(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 cell[kind] = (sum(f is not None for f, _ in fired), len(runs))
                 if kind == "memorize":
                     cell["delay"] = _delays(fired)
-            long_runs = [
-                r for r in results if r["model_class"] == model_class and r["kind"] == LONG
-            ]
-            if long_runs:
-                fired_long = [detection_rules.fired_epoch(rule, r["checks"]) for r in long_runs]
-                cell[LONG] = (sum(f is not None for f in fired_long), len(long_runs))
+            for long_kind in LONG_KINDS:
+                long_runs = [
+                    r for r in results if r["model_class"] == model_class and r["kind"] == long_kind
+                ]
+                if long_runs:
+                    fired_long = [detection_rules.fired_epoch(rule, r["checks"]) for r in long_runs]
+                    cell[long_kind] = (sum(f is not None for f in fired_long), len(long_runs))
             row["classes"][model_class] = cell
         rows.append(row)
     return rows
@@ -58,10 +59,14 @@ def table(rows: list[dict[str, Any]]) -> str:
         + " | ".join(f"{c} det | {c} FA | {c} epoch - best" for c in CLASSES)
         + " | all det | all FA |"
     )
-    long_classes = [c for c in CLASSES if rows and LONG in rows[0]["classes"][c]]
-    if long_classes:
-        header += f" 3x-long FA ({', '.join(long_classes)}) |"
-    lines = [header, "|---|" + "---:|" * (3 * len(CLASSES) + 2 + bool(long_classes))]
+    longs = {
+        kind: [c for c in CLASSES if kind in rows[0]["classes"][c]]
+        for kind in LONG_KINDS
+        if rows and any(kind in rows[0]["classes"][c] for c in CLASSES)
+    }
+    for kind, classes in longs.items():
+        header += f" {LONG_KINDS[kind]}-long FA ({', '.join(classes)}) |"
+    lines = [header, "|---|" + "---:|" * (3 * len(CLASSES) + 2 + len(longs))]
     for row in rows:
         cells, det, fa = [], [0, 0], [0, 0]
         for model_class in CLASSES:
@@ -71,8 +76,8 @@ def table(rows: list[dict[str, Any]]) -> str:
                 total[0] += cell[kind][0]
                 total[1] += cell[kind][1]
         cells += [_share(tuple(det)), _share(tuple(fa))]
-        if long_classes:
-            cells.append(", ".join(_share(row["classes"][c][LONG]) for c in long_classes))
+        for kind, classes in longs.items():
+            cells.append(", ".join(_share(row["classes"][c][kind]) for c in classes))
         lines.append(f"| {row['rule']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -98,7 +103,7 @@ def margins(results: list[dict[str, Any]]) -> str:
                     _, lower, upper = detection_rules.effect(check, descriptor)
                     bounds.append(sign * (lower if sign > 0 else upper))
                 finite = [b for b in bounds if math.isfinite(b)]
-                if run["kind"] in ("generalize", LONG) and finite:
+                if (run["kind"] == "generalize" or run["kind"] in LONG_KINDS) and finite:
                     closest.append(max(finite))
                 elif run["kind"] == "memorize" and math.isfinite(bounds[0]):
                     weakest.append(bounds[0])
@@ -116,7 +121,7 @@ def runs_summary(results: list[dict[str, Any]]) -> str:
     ]
     lines.append("|---|---|---:|---|---:|---:|---|---|")
     for model_class in CLASSES:
-        for kind in (*KINDS, LONG):
+        for kind in (*KINDS, *LONG_KINDS):
             runs = [r for r in results if r["model_class"] == model_class and r["kind"] == kind]
             if not runs:
                 continue

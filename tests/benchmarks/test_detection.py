@@ -43,10 +43,10 @@ def test_fast_run_prints_one_row_per_rule_and_class(detection, smoke):
     table_rows = [line for line in printed.splitlines() if line.startswith("| ")]
     for rule in rules:
         assert any(line.startswith(f"| {rule.name} |") for line in table_rows)
-    assert "3x-long FA (mlp, glo)" in header
-    # one cached run per class and kind (+ the long generalizing runs of mlp and glo)
+    assert "3x-long FA (mlp, glo)" in header and "9x-long FA (mlp, glo)" in header
+    # one cached run per class and kind (+ the two long generalizing runs of mlp and glo)
     cached = sorted(p.name for p in (out / "budget_inf").iterdir())
-    assert len(cached) == 8 and "glo_generalize_long_0.json" in cached
+    assert len(cached) == 10 and "glo_generalize_9x_0.json" in cached
     for row in rows["inf"]:
         for cell in row["classes"].values():
             assert cell["memorize"][1] == 1 and cell["generalize"][1] == 1
