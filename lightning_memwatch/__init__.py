@@ -6,6 +6,7 @@ The public surface is the callbacks, the torchmetrics metrics, the :mod:`functio
 
 from lightning_memwatch import functional
 from lightning_memwatch.callbacks import (
+    EffectAgreement,
     GeometryMonitor,
     LikelihoodMonitor,
     MemorizationEarlyStopping,
@@ -29,6 +30,7 @@ __all__ = [
     "ComplexityGap",
     "DataCopying",
     "DensityGap",
+    "EffectAgreement",
     "GeometryMonitor",
     "KFoldMemorization",
     "LikelihoodGap",
