@@ -18,30 +18,38 @@ Printed per rule and model class: detection (memorizing runs where the rule fire
 check), false alarms (generalizing runs where it fired at any check), and the detection epoch
 minus the epoch of the run's best validation loss (median and range over the detected runs;
 the GLO's validation loss is the held-out probe's median recovery error at the checks).
-``--long`` adds generalizing runs trained 3x longer (mlp, glo); ``--radii auto --geometry-only``
+``--long`` adds generalizing runs trained 3x and 9x longer (mlp, glo); ``--radii auto --geometry-only``
 repeats the geometry with ``radii="auto"`` (cached apart).
 
 Measured (seeds 0-4, 2 CPU cores shared with four other jobs, load average 4-8):
 ``--budgets inf`` 1,015 s for its 30 runs (conv 40-158 s a run, mlp 6-39 s, glo 4-11 s);
-``--long`` 62 s more; ``--radii auto --geometry-only`` 423 s; ``--budgets 0.05`` 208 s.
+``--long`` 62 s (3x) + 125 s (9x) more; ``--radii auto --geometry-only`` 423 s; ``--budgets
+0.05`` 208 s.
 
-- Recommended rule: ``MemorizationEarlyStopping("memwatch/recovery/effect_upper",
-  threshold=-0.5, mode="below")``, the upper 95 % bound of Cliff's delta of the train against
-  the validation recovery errors below -0.5. At ``max_overhead=inf``: detected 5/5 on every
-  class, false alarms 0/5 on every class (0/10 on the 3x-long runs), firing at the first check
-  of every memorizing run (epoch minus best-validation epoch: mlp -6 [-7, +3], conv -6 [-14,
-  -4], glo -30 [-54, -18]). The closest a generalizing run came: a bound of -0.14 (mlp), -0.15
-  (conv), -0.23 (glo; -0.40 on the 3x-long glo runs); the weakest memorizing first check: -0.63,
-  -0.93, -0.91. ``patience=1`` keeps the rates and costs one check. 0/15 false alarms bound the
-  rate below 18 % at 95 % confidence (0/5 per class: 45 %); the margins are the stronger case.
+- Recommended rule: ``EffectAgreement()`` (recovery errors and psi) with
+  ``MemorizationEarlyStopping("memwatch/agreement/bound", threshold=0.3, mode="above")``, the
+  upper 95 % bounds of Cliff's delta of both families' train against validation values below
+  -0.3 at one check (row "2 of 2 (recovery+spectrum) effects past 0.3"). At
+  ``max_overhead=inf``: detected 5/5 on every class, false alarms 0/5 on every class and 0/10
+  on the 3x- and on the 9x-long generalizing runs; epoch minus best-validation epoch: mlp +6
+  [-7, +14], conv -6 [-14, -4], glo -30 [-54, -18]. 0/15 false alarms bound the rate below 18 %
+  at 95 % confidence (0/5 per class: 45 %); the margins are the stronger case.
+- The recovery key alone, ``MemorizationEarlyStopping("memwatch/recovery/effect_upper",
+  threshold=-0.5, mode="below")``: detected 15/15 at the first check of every memorizing run
+  (mlp -6 [-7, +3], conv -6 [-14, -4], glo -30 [-54, -18]), false alarms 0/15 and 0/10 on the
+  3x-long runs, but 2/5 on the 9x-long glo runs (a GLO's train-versus-validation gap grows
+  with training: its closest bound -0.14 / -0.15 / -0.23 on mlp / conv / glo, -0.40 at 3x and
+  -0.70 at 9x on glo; memorizing first checks -0.63 or lower). ``patience=1`` keeps the rates
+  and costs one check.
 - The papers' signs: KS p < 0.01 on recovery 15/15, false alarms 2/15 (glo 2/5; 3/5 on the
   3x-long glo runs); MRE-gap > 0.10 10/15; psi gap < 0 12/15; decay (train) < 0 15/15; decay gap
   < 0 12/15; likelihood gap > 0 7/10; dip > 0 1/15 false alarms but 10/15 detected; C_T < -3
   0/15 false alarms, 7/15 detected.
 - ``max_overhead=0.05`` (the default): a run of 1-21 s leaves the geometry, recovery and
-  likelihood monitors 1-2 measurements each (``SampleMonitor``, cheaper, up to 8); the rule
-  detects 13/15 (mlp 3/5: its one recovery measurement, at epoch 5, covers 16 + 16 of the 32 +
-  32 probe, and the bound widens), 0/15 false alarms; ``patience=1`` cannot fire (5/15).
+  likelihood monitors 1-2 measurements each (``SampleMonitor``, cheaper, up to 8); the
+  recommended rule detects 12/15 (mlp 3/5, conv 4/5), the recovery key alone 13/15 (mlp 3/5:
+  its one recovery measurement, at epoch 5, covers 16 + 16 of the 32 + 32 probe, and the bound
+  widens), both 0/15 false alarms; ``patience=1`` cannot fire (5/15).
 - ``radii="auto"``: 0.46 / 0.92 on the 8 x 8 digits (the defaults 0.5 / 1.0: the same rates),
   1.2 / 2.4 on the 28 x 28 conv digits, where the decay separates (generalizing runs' closest
   bound -0.16, memorizing first checks -0.44 or lower) while the defaults overlap (-0.07 against

@@ -48,11 +48,12 @@ class RecoveryMonitor(MemwatchMonitor):
     - ``memwatch/recovery/effect``: Cliff's delta ``P(e_train > e_val) - P(e_train < e_val)``,
       ``-1`` when every train error is below every validation error, and
       ``memwatch/recovery/effect_{lower,upper}``: its one-sided 95 % DeLong bounds; a size, not
-      a test, so a harmless gap does not cross a threshold on it as the probe grows. The
-      calibrated rule is ``MemorizationEarlyStopping("memwatch/recovery/effect_upper",
-      threshold=-0.5, mode="below")``: stop once, with 95 % confidence, a train error is below
-      a validation error in more than 75 % of pairs (``benchmarks/detection.py`` measures its
-      detection and false-alarm rates on three model classes);
+      a test, so a harmless gap does not cross a threshold on it as the probe grows.
+      ``MemorizationEarlyStopping("memwatch/recovery/effect_upper", threshold=-0.5,
+      mode="below")`` stops once, with 95 % confidence, a train error is below a validation
+      error in more than 75 % of pairs; ``benchmarks/detection.py`` measures it, and the
+      calibrated rule, this key agreeing with psi
+      (:class:`~lightning_memwatch.callbacks.rules.EffectAgreement`);
     - ``memwatch/recovery/{seconds,probe_size,nonfinite,staleness}``: its cost, the probe size it
       used (0 for an epoch the cost budget skipped), how many errors were not finite and the age
       in epochs of the oldest error in use (the rolling probe of
