@@ -18,8 +18,8 @@ Printed per rule and model class: detection (memorizing runs where the rule fire
 check), false alarms (generalizing runs where it fired at any check), and the detection epoch
 minus the epoch of the run's best validation loss (median and range over the detected runs;
 the GLO's validation loss is the held-out probe's median recovery error at the checks).
-``--long`` adds generalizing runs trained 3x and 9x longer (mlp, glo); ``--radii auto --geometry-only``
-repeats the geometry with ``radii="auto"`` (cached apart).
+``--long`` adds generalizing runs trained 3x and 9x longer (mlp, glo); ``--radii auto
+--geometry-only`` repeats the geometry with ``radii="auto"`` (cached apart).
 
 Measured (seeds 0-4, 2 CPU cores shared with four other jobs, load average 4-8):
 ``--budgets inf`` 1,015 s for its 30 runs (conv 40-158 s a run, mlp 6-39 s, glo 4-11 s);
