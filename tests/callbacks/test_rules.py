@@ -80,3 +80,41 @@ def test_fails_at_setup_before_its_monitors_or_without_them():
     trainer = quiet_trainer(callbacks=[EffectAgreement(), *monitors])
     with pytest.raises(ValueError, match="after the monitors"):
         trainer.fit(make_autoencoder(), train, val)
+
+
+def _draws(generator, delta, n=32):
+    shift = math.sqrt(2) * stats.norm.ppf(
+        (delta + 1) / 2
+    )  # Cliff's delta of N(shift, 1) vs N(0, 1)
+    return generator.normal(shift, 1.0, n), generator.normal(0.0, 1.0, n)
+
+
+def test_agreement_rule_silent_under_one_distribution_and_a_harmless_gap():
+    """200 runs of 10 checks at 32 + 32: the rule (bound > 0.3) fires in none when both families
+    share one distribution, and in <= 5 % of runs under the harmless gaps of the benchmark's
+    1,400-digit runs (recovery delta about -0.3, psi about -0.2)."""
+    generator = np.random.default_rng(21)
+    for deltas, allowed in (((0.0, 0.0), 0), ((-0.3, -0.2), 10)):
+        fired = sum(
+            any(
+                agreement_bound([(*_draws(generator, d), -1) for d in deltas]) > 0.3
+                for _ in range(10)
+            )
+            for _ in range(200)
+        )
+        assert fired <= allowed
+
+
+def test_agreement_rule_fires_when_both_families_show_the_claimed_effect():
+    """delta <= -0.85 in both families: one check fires in >= 95 % of 400 draws; one family
+    alone at that effect with the other null never does (all must agree)."""
+    generator = np.random.default_rng(22)
+    both = [
+        agreement_bound([(*_draws(generator, -0.85), -1), (*_draws(generator, -0.85), -1)]) > 0.3
+        for _ in range(400)
+    ]
+    one = [
+        agreement_bound([(*_draws(generator, -0.85), -1), (*_draws(generator, 0.0), -1)]) > 0.3
+        for _ in range(400)
+    ]
+    assert np.mean(both) >= 0.95 and not any(one)
