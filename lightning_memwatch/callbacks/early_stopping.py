@@ -51,8 +51,8 @@ class MemorizationEarlyStopping(Callback):
     """Stop training when a memwatch metric says the model memorizes its training set.
 
     The memorization condition is ``value < threshold`` (``mode="below"``, e.g. the KS p-value
-    of Webster et al. (2021), sec. 3.3, ``p < 0.01``) or ``value > threshold``
-    (``mode="above"``, e.g. ``memwatch/recovery/mre_gap > 0.10``, Webster et al. (2021), eq. 5).
+    of Webster et al. (2019), sec. 3.3, ``p < 0.01``) or ``value > threshold``
+    (``mode="above"``, e.g. ``memwatch/recovery/mre_gap > 0.10``, Webster et al. (2019), eq. 5).
     Training stops once the condition has held at ``patience + 1`` consecutive fresh checks and
     ``trainer.current_epoch >= min_epochs``. Checks before ``min_epochs`` count toward the run;
     only the stop waits. A check where the condition does not hold resets the count.
