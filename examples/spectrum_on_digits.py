@@ -6,9 +6,8 @@
 The 8 x 8 handwritten digits ship with scikit-learn (``sklearn.datasets.load_digits``), so
 nothing is downloaded. A Lightning autoencoder is trained on a few training digits; then, at the
 latents of those training digits and of held-out digits, the decoder's Jacobian spectrum gives
-the descriptors of DESIGN §2 (``papers/feiszli_latent_geometry.txt``,
-``papers/humayun_local_geometry.txt``, ``papers/ramirez_geometry_poster.txt``): intrinsic
-dimension, local scaling psi, local rank nu and log condition, printed for both sets.
+the geometric descriptors (Feiszli (2017), Humayun et al. (2024), Ramirez et al. (poster)):
+intrinsic dimension, local scaling psi, local rank nu and log condition, printed for both sets.
 """
 
 from __future__ import annotations

@@ -88,17 +88,25 @@ def test_every_monitor_family_is_named_while_it_is_measured(monkeypatch):
 
 
 def test_updates_within_a_family_are_throttled(monkeypatch):
-    clock = iter([0.0, 0.1, 0.2, 0.3, 0.31])
+    clock = iter([0.0, 0.05, 0.1, 0.2, 0.3, 0.31, 0.6])
     monkeypatch.setattr(progress_module.time, "perf_counter", lambda: next(clock))
     shown = []
     progress = MeasurementProgress(None, interval=0.25)
     progress.display = type("Display", (), {"show": lambda self, text: shown.append(text)})()
-    progress("recovery", 1, 4)  # t=0: shown
+    progress("recovery")  # t=0: shown
+    progress("recovery", 1, 4)  # t=0.05: the first count of chunks always shows
     progress("recovery", 2, 4)  # t=0.1: too soon
     progress("spectrum")  # t=0.2: a new family always shows
-    progress("spectrum", 1, 9)  # t=0.3: too soon after 0.2
-    progress("spectrum", 2, 9)  # t=0.31: still too soon
-    assert shown == ["memwatch: recovery, chunk 1 of 4", "memwatch: spectrum"]
+    progress("spectrum", 1, 9)  # t=0.3: its first count
+    progress("spectrum", 2, 9)  # t=0.31: too soon
+    progress("spectrum", 3, 9)  # t=0.6: the interval has passed
+    assert shown == [
+        "memwatch: recovery",
+        "memwatch: recovery, chunk 1 of 4",
+        "memwatch: spectrum",
+        "memwatch: spectrum, chunk 1 of 9",
+        "memwatch: spectrum, chunk 3 of 9",
+    ]
 
 
 def test_the_real_tqdm_bar_prints_it(capsys, monkeypatch):
