@@ -9,6 +9,10 @@ interval), and shown (a real Lightning tqdm bar, writing to a buffer). Part 2 fi
 with a ``RecoveryMonitor`` measuring every epoch, with Lightning's tqdm bar attached (its output
 to ``/dev/null``) and without, interleaved, and prints the median ``memwatch/recovery/seconds``
 of both side by side (the progress calls are inside that time).
+
+Measured on a shared 2-core CPU machine (28 s): a call costs 0.12 us without a bar, 0.84 us
+throttled and 81 us shown on a tqdm bar; a measurement shows about six lines (0.5 ms), and the
+median measurement took 0.303 s without the bar and 0.287 s with it (ratio 0.95: noise).
 """
 
 from __future__ import annotations
