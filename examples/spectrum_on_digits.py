@@ -87,8 +87,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser.add_argument("--fast", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--n-train", type=int, default=64, help="training digits")
     parser.add_argument("--epochs", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
     epochs = 5 if args.fast else args.epochs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # a tiny model: more threads only wait on each other
+    try:
+        return _run(args, epochs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace, epochs: int) -> dict[str, dict[str, float]]:
 
     L.seed_everything(0, verbose=False)
     train, heldout = digits_split(args.n_train, n_heldout=256)
