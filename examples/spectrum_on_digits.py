@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
 
 
 def _run(args: argparse.Namespace, epochs: int) -> dict[str, dict[str, float]]:
-
+    """Train, measure both sets, print the table; the descriptors' means per set."""
     L.seed_everything(0, verbose=False)
     train, heldout = digits_split(args.n_train, n_heldout=256)
     model = DigitsAutoencoder()
