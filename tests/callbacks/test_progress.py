@@ -13,7 +13,7 @@ from lightning_memwatch.callbacks import GeometryMonitor, LikelihoodMonitor, Rec
 from lightning_memwatch.callbacks import progress as progress_module
 from lightning_memwatch.callbacks.latents import CHUNK
 from lightning_memwatch.callbacks.progress import MeasurementProgress
-from tests.conftest import digits_loaders, make_autoencoder, quiet_trainer
+from tests.conftest import DigitsDataModule, digits_loaders, make_autoencoder, quiet_trainer
 
 
 class RecordingTqdm(Tqdm):
@@ -35,6 +35,14 @@ class RecordingBar(TQDMProgressBar):
         self.recording = RecordingTqdm(
             desc=bar.desc, total=bar.total, leave=True, dynamic_ncols=True, bar_format=None
         )
+        bar.close()
+        return self.recording
+
+
+class RecordingValidationBar(TQDMProgressBar):
+    def init_validation_tqdm(self) -> Tqdm:
+        bar = super().init_validation_tqdm()
+        self.recording = RecordingTqdm(desc=bar.desc, total=bar.total, leave=True)
         bar.close()
         return self.recording
 
@@ -158,3 +166,16 @@ def test_rich_task_description_names_the_chunk_then_gives_it_back(monkeypatch):
     first = next(i for i, d in enumerate(bar.descriptions) if "memwatch" in d)
     assert bar.descriptions[last + 1] == bar.descriptions[first].split(" · memwatch")[0]
     assert bar.descriptions[last + 1].startswith("Epoch 0")
+
+
+def test_validate_shows_it_on_the_validation_bar(monkeypatch):
+    monkeypatch.setattr(progress_module, "INTERVAL", 0.0)
+    bar = RecordingValidationBar()
+    monitor = recovery()
+    trainer = quiet_trainer(callbacks=[monitor, bar], enable_progress_bar=True)
+    data = DigitsDataModule(n_train=96, n_val=96)  # the probe's training digits come from it
+    trainer.validate(make_autoencoder(), datamodule=data, verbose=False)
+    assert monitor.measurements == 1
+    lines = memwatch_lines(bar.recording.postfixes)
+    assert lines == ["recovery", *(f"recovery, chunk {i} of 4" for i in range(1, 5))]
+    assert "memwatch" not in bar.recording.postfixes[-1]
