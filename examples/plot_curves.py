@@ -80,18 +80,19 @@ def latest_runs(logdir: Path) -> dict[str, Path]:
 
 
 def select_runs(logdir: Path, runs: list[str]) -> dict[str, Path]:
-    """``{label: version directory}`` of ``runs``: each a version directory with event files
-    (labelled ``<run>/version_N``), else a run name under ``logdir`` (its newest version).
+    """``{label: version directory}`` of ``runs``: each a version directory with event files,
+    else a run name under ``logdir`` (its newest version). A label is the run's name, with its
+    ``/version_N`` when two selected versions share the name.
 
     Raises:
         ValueError: naming a run that is neither, and the runs ``logdir`` holds.
     """
-    selected: dict[str, Path] = {}
+    selected: list[Path] = []
     available: dict[str, Path] | None = None
     for run in runs:
         path = Path(run)
         if path.is_dir() and any(path.glob("events.out.tfevents.*")):
-            selected[f"{path.parent.name}/{path.name}"] = path
+            selected.append(path)
             continue
         if available is None:
             available = latest_runs(logdir)
@@ -100,8 +101,13 @@ def select_runs(logdir: Path, runs: list[str]) -> dict[str, Path]:
                 f"Expected `--runs` to name version directories with event files or runs under"
                 f" {logdir} but got {run!r}: {logdir} holds {', '.join(available)}"
             )
-        selected[run] = available[run]
-    return selected
+        selected.append(available[run])
+    names = [path.parent.name for path in selected]
+    unique = len(set(names)) == len(names)
+    return {
+        name if unique else f"{name}/{path.name}": path
+        for name, path in zip(names, selected, strict=True)
+    }
 
 
 def read_scalars(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:

@@ -90,14 +90,22 @@ def test_default_draws_the_demo_runs_only_into_outputs(demo_fast, tmp_path, monk
     assert list(drawn) == ["C_other"]
 
 
-def test_select_runs_takes_version_directories_and_names_the_unknown_run(demo_fast):
+def test_select_runs_takes_version_directories_and_names_the_unknown_run(demo_fast, tmp_path):
     plot_curves = load_example("plot_curves")
     a_dir = demo_fast.results["A"]["log_dir"]
     selected = plot_curves.select_runs(demo_fast.out, [a_dir, "B_1400_digits"])
-    label = "A_32_digits/" + plot_curves.Path(a_dir).name
     assert selected == {
-        label: plot_curves.Path(a_dir),
+        "A_32_digits": plot_curves.Path(a_dir),
         "B_1400_digits": plot_curves.Path(demo_fast.results["B"]["log_dir"]),
+    }
+    logdir = tmp_path / "logs"
+    shutil.copytree(demo_fast.out, logdir)
+    first = next((logdir / "A_32_digits").glob("version_*"))
+    shutil.copytree(first, logdir / "A_32_digits" / "version_99")
+    twice = plot_curves.select_runs(logdir, [str(first), "A_32_digits"])  # two versions of A
+    assert twice == {
+        f"A_32_digits/{first.name}": first,
+        "A_32_digits/version_99": logdir / "A_32_digits" / "version_99",
     }
     with pytest.raises(ValueError, match=r"got 'C_other': .* holds A_32_digits, B_1400_digits"):
         plot_curves.select_runs(demo_fast.out, ["C_other"])
