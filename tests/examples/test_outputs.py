@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 
 import yaml
 
@@ -35,8 +34,6 @@ def test_default_outputs_are_under_outputs():
 
 
 def test_outputs_is_gitignored():
-    root = EXAMPLES.parent
-    assert "outputs/" in (root / ".gitignore").read_text().splitlines()
-    for path in ("outputs/memwatch_logs/A_32_digits/version_0/x", "outputs/kfold/a.png"):
-        done = subprocess.run(["git", "check-ignore", "-q", path], cwd=root, check=False)
-        assert done.returncode == 0, path
+    """A ``outputs/`` line (no leading slash: any ``outputs`` folder, wherever the examples run)."""
+    lines = (EXAMPLES.parent / ".gitignore").read_text().splitlines()
+    assert "outputs/" in lines
