@@ -146,7 +146,10 @@ def monitors(probe_size: int, every: int, samples: bool = True) -> list[Any]:
         held_out = max(probe_size, 64)
         out.append(
             SampleMonitor(
-                decoder="generator", probe_size=held_out, every_n_epochs=every, cells=4,
+                decoder="generator",
+                probe_size=held_out,
+                every_n_epochs=every,
+                cells=4,
                 max_overhead=math.inf,
             )
         )
@@ -195,9 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     with quiet(1):
         for seed in args.seeds:
             for name, (n_train, epochs, passes, probe) in plan.items():
-                results[f"{name}_s{seed}"] = run(
-                    n_train, epochs, passes, probe, args.log_dir, seed
-                )
+                results[f"{name}_s{seed}"] = run(n_train, epochs, passes, probe, args.log_dir, seed)
     low, high = chi_range(16)
     print(
         "\nDigitsGAN (latent 16). Copy check (nearest_copies.py, 512 samples): train_nearest, "
