@@ -174,6 +174,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"| recovered latents: median norm (N(0, I_100) typical {low:.1f}-{high:.1f}); share in "
         f"range | {values['latent_norm']:.3g}; {values['latent_norm_in_range']:.2f} |"
     )
+    print(
+        "The spectrum monitor runs first and recovers the probe's latents into the store the "
+        "recovery monitor shares: the recovery's seconds are in memwatch/spectrum/seconds."
+    )
     return values
 
 
