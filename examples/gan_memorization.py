@@ -22,6 +22,15 @@ digit against its nearest held-out digit, numpy), so the monitors are read again
 answer. Printed per seed: that check, the last measurement of each run, and the recovered
 latents' norms against the ``N(0, I)`` prior's typical range. Outputs (TensorBoard runs) go to
 ``outputs/gan_memorization/`` unless ``--log-dir`` says.
+
+Measured (``--seeds 0 1 2``, last measurement, about 75 s per seed for A and B together on 2
+shared CPU cores): the copy check finds run A copying (a training digit nearest for 98-100% of
+the samples, 71-76% near-copies, all 32 digits copied) and run B not (45-58%, none). Separating
+A from B at every seed: ``samples/ct`` (A -6.4 to -6.8, B +5.1 to +6.3), ``copy_fraction``
+(0.98-0.99 against 0.02-0.06), ``recovery/mre_gap`` (0.976-0.983 against -0.07 to 0.21) with its
+KS p (2e-15 or below against 0.045-0.43), and ``spectrum/log_volume/gap`` (-10.3 to -15.5
+against -4.2 to +3.6, KS p 4e-6 or below against 0.09-0.84). The dip and decay gaps do not
+(the dip is above B's at seeds 0 and 1 only; the decay's order flips with the seed).
 """
 
 from __future__ import annotations
