@@ -23,7 +23,7 @@ answer. Printed per seed: that check, the last measurement of each run, and the 
 latents' norms against the ``N(0, I)`` prior's typical range. Outputs (TensorBoard runs) go to
 ``outputs/gan_memorization/`` unless ``--log-dir`` says.
 
-Measured (``--seeds 0 1 2``, last measurement, about 75 s per seed for A and B together on 2
+Measured (``--seeds 0 1 2``, last measurement, about 75 s per run, 150 s per seed, on 2
 shared CPU cores): the copy check finds run A copying (a training digit nearest for 98-100% of
 the samples, 71-76% near-copies, all 32 digits copied) and run B not (45-58%, none). Separating
 A from B at every seed: ``samples/ct`` (A -6.4 to -6.8, B +5.1 to +6.3), ``copy_fraction``
