@@ -18,7 +18,7 @@ the encoder's output must be ``(B, m)``. A model whose latents are maps gives th
 module methods that reshape, ``decode_flat(z) = decoder(z.view(-1, 4, 8, 8))`` and
 ``encode_flat(x) = encode(x).mean.flatten(1)``, and names them (``decoder="decode_flat"``,
 ``encoder="encode_flat"``). Without them (``--spatial``), setup fails on the encoder's
-``(B, 4, 8, 8)`` output, naming ``encoder_output=`` and ``encoder=``. The fit runs twice with
+``(B, 4, 8, 8)`` output, naming the two reshaping methods as the fix. The fit runs twice with
 the same seed, without and with the monitors. Outputs under ``outputs/latent_decoder/``.
 """
 

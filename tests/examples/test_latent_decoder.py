@@ -56,4 +56,5 @@ def test_fast_run_measures_finite_keys(capsys, tmp_path):
 def test_map_valued_latents_fail_at_setup_naming_the_encoder_and_the_shape(capsys, tmp_path):
     values = ld.main(["--fast", "--spatial", "--log-dir", str(tmp_path)])
     message = values["setup_error"]
-    assert "encoder `encode`" in message and "(B, m) latent batch" in message
+    assert "encoder `encode`" in message and "latent maps of shape (4, 8, 8)" in message
+    assert "decoder(z.view(-1, 4, 8, 8))" in message
