@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from digits_vae import quiet
 from generator_report import (
-    FamilyGeometryMonitor,
     UpsampledDigits,
     measured_table,
     recovered_norms,
@@ -43,7 +42,7 @@ from generator_report import (
     typical_norms,
 )
 
-from lightning_memwatch import RecoveryMonitor
+from lightning_memwatch import GeometryMonitor, RecoveryMonitor
 
 
 class DCGANGenerator(nn.Sequential):
@@ -122,20 +121,13 @@ class DigitsDCGAN(L.LightningModule):
 
 
 def monitors(probe_size: int, every: int, top_k: int = 32) -> list[Any]:
-    """The spectrum (top ``k``), the density (exact) and the recovery of the generator, on the
-    same probe and seed (the geometry measures at the latents the recovery found), budget off.
-
-    The spectrum and the density are two ``GeometryMonitor`` instances with disjoint
-    ``families``: one instance with an integer ``top_k`` and the density family fails at its
-    first measurement (``dip_terms`` is handed the spectrum pass's ``k`` top singular values as
-    ``s_start`` and expects all ``m``), so the density runs on its own exact Jacobians
-    (:class:`FamilyGeometryMonitor` lets the two share the probe).
-    """
+    """The spectrum and density (both on the top ``k`` singular values) and the recovery of the
+    generator, on the same probe and seed (the geometry measures at the latents the recovery
+    found), budget off."""
     common = {"decoder": "generator", "probe_size": probe_size, "every_n_epochs": every}
     common["max_overhead"] = math.inf
     return [
-        FamilyGeometryMonitor(**common, families=("spectrum",), top_k=top_k),
-        FamilyGeometryMonitor(**common, families=("density",), top_k=None),
+        GeometryMonitor(**common, top_k=top_k),
         RecoveryMonitor(**common, steps=30, restarts=1),
     ]
 

@@ -19,8 +19,6 @@ from digits_vae import DigitsDataModule, cpu_trainer
 from scipy import stats
 from torch import Tensor
 
-from lightning_memwatch import GeometryMonitor
-
 #: Descriptors printed with their ``/train``, ``/val`` and ``/gap`` (``ks_pvalue`` where logged).
 DESCRIPTORS = (
     "memwatch/spectrum/log_volume",
@@ -54,21 +52,6 @@ def recovered_norms(recovery: Any) -> Tensor:
     """Norms of the latents a ``RecoveryMonitor`` last found, train and val probe."""
     store = recovery.latent_store
     return torch.cat([store.z[split] for split in ("train", "val")]).flatten(1).norm(dim=1)
-
-
-class FamilyGeometryMonitor(GeometryMonitor):
-    """``GeometryMonitor`` whose checkpoint ``state_key`` includes its ``families``, so that two
-    instances with disjoint families can watch the same probe (same ``probe_size`` and ``seed``)
-    in one Trainer; the library's ``state_key`` holds the decoder, probe size and seed only."""
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(
-            decoder=self.decoder_name,
-            probe_size=self.probe_size,
-            seed=self.seed,
-            families=self.families,
-        )
 
 
 def upsample(images: Tensor, size: int) -> Tensor:

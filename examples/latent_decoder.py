@@ -39,9 +39,9 @@ from torch.distributions import Independent, Normal
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from digits_vae import quiet
-from generator_report import FamilyGeometryMonitor, UpsampledDigits, measured_table, timed_fit
+from generator_report import UpsampledDigits, measured_table, timed_fit
 
-from lightning_memwatch import RecoveryMonitor
+from lightning_memwatch import GeometryMonitor, RecoveryMonitor
 
 #: The latent map's shape (channels, height, width): ``m = 4 * 8 * 8 = 256``.
 LATENT = (4, 8, 8)
@@ -153,17 +153,17 @@ def monitors(
 ) -> list[Any]:
     """Spectrum (top ``k``) and recovery (30 L-BFGS steps refining the encoder's latent) on
     ``decode_flat`` / ``encode_flat``, same probe and seed, budget off; with ``density``, the
-    density family too, on exact Jacobians (``m = 256`` products per Jacobian, several Jacobians
-    per point: measured about 12 s per probe point at width 16 on 2 shared cores, so it is
-    opt-in); with ``spatial``, on the map-valued ``decoder`` / ``encode`` as they are (fails at
+    density family too (on the same top ``k``; opt-in, as it is most of the cost); with
+    ``spatial``, on the map-valued ``decoder`` / ``encode`` as they are (fails at
     setup)."""
     names = ("decoder", "encode") if spatial else ("decode_flat", "encode_flat")
     common = {"decoder": names[0], "encoder": names[1], "probe_size": probe_size}
     common.update(every_n_epochs=every, max_overhead=math.inf)
-    out = [FamilyGeometryMonitor(**common, families=("spectrum",), top_k=top_k)]
-    if density:
-        out.append(FamilyGeometryMonitor(**common, families=("density",), top_k=None))
-    return [*out, RecoveryMonitor(**common, steps=30, restarts=1)]
+    families = ("spectrum", "density") if density else ("spectrum",)
+    return [
+        GeometryMonitor(**common, families=families, top_k=top_k),
+        RecoveryMonitor(**common, steps=30, restarts=1),
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
