@@ -14,7 +14,7 @@ class LikelihoodGap(TrainValGap):
     :func:`~lightning_memwatch.functional.importance_log_likelihood`
     (``papers/vandenburg_memorization_supp.txt`` eq. 9). ``compute()`` gives
     ``{train,val,gap,ks_pvalue,nonfinite,effect,effect_lower,effect_upper}`` (no descriptor
-    level, DESIGN §3; see
+    level; see
     :class:`~lightning_memwatch.metrics.train_val.TrainValGap`): the mean log-likelihood per
     split and ``gap = train - val``. **A positive gap = memorization**: the model gives its
     training samples more probability than held-out samples of the same distribution.
