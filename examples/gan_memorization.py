@@ -2,6 +2,7 @@
 
     python examples/gan_memorization.py                 # runs A and B at seed 0, table at the end
     python examples/gan_memorization.py --seeds 0 1 2   # the same over three seeds
+    python examples/gan_memorization.py --medium        # half the steps, a minute (a test)
     python examples/gan_memorization.py --fast          # a seconds-long smoke run (the tests)
 
 The module has a ``generator`` attribute, manual optimization and **no** ``validation_step``
@@ -202,12 +203,17 @@ def chi_range(m: int) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="a seconds-long smoke run")
+    parser.add_argument(
+        "--medium", action="store_true", help="half the steps (~3,000): A memorizes already"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--log-dir", default="outputs/gan_memorization")
     args = parser.parse_args(argv)
     # name: (training digits, epochs, passes per epoch, probe size); ~6,000 generator steps each
     if args.fast:
         plan = {"A_32": (32, 4, 4, 16), "B_1400": (1400, 1, 1, 16)}
+    elif args.medium:
+        plan = {"A_32": (32, 30, 100, 32), "B_1400": (1400, 66, 1, 32)}
     else:
         plan = {"A_32": (32, 60, 100, 32), "B_1400": (1400, 132, 1, 32)}
     results = {}
