@@ -1,4 +1,5 @@
-"""Likelihood family: importance-sampled log p(x) (van den Burg eq. 9), train versus val."""
+"""Likelihood family: importance-sampled log p(x) (van den Burg & Williams (2021), eq. 9), train
+versus val."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ class LikelihoodGap(TrainValGap):
 
     ``update(split, log_px)`` takes the ``(B,)`` estimates of
     :func:`~lightning_memwatch.functional.importance_log_likelihood`
-    (``papers/vandenburg_memorization_supp.txt`` eq. 9). ``compute()`` gives
-    ``{train,val,gap,ks_pvalue,nonfinite}`` (no descriptor level, DESIGN §3; see
+    (van den Burg & Williams (2021), eq. 9). ``compute()`` gives
+    ``{train,val,gap,ks_pvalue,nonfinite}`` (no descriptor level; see
     :class:`~lightning_memwatch.metrics.train_val.TrainValGap`): the mean log-likelihood per
     split and ``gap = train - val``. **A positive gap = memorization**: the model gives its
     training samples more probability than held-out samples of the same distribution.
