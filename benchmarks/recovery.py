@@ -103,7 +103,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, seconds, errs in (
         ("recover_latents (batched)", batched_s, errors),
-        ("webster loop (one L-BFGS per image)", loop_s, loop_errors),
+        ("per-image loop (one L-BFGS per image)", loop_s, loop_errors),
     ):
         near = (errs < 1.1 * floor).double().mean().item()
         print(

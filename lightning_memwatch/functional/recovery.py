@@ -157,7 +157,7 @@ def recover_latents(
             ``S`` extra starts (e.g. the latents of an earlier recovery and the encoder's).
             Required when ``steps=0`` (then each sample keeps its best start, with its error;
             ``restarts`` is ignored) or ``restarts=0``.
-        steps: L-BFGS iterations per start (webster: about 50).
+        steps: L-BFGS iterations per start (Webster et al. (2019): about 50).
         restarts: starts drawn from the prior.
         generator: the ``torch.Generator`` the prior draws use.
         chunk_size: samples per L-BFGS problem (memory); ``None`` is the whole batch.

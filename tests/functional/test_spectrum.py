@@ -15,7 +15,7 @@ from lightning_memwatch.functional import (
 )
 from tests.conftest import finite_difference_jacobian, linear_map
 
-SIGMA_TOL = 1e-5  # singular values within 1e-5 * s_1 (issue #3)
+SIGMA_TOL = 1e-5  # singular values within 1e-5 * s_1 (the accuracy target)
 
 
 def chosen_spectrum(r: int, condition: float) -> np.ndarray:
