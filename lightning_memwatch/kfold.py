@@ -9,8 +9,8 @@ on ``D \\ I_f`` per fold; for a sample in fold ``f`` the ``K - 1`` models that t
 
     M_i = log mean_{in models} p(x_i | model) - log mean_{out models} p(x_i | model)
 
-Each ``log p(x_i | model)`` is the importance-sampled estimate of
-van den Burg & Williams (2021), eq. 9
+Each ``log p(x_i | model)`` is the importance-sampled estimate of van den Burg & Williams
+(2021), eq. 9
 (:func:`~lightning_memwatch.functional.importance_log_likelihood`). The averages are of
 probabilities (log-mean-exp of the log-likelihoods), over the in models of every repeat and the
 out model of every repeat; ``repeats`` reshuffles the folds, as the authors' ``summarize.py``
@@ -32,7 +32,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+from lightning_memwatch.callbacks.adapters import parameter_dtype
 from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
+from lightning_memwatch.callbacks.preflight import model_inputs
 from lightning_memwatch.callbacks.probes import InputKey, gather_inputs
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.likelihood import importance_log_likelihood
@@ -93,14 +95,33 @@ def _fold_assignment(size: int, k: int, generator: torch.Generator) -> Tensor:
     return folds
 
 
+def _model_inputs(
+    module: pl.LightningModule, dataset: Dataset, monitor: LikelihoodMonitor
+) -> Tensor:
+    """Every sample's input as the module computes on it: ``preprocess`` (a module attribute)
+    applied to the collated samples, cast to the decoder's parameter dtype."""
+    preprocess = None
+    if monitor.preprocess_name is not None:
+        preprocess = monitor._attribute(module, monitor.preprocess_name, "preprocess")
+    with torch.no_grad():
+        x = gather_inputs(
+            dataset, torch.arange(len(dataset)), monitor.input_key, preprocess=preprocess
+        )
+    dtype = parameter_dtype(monitor.decoder(module).fn, module)
+    return model_inputs(x.detach(), dtype, "kfold_memorization_scores", "dataset")
+
+
 def _estimate_all(
     module: pl.LightningModule,
-    x: Tensor,
+    dataset: Dataset,
     monitor: LikelihoodMonitor,
     generator: torch.Generator,
 ) -> Tensor:
-    posterior, log_likelihood = monitor.likelihood_callables(module)
     module.eval()
+    x = _model_inputs(module, dataset, monitor)
+    # "auto" reads the trained decoder's outputs as probabilities or logits, per fold model
+    name = monitor.resolve_likelihood(module, x)
+    posterior, log_likelihood = monitor.likelihood_callables(module, name)
     parts = []
     for block in x.split(EVAL_BATCH):
         parts.append(
@@ -123,13 +144,16 @@ def kfold_memorization_scores(
     repeats: int = 1,
     encoder: str = "encoder",
     decoder: str = "decoder",
-    likelihood: str = "bernoulli",
+    likelihood: str = "auto",
     scale: float = 1.0,
     num_samples: int = 128,
     input_key: InputKey = 0,
     batch_size: int = 64,
     trainer_kwargs: Mapping[str, Any] | None = None,
     seed: int = 0,
+    decoder_output: str | None = None,
+    encoder_output: str | None = None,
+    preprocess: str | None = None,
 ) -> KFoldMemorization:
     """Train ``repeats * k`` models on K-fold splits of ``dataset`` and score every sample.
 
@@ -147,8 +171,15 @@ def kfold_memorization_scores(
         k: folds, ``2 <= k <= n`` (van den Burg: 10).
         repeats: independent reshuffles of the folds, pooled in the averages.
         encoder, decoder, likelihood, scale, num_samples: how to read ``log p(x)`` off a module,
-            as for :class:`~lightning_memwatch.callbacks.LikelihoodMonitor`.
+            as for :class:`~lightning_memwatch.callbacks.LikelihoodMonitor`; ``"auto"``
+            (default) reads each trained fold model's decoder outputs as Bernoulli
+            probabilities or logits, whichever they look like on the dataset.
         input_key: picks the input out of a sample (tuple index, dict key, ``None``: the sample).
+        decoder_output, encoder_output: which part of a decoder's / encoder's structured
+            output to read, as for the monitors.
+        preprocess: name of a module method that turns a collated batch of samples into the
+            model's inputs, as for the monitors (applied with each fold model; the inputs are
+            then cast to the decoder's parameter dtype).
         batch_size: training batch size.
         trainer_kwargs: ``lightning.Trainer`` arguments, over :data:`TRAINER_DEFAULTS`
             (``max_epochs=10``, no logger, checkpoints, progress bar or validation).
@@ -183,8 +214,10 @@ def kfold_memorization_scores(
         num_samples=num_samples,
         input_key=input_key,
         seed=seed,
+        decoder_output=decoder_output,
+        encoder_output=encoder_output,
+        preprocess=preprocess,
     )
-    x = gather_inputs(dataset, torch.arange(size), input_key)
     options = {**TRAINER_DEFAULTS, **(trainer_kwargs or {})}
 
     folds = torch.empty(repeats, size, dtype=torch.long)
@@ -204,7 +237,7 @@ def kfold_memorization_scores(
             loader = DataLoader(Subset(dataset, train), batch_size=batch_size, shuffle=True)
             pl.Trainer(**options).fit(module, loader)
             generator = torch.Generator().manual_seed(run_seed)
-            log_px[repeat, fold] = _estimate_all(module, x, monitor, generator)
+            log_px[repeat, fold] = _estimate_all(module, dataset, monitor, generator)
 
     held_in = folds[:, None, :] != torch.arange(k)[None, :, None]  # (repeats, k, n)
     flat = log_px.reshape(repeats * k, size)

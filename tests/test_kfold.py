@@ -116,3 +116,67 @@ def test_bad_arguments(kwargs, match):
 def test_build_module_must_return_a_lightning_module():
     with pytest.raises(ValueError, match="LightningModule"):
         kfold_memorization_scores(lambda: nn.Linear(2, 2), TensorDataset(torch.zeros(4, 2)), k=2)
+
+
+class FoldFrequency(L.LightningModule):
+    """Bernoulli ``p(x) = prod_j p_j^x_j (1 - p_j)^(1 - x_j)`` with ``p = (1 + 2 f) / 4``, ``f``
+    the training fold's pixel frequencies (one full-batch SGD step of rate 1 on
+    ``0.5 mean_b ||(1 + 2 x_b) / 4 - p||^2``), so ``p`` lies in ``[1/4, 3/4]``.
+
+    The samples are ``uint8`` images in ``{0, 255}``; ``prepare`` turns a collated batch into
+    the ``[0, 1]`` floats the model computes on, as a module's ``_prepare_batch`` does.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.full((dim,), 0.5))
+
+    def prepare(self, batch):
+        return batch[0].float() / 255
+
+    def encode(self, x):
+        return torch.zeros(len(x), 1), torch.zeros(len(x), 1)
+
+    def decoder(self, z):
+        return self.p.expand(len(z), -1)  # probabilities, strictly inside [0, 1]
+
+    def training_step(self, batch, batch_idx):
+        x = self.prepare(batch)
+        return 0.5 * ((1 + 2 * x) / 4 - self.p).square().sum(1).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1.0)
+
+
+def test_auto_likelihood_and_preprocess_give_the_bernoulli_closed_form():
+    rng = np.random.default_rng(1)
+    bits = (rng.random((12, 5)) < 0.5).astype(np.float64)
+    images = torch.tensor(bits * 255, dtype=torch.uint8)
+    result = kfold_memorization_scores(
+        lambda: FoldFrequency(5),
+        TensorDataset(images),
+        k=2,
+        encoder="encode",
+        preprocess="prepare",
+        num_samples=2,
+        batch_size=12,
+        trainer_kwargs={"max_epochs": 1, "accelerator": "cpu"},
+    )
+    folds = result.folds.numpy()[0]
+    for f in range(2):
+        p = (1 + 2 * bits[folds != f].mean(0)) / 4
+        ref = (bits * np.log(p) + (1 - bits) * np.log1p(-p)).sum(1)
+        np.testing.assert_allclose(result.log_px[0, f].numpy(), ref, rtol=0, atol=1e-4)
+
+
+def test_integer_samples_without_preprocess_fail_with_the_fix():
+    images = torch.zeros(6, 5, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"floating-point.*`preprocess=`"):
+        kfold_memorization_scores(
+            lambda: FoldFrequency(5),
+            TensorDataset(images),
+            k=2,
+            encoder="encode",
+            batch_size=6,
+            trainer_kwargs={"max_epochs": 1, "accelerator": "cpu"},
+        )

@@ -8,12 +8,10 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.isolation import measurement_context
 from lightning_memwatch.callbacks.likelihood_checks import (
     BERNOULLI,
-    bernoulli_reading,
     check_unit_inputs,
-    configuration_error,
+    resolve_likelihood,
 )
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
 from lightning_memwatch.callbacks.probes import InputKey, shard
@@ -219,40 +217,10 @@ class LikelihoodMonitor(MemwatchMonitor):
         return f"{type(self).__name__}(likelihood={self.likelihood!r})"
 
     def resolve_likelihood(self, pl_module: pl.LightningModule, x: Tensor) -> str:
-        """Check the configuration on the probe ``x`` and return the likelihood to measure with.
-
-        Runs the posterior, the decoder and the likelihood on ``x`` with one importance sample
-        (own generator, in the measurement context), so that a misconfiguration fails now and
-        names the monitor; for a Bernoulli likelihood checks that ``x`` lies in ``[0, 1]`` and
-        reads the decoder's outputs at the draws
-        (:func:`~lightning_memwatch.callbacks.likelihood_checks.bernoulli_reading`): ``"auto"``
-        gives ``"bernoulli_probs"`` or ``"bernoulli"``. Other likelihoods are returned as they are.
-        """
-        name, owner = self.likelihood, self._owner
-        fix = (
-            f"`encoder={self.encoder_name!r}` (x -> a Distribution or (mean, log_var)), "
-            f"`decoder={self.decoder_name!r}` ((B, m) latents alone -> outputs the size of x) "
-            f"and `likelihood={name!r}`"
-        )
-        if name in BERNOULLI:
-            check_unit_inputs(owner, x, "training")
-        with measurement_context(pl_module, pl_module.device), torch.no_grad():
-            x = x.to(pl_module.device)
-            try:
-                q = posterior_from_encoder(self.encoder(pl_module))(x)
-                z = sample_posterior(q, 1, generator=torch.Generator().manual_seed(self.seed))
-                out = self.decoder(pl_module)(z[0]) if name in BERNOULLI else None
-                if name in BERNOULLI and not isinstance(out, Tensor):
-                    raise ValueError(f"the decoder returned {type(out).__name__}, not a tensor")
-            except (TypeError, ValueError, RuntimeError) as error:
-                raise configuration_error(owner, error, fix) from error
-            if out is not None:
-                name = bernoulli_reading(owner, name, out)
-            try:
-                importance_estimate(x, q, z, self.likelihood_callables(pl_module, name)[1])
-            except (TypeError, ValueError, RuntimeError) as error:
-                raise configuration_error(owner, error, fix) from error
-        return name
+        """Check the configuration on the probe ``x`` and return the likelihood to measure with
+        (:func:`~lightning_memwatch.callbacks.likelihood_checks.resolve_likelihood`):
+        ``"auto"`` gives ``"bernoulli_probs"`` or ``"bernoulli"``."""
+        return resolve_likelihood(self, pl_module, x)
 
     # ------------------------------------------------------------------- measuring
     def log_px(

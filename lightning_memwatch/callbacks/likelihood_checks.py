@@ -9,14 +9,26 @@ epoch 0.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from lightning_memwatch.callbacks.isolation import measurement_context
 from lightning_memwatch.functional.decoder_likelihood import (
     finite_range,
     looks_like_probabilities,
 )
+from lightning_memwatch.functional.likelihood import (
+    importance_estimate,
+    posterior_from_encoder,
+    sample_posterior,
+)
+
+if TYPE_CHECKING:
+    from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
 
 #: The Bernoulli likelihoods: ``"auto"`` reads the decoder's outputs as probabilities or logits
 #: from what they look like on the probe.
@@ -88,3 +100,40 @@ def configuration_error(owner: str, error: Exception, fix: str) -> Exception:
         f"{owner} could not compute log p(x) on its probe "
         f"({type(error).__name__}: {error}). Check {fix}"
     )
+
+
+def resolve_likelihood(monitor: LikelihoodMonitor, pl_module: pl.LightningModule, x: Tensor) -> str:
+    """Check the configuration on the probe ``x`` and return the likelihood to measure with.
+
+    Runs the posterior, the decoder and the likelihood on ``x`` with one importance sample
+    (own generator, in the measurement context), so that a misconfiguration fails now and
+    names the monitor; for a Bernoulli likelihood checks that ``x`` lies in ``[0, 1]`` and
+    reads the decoder's outputs at the draws
+    (:func:`bernoulli_reading`): ``"auto"``
+    gives ``"bernoulli_probs"`` or ``"bernoulli"``. Other likelihoods are returned as they are.
+    """
+    name, owner = monitor.likelihood, monitor._owner
+    fix = (
+        f"`encoder={monitor.encoder_name!r}` (x -> a Distribution or (mean, log_var)), "
+        f"`decoder={monitor.decoder_name!r}` ((B, m) latents alone -> outputs the size of x) "
+        f"and `likelihood={name!r}`"
+    )
+    if name in BERNOULLI:
+        check_unit_inputs(owner, x, "training")
+    with measurement_context(pl_module, pl_module.device), torch.no_grad():
+        x = x.to(pl_module.device)
+        try:
+            q = posterior_from_encoder(monitor.encoder(pl_module))(x)
+            z = sample_posterior(q, 1, generator=torch.Generator().manual_seed(monitor.seed))
+            out = monitor.decoder(pl_module)(z[0]) if name in BERNOULLI else None
+            if name in BERNOULLI and not isinstance(out, Tensor):
+                raise ValueError(f"the decoder returned {type(out).__name__}, not a tensor")
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise configuration_error(owner, error, fix) from error
+        if out is not None:
+            name = bernoulli_reading(owner, name, out)
+        try:
+            importance_estimate(x, q, z, monitor.likelihood_callables(pl_module, name)[1])
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise configuration_error(owner, error, fix) from error
+    return name
