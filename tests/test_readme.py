@@ -92,3 +92,45 @@ def test_readme_snippet_builds_its_callbacks():
     exec(compile("\n".join(lines[:fit]), "README.md", "exec"), namespace)
     names = [type(cb).__name__ for cb in namespace["trainer"].callbacks]
     assert {"GeometryMonitor", "RecoveryMonitor", "MemorizationEarlyStopping"} <= set(names)
+
+
+def _error_messages(folder: Path) -> list[tuple[str, str]]:
+    """(where, opening words) of every ``ValueError`` / ``OutputError`` built in ``folder``: the
+    first six words of the message's first literal part."""
+    import ast
+
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = getattr(getattr(node, "func", None), "id", None)
+            if not (isinstance(node, ast.Call) and name in ("ValueError", "OutputError")):
+                continue
+            if not node.args:
+                continue
+            arg = node.args[0]
+            parts = arg.values if isinstance(arg, ast.JoinedStr) else [arg]
+            literal = next(
+                (
+                    p.value
+                    for p in parts
+                    if isinstance(p, ast.Constant) and isinstance(p.value, str)
+                ),
+                "",
+            )
+            words = re.sub(r"[`*]", "", literal).split()
+            found.append((f"{path.name}:{node.lineno}", " ".join(words[:6])))
+    return found
+
+
+def test_troubleshooting_lists_every_setup_error():
+    """Every error message the callbacks raise is on the troubleshooting page (by its opening
+    words), so a new check cannot go undocumented."""
+    page = " ".join(re.sub(r"[`*]", "", (ROOT / "docs" / "troubleshooting.md").read_text()).split())
+    # raised inside a dry run and re-raised as "could not compute log p(x)", which the page lists
+    internal = {"the decoder returned"}
+    messages = _error_messages(ROOT / "lightning_memwatch" / "callbacks")
+    assert len(messages) > 40
+    missing = [
+        (where, words) for where, words in messages if words not in internal and words not in page
+    ]
+    assert not missing, f"errors not on docs/troubleshooting.md: {missing}"
