@@ -164,14 +164,17 @@ class DigitsVAE(L.LightningModule):
 
 @contextlib.contextmanager
 def quiet(threads: int = 1) -> Iterator[None]:
-    """``threads`` torch intra-op threads; Lightning's info lines and its small-data warnings off;
-    everything restored on exit.
+    """``threads`` torch intra-op threads; Lightning's set-up info lines (``GPU available``, ...)
+    and its small-data warnings off; everything restored on exit. Callbacks' messages (Lightning's
+    ``EarlyStopping``, ``MemorizationEarlyStopping``) still print: only the loggers of
+    ``rank_zero_info`` and of ``lightning.fabric`` are raised to WARNING.
 
     The model is tiny, so intra-op threads only add synchronisation: on a shared 2-core machine,
     two threads made each training step about 7x slower than one.
     """
     previous_threads = torch.get_num_threads()
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric")
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     torch.set_num_threads(threads)
     for logger in loggers:

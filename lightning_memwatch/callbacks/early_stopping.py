@@ -1,26 +1,32 @@
-"""Stop training once a memwatch metric crosses a memorization threshold (DESIGN §3).
+"""Stop training once a memwatch metric crosses a memorization threshold.
 
 Modelled on Lightning's ``lightning/pytorch/callbacks/early_stopping.py``: configuration plus
 one check after validation, state in ``state_dict`` and a stop decision that goes through
-``trainer.strategy.reduce_boolean_decision`` so that every rank stops at the same epoch.
+``trainer.strategy.reduce_boolean_decision`` so that every rank stops at the same epoch. Its
+decisions are visible: the reason is printed as ``EarlyStopping``'s is, and logged (a scalar at
+every check, a TensorBoard text entry when the rule fires).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import numbers
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.rank_zero import rank_prefixed_message
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-#: A child of Lightning's own logger, whose console handler prints it as Lightning's
-#: ``EarlyStopping`` message is printed.
-log = logging.getLogger("lightning.pytorch.callbacks.memwatch")
+from lightning_memwatch.callbacks.decisions import (
+    TRIGGERED_KEY,
+    announce,
+    check_distinct_log_keys,
+    lay_out,
+    log,
+    log_decision,
+    write_text,
+)
 
 _PREFIX = "memwatch/"
 _SYMBOL = {"below": "<", "above": ">"}
@@ -32,13 +38,22 @@ def _check_count(name: str, value: object) -> int:
     return int(value)
 
 
+def _check_key(name: str, value: object, example: str) -> str:
+    if not isinstance(value, str) or not value.startswith(_PREFIX) or value == _PREFIX:
+        raise ValueError(
+            f"Expected `{name}` to be a metric key starting with {_PREFIX!r}, such as"
+            f" {example!r}, but got {value!r}"
+        )
+    return value
+
+
 class MemorizationEarlyStopping(Callback):
     """Stop training when a memwatch metric says the model memorizes its training set.
 
     The memorization condition is ``value < threshold`` (``mode="below"``, e.g. the KS p-value
-    of ``papers/webster_latent_recovery.txt`` §3.3, ``p < 0.01``) or ``value > threshold``
-    (``mode="above"``, e.g. ``memwatch/recovery/mre_gap > 0.10``, webster eq. 5). Training stops
-    once the condition has held at ``patience + 1`` consecutive fresh checks and
+    of Webster et al. (2021), sec. 3.3, ``p < 0.01``) or ``value > threshold``
+    (``mode="above"``, e.g. ``memwatch/recovery/mre_gap > 0.10``, Webster et al. (2021), eq. 5).
+    Training stops once the condition has held at ``patience + 1`` consecutive fresh checks and
     ``trainer.current_epoch >= min_epochs``. Checks before ``min_epochs`` count toward the run;
     only the stop waits. A check where the condition does not hold resets the count.
 
@@ -46,11 +61,16 @@ class MemorizationEarlyStopping(Callback):
     there when an epoch does not validate), except while sanity checking, under ``fast_dev_run``
     and outside ``trainer.fit``; at most one check counts per epoch. At setup the stopper moves
     itself after the monitor it reads in ``trainer.callbacks``, so that it sees that monitor's
-    values of the same hook. A check is *fresh* only if
-    the monitor that logs ``monitor`` logged it in the current epoch: ``trainer.callback_metrics``
+    values of the same hook. A check is *fresh* only if the monitor that logs ``monitor`` logged
+    it in the current epoch: ``trainer.callback_metrics``
     keeps a value from an earlier epoch when a monitor skips one (``every_n_epochs``, its cost
     budget). Stale values and NaN values (no measurement, not a signal either way) neither count
     nor reset; both are noted at debug level.
+
+    When the rule fires (with ``report_only``, the first time), the reason (key, value, rule,
+    epoch) is printed as Lightning's ``EarlyStopping`` message is, and written to TensorBoard as
+    text (:mod:`~lightning_memwatch.callbacks.decisions`). An epoch that counts a check logs
+    ``log_key``: 1.0 when the rule fired at that check, 0.0 when not.
 
     Monitor protocol: a callback in ``trainer.callbacks`` that logs memwatch keys exposes
 
@@ -58,8 +78,7 @@ class MemorizationEarlyStopping(Callback):
     - ``last_logged_epoch`` (``int | None``): the ``trainer.current_epoch`` at which it last
       logged, ``None`` before it first did.
 
-    ``setup`` (fit) fails with a ``ValueError`` that lists the keys the attached monitors can log
-    when none of them logs ``monitor``.
+    ``setup`` (fit) fails, listing the keys the monitors can log, when none logs ``monitor``.
 
     Args:
         monitor: key to watch, a ``memwatch/...`` key (default ``"memwatch/recovery/ks_pvalue"``).
@@ -74,6 +93,8 @@ class MemorizationEarlyStopping(Callback):
             resume from a checkpoint, for a fresh count).
         report_only: when ``True``, evaluate the rule, record and log ``fired_epoch`` and
             ``stopping_reason_message``, but do not set ``trainer.should_stop`` (default ``False``).
+        log_key: key of the logged decision (default ``"memwatch/early_stopping/triggered"``);
+            two stoppers in one ``Trainer`` need distinct ones (checked at setup).
 
     Attributes:
         consecutive: fresh checks in a row, up to the last one, at which the condition held.
@@ -101,13 +122,11 @@ class MemorizationEarlyStopping(Callback):
         patience: int = 0,
         min_epochs: int = 0,
         report_only: bool = False,
+        *,
+        log_key: str = TRIGGERED_KEY,
     ) -> None:
         super().__init__()
-        if not isinstance(monitor, str) or not monitor.startswith(_PREFIX) or monitor == _PREFIX:
-            raise ValueError(
-                f"Expected `monitor` to be a metric key starting with {_PREFIX!r}, such as"
-                f" 'memwatch/recovery/ks_pvalue', but got {monitor!r}"
-            )
+        _check_key("monitor", monitor, "memwatch/recovery/ks_pvalue")
         if (
             not isinstance(threshold, numbers.Real)
             or isinstance(threshold, bool)
@@ -120,6 +139,7 @@ class MemorizationEarlyStopping(Callback):
             raise ValueError(f"Expected `mode` to be one of {tuple(_SYMBOL)} but got {mode!r}")
         if not isinstance(report_only, bool):
             raise ValueError(f"Expected `report_only` to be a bool but got {report_only!r}")
+        self.log_key = _check_key("log_key", log_key, TRIGGERED_KEY)
         self.monitor = monitor
         self.threshold = float(threshold)
         self.mode = mode
@@ -132,6 +152,8 @@ class MemorizationEarlyStopping(Callback):
         self.fired_epoch: int | None = None
         self.stopped_epoch: int | None = None
         self.stopping_reason_message: str | None = None
+        self._decision: tuple[int, bool] | None = None  # (epoch, fired) of the latest check
+        self._text: str | None = None  # the message to write to TensorBoard at the epoch's end
 
     @property
     def state_key(self) -> str:
@@ -156,11 +178,12 @@ class MemorizationEarlyStopping(Callback):
     def _owner(self, trainer: pl.Trainer) -> Callback | None:
         """The attached callback whose ``logged_keys`` contain ``monitor``."""
         for callback in trainer.callbacks:
-            if self.monitor in getattr(callback, "logged_keys", ()):
+            if callback is not self and self.monitor in getattr(callback, "logged_keys", ()):
                 return callback
         return None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_distinct_log_keys(self, trainer.callbacks)
         owner = self._owner(trainer)
         if owner is not None:
             # checks run after the monitor has logged in the same hook (end of a training epoch
@@ -192,6 +215,11 @@ class MemorizationEarlyStopping(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_checked_epoch = None  # epochs restart in a new fit; a resume goes past it
         self._validated_epoch = None
+        self._decision = self._text = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Put ``log_key`` on TensorBoard's custom-scalars layout, beside the monitors' keys."""
+        lay_out(trainer, self.log_key)
 
     def _should_skip_check(self, trainer: pl.Trainer) -> bool:
         return (
@@ -201,10 +229,16 @@ class MemorizationEarlyStopping(Callback):
         )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """An epoch without validation is measured at its end: check it there (once a epoch,
-        the same on every rank)."""
+        """Check an epoch without validation (measured at its end); log the epoch's decision."""
         if self._validated_epoch != trainer.current_epoch:
             self.on_validation_end(trainer, pl_module)
+        if not self._should_skip_check(trainer):
+            decision = self._decision
+            fired = decision[1] if decision and decision[0] == trainer.current_epoch else None
+            log_decision(trainer, pl_module, self.log_key, fired)
+            if self._text is not None:
+                write_text(trainer, self._text)
+                self._text = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._should_skip_check(trainer):
@@ -215,14 +249,17 @@ class MemorizationEarlyStopping(Callback):
         # every rank reaches this call at every check, whatever its own value, so that no rank
         # waits alone in the collective; a rule that fires on any rank stops them all
         fired = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
+        if fired or self._last_checked_epoch == epoch:
+            earlier = self._decision is not None and self._decision == (epoch, True)
+            self._decision = (epoch, fired or earlier)  # a second validation of the epoch
         if not fired:
             return
         first = self.fired_epoch is None
         if first or not self.report_only:
             self.stopping_reason_message = reason or f"Rule fired on another rank, epoch {epoch}."
-            rank = trainer.global_rank if trainer.world_size > 1 else None
             suffix = " Reporting only." if self.report_only else " Signaling Trainer to stop."
-            log.info(rank_prefixed_message(self.stopping_reason_message + suffix, rank))
+            self._text = self.stopping_reason_message + suffix
+            announce(trainer, self._text)
         if first:
             self.fired_epoch = epoch
         if not self.report_only:

@@ -3,53 +3,50 @@ validation probe."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from torch import Tensor
 
+from lightning_memwatch.callbacks.geometry_measure import (  # noqa: F401 (the offset is public)
+    COMPLEXITY_SEED_OFFSET,
+    measure_geometry,
+)
 from lightning_memwatch.callbacks.latents import LatentStore
 from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
-from lightning_memwatch.callbacks.probe_latents import ProbeLatents, nearest_train_neighbours
-from lightning_memwatch.callbacks.probes import InputKey, shard
-from lightning_memwatch.callbacks.spectra import spectral_head, spectrum_size
-from lightning_memwatch.functional import decay_terms, dip_terms, local_complexity
+from lightning_memwatch.callbacks.probe_latents import ProbeLatents
+from lightning_memwatch.callbacks.probes import InputKey
+from lightning_memwatch.callbacks.spectra import spectrum_size
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.complexity import check_radius, piecewise_linear_activations
+from lightning_memwatch.functional.decay import AUTO_RADII_FRACTIONS, nearest_neighbour_radii
 from lightning_memwatch.functional.density import check_radii
-from lightning_memwatch.functional.priors import Prior, check_prior, sample_prior
-from lightning_memwatch.functional.profiles import line_profile, path_profile
+from lightning_memwatch.functional.priors import Prior, check_prior
 from lightning_memwatch.metrics import ComplexityGap, DensityGap, SpectrumGap
-from lightning_memwatch.viz import global_step, tensorboard_writer
-from lightning_memwatch.viz.geometry import write_geometry
 
 FAMILIES = ("spectrum", "density", "complexity")
 #: Measured unless ``families`` says otherwise: complexity needs a piecewise-linear decoder.
 DEFAULT_FAMILIES = ("spectrum", "density")
-#: Offset of the seed of the complexity family's ball samples (fixed across epochs).
-COMPLEXITY_SEED_OFFSET = 104729
 
 
 class GeometryMonitor(ProbeLatents, MemwatchMonitor):
     """Watch the decoder's local geometry at the probes: spectrum (psi, nu, intrinsic dimension,
     log condition), density (dip, decay) and, opt-in, local complexity, train against validation.
 
-    Logs (DESIGN §3), each descriptor with ``/{train,val,gap,ks_pvalue}``:
+    Logs, each descriptor with ``/{train,val,gap,ks_pvalue}``:
     ``memwatch/spectrum/{log_volume,local_rank,intrinsic_dim,log_condition}``,
     ``memwatch/density/{dip,decay}``, their two parts
     ``memwatch/density/{dip,decay}/{prior,volume}`` (``log p`` and ``-psi``: on a large latent
     the dip's prior part ``-|z_0 - z_1|^2 / 4`` can be most of it, so read which one moves),
     ``memwatch/density/decay/unreached`` (share of lines that never reach a radius: flat
-    regions), ``memwatch/complexity`` (no descriptor level:
+    regions), ``memwatch/density/radius_{0,1,...}`` (the decay radii used, constant over a
+    run), ``memwatch/complexity`` (no descriptor level:
     ``memwatch/complexity/{train,val,gap,ks_pvalue}``); per family
     ``memwatch/<family>/{seconds,probe_size,nonfinite}``; and
     ``memwatch/spectrum/<descriptor>/prior``, the mean at latents drawn from the prior, where
-    the decoder is sampled. Sources:
-    ``papers/feiszli_latent_geometry.txt`` (spectrum, dip, decay),
-    ``papers/humayun_local_geometry.txt`` (psi, nu; complexity §2),
-    ``papers/ramirez_geometry_poster.txt`` (log condition).
+    the decoder is sampled. Sources: Feiszli et al. (spectrum, dip, decay), Humayun et al.
+    (psi, nu; complexity §2), Ramirez et al. (log condition).
 
     The latents of the probe are the encoder's, or recovered by latent optimisation and moved into
     the prior's typical set when there is no encoder
@@ -73,7 +70,12 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
         radii: output-space arclength radii of the decay score (feiszli §5.3 uses 0.5 and 1 for
             MNIST in ``[-1, 1]``); choose them below the typical distance between training
             samples, else most lines never reach them and the decay is NaN (counted in
-            ``nonfinite``).
+            ``nonfinite``). ``"auto"``: ``0.25`` and ``0.5`` times the median distance from a
+            train probe sample to its nearest other train probe sample (L2 on the flattened
+            inputs, the decoder's output space;
+            :func:`~lightning_memwatch.functional.decay.nearest_neighbour_radii`), fixed when the
+            probe is first drawn (rank 0's value on every rank), kept in the checkpoint (a
+            resumed run keeps them) and logged as ``memwatch/density/radius_{0,1}``.
         complexity_radius: l1 radius ``r`` of the complexity balls, in latent units. The paper
             uses ``1e-4`` for Stable Diffusion's VQGAN decoder (humayun §3), whose millions of
             neurons cut even a tiny ball; a small decoder has no boundary there
@@ -87,8 +89,12 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
             (:func:`~lightning_memwatch.functional.top_singular_values`); psi, nu, the intrinsic
             dimension and the log condition are then over the top ``k`` (compare runs with the
             same ``top_k`` only); ``"auto"`` (default): ``32`` from a latent size of 512 on,
-            else exact (:mod:`~lightning_memwatch.callbacks.spectra`). The density's other
-            Jacobians stay exact.
+            else exact (:mod:`~lightning_memwatch.callbacks.spectra`). The density family then
+            takes the top ``k`` too: the dip's and decay's spectra and the decay's top
+            right-singular vector come from the same operator
+            (:func:`~lightning_memwatch.functional.dip_scores` ``top_k``), and their ``psi``
+            (volume parts) is over the top ``k`` values; the path and line figures stay
+            exact.
         prior: the latent prior ``p(z)`` of the density's ``log p(z)``, of the prior draws and of
             the typical set recovered latents are moved into: ``"normal"`` (``N(0, I)``, VAEs,
             most GANs), ``"sphere"`` (uniform on the unit sphere, GLO), or a
@@ -110,7 +116,7 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
         input_key: InputKey = 0,
         max_overhead: float = 0.05,
         seed: int = 0,
-        radii: Sequence[float] = (0.5, 1.0),
+        radii: Sequence[float] | str = (0.5, 1.0),
         complexity_radius: float = 0.1,
         complexity_samples: int = 64,
         *,
@@ -143,7 +149,17 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
         self.density_metric = DensityGap()
         self.complexity_metric = ComplexityGap()
         self.rtol = float(rtol)
-        self.radii = tuple(check_radii(radii).tolist())
+        #: the decay radii; ``None`` until ``radii="auto"`` fixes them from the train probe
+        self.radii: tuple[float, ...] | None = None
+        self.auto_radii = isinstance(radii, str) and radii == "auto"
+        if not self.auto_radii:
+            try:
+                self.radii = tuple(check_radii(radii).tolist())
+            except ValueError:
+                raise ValueError(
+                    "Expected `radii` to be a non-empty sequence of positive numbers or 'auto' "
+                    f"but got {radii!r}"
+                ) from None
         self.complexity_radius = check_radius(complexity_radius, "complexity_radius")
         self.complexity_samples = check_int("complexity_samples", complexity_samples, minimum=0)
         self.latent_store = LatentStore(probe_size)
@@ -177,6 +193,9 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
             }
         if "spectrum" in self._families:
             keys |= {f"memwatch/spectrum/{d}/prior" for d in self.spectrum_metric.descriptors}
+        if "density" in self._families:
+            count = len(AUTO_RADII_FRACTIONS) if self.radii is None else len(self.radii)
+            keys |= {f"memwatch/density/radius_{i}" for i in range(count)}
         return frozenset(keys)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -191,6 +210,16 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
                     "leave 'complexity' out of `families`"
                 ) from None
 
+    def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Draw the probes; with ``radii="auto"`` (and none kept from a checkpoint) fix the decay
+        radii from the train probe, on rank 0, and hand them to every rank."""
+        super()._prepare_probes(trainer, pl_module)
+        if self.radii is None:
+            radii = (
+                nearest_neighbour_radii(self.inputs["train"]) if trainer.global_rank == 0 else None
+            )
+            self.radii = tuple(trainer.strategy.broadcast(radii, src=0))
+
     def measure(
         self,
         trainer: pl.Trainer,
@@ -198,143 +227,22 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
         inputs: dict[str, Tensor],
         rows: Tensor,
     ) -> dict[str, dict[str, Any]]:
-        decoder = self.decoder(pl_module)
-        size = len(inputs["train"])
-        rank, world = trainer.global_rank, trainer.world_size
-        mine = shard(rows, rank, world)
-        cache: dict[str, Tensor] = {}
-        heads: dict[str, Tensor] = {}  # per split: the spectrum pass's (s, v_1) of this rank
-        figures = self.figures_due
-
-        def latents(split: str) -> Tensor:
-            if split not in cache:
-                cache[split] = self.probe_latents(trainer, pl_module, inputs[split], split, rows)
-            return cache[split]
-
-        writer = tensorboard_writer(trainer)
-        artifacts: dict[str, Any] = {
-            "log_s": {},
-            "dip": {},
-            "decay": {},
-            "paths": {},
-            "lines": {},
-            "complexity": {},
-        }
-
-        def spectrum() -> dict[str, Tensor]:
-            for split in SPLITS:
-                z = shard(latents(split), rank, world)
-                if len(z):  # a rank without a sample of its own still takes part in the sync
-                    heads[split] = head_of(z)
-                    s = heads[split][:, : -z.shape[1]]
-                    self.spectrum_metric.update(s, split)
-                    artifacts["log_s"][split] = s.log()
-            # the same descriptors where the decoder is sampled, the draws seeded per epoch
-            generator = torch.Generator().manual_seed(
-                self.seed + 7919 * (trainer.current_epoch + 1)
-            )
-            prior = sample_prior(self.prior, size, self.latent_dim, generator=generator)
-            # every rank the whole draw (the metric does not sync), so no rank is ever empty
-            self.prior_metric.update(spectrum_of(prior.to(inputs["train"])), "train")
-            prior_means = {
-                key.replace("/train", "/prior"): value
-                for key, value in self.prior_metric.compute().items()
-                if key.endswith("/train")
-            }
-            self.prior_metric.reset()
-            return {**self.rolled(trainer, "spectrum", self.spectrum_metric, mine), **prior_means}
-
-        # the decoder's outputs have as many values as an input (checked at train start)
-        k = self.spectrum_size(self.latent_dim, inputs["train"][0].numel())
-
-        def head_of(z: Tensor) -> Tensor:
-            return spectral_head(decoder, z, k)
-
-        def spectrum_of(z: Tensor) -> Tensor:
-            return head_of(z)[:, : -z.shape[1]]
-
-        def density() -> dict[str, Tensor]:
-            pool = self.inputs["train"].to(inputs["train"].device)
-            for split in SPLITS:
-                x, z = shard(inputs[split], rank, world), shard(latents(split), rank, world)
-                if not len(z):
-                    continue
-                query = shard(rows, rank, world) if split == "train" else None
-                neighbours = nearest_train_neighbours(x, pool, query)
-                ends = self.neighbour_latents(trainer, pl_module, neighbours)
-                head = heads.get(split)
-                s_start = None if head is None else head[:, : -z.shape[1]]
-                dip = dip_terms(decoder, z, ends, rtol=self.rtol, prior=self.prior, s_start=s_start)
-                decay = decay_terms(
-                    decoder, z, radii=self.radii, rtol=self.rtol, prior=self.prior, head=head
-                )
-                self.density_metric.update(
-                    split,
-                    dip=dip.prior + dip.volume,
-                    decay=decay.prior + decay.volume,
-                    dip_terms=(dip.prior, dip.volume),
-                    decay_terms=(decay.prior, decay.volume, decay.unreached),
-                )
-                if writer is not None:
-                    artifacts["dip"][split] = dip.prior + dip.volume
-                    artifacts["decay"][split] = decay.prior + decay.volume
-                    if figures:
-                        arc, lp, points = path_profile(
-                            decoder, z[0], ends[0], rtol=self.rtol, prior=self.prior
-                        )
-                        artifacts["paths"][split] = (arc, lp)
-                        artifacts["lines"][split] = line_profile(
-                            decoder, z[0], rtol=self.rtol, prior=self.prior
-                        )
-                        if split == "train":
-                            with torch.no_grad():
-                                artifacts["path_outputs"] = decoder(points)
-            return self.rolled(trainer, "density", self.density_metric, mine)
-
-        def complexity() -> dict[str, Tensor]:
-            # Every rank counts the whole slice (a few forward passes) with the same seeded
-            # draws, then records its shard: the gathered result is the single-process one.
-            generator = torch.Generator().manual_seed(self.seed + COMPLEXITY_SEED_OFFSET)
-            for split in SPLITS:
-                counts = local_complexity(
-                    decoder,
-                    latents(split),
-                    radius=self.complexity_radius,
-                    num_samples=self.complexity_samples,
-                    generator=generator,
-                )
-                self.complexity_metric.update(shard(counts, rank, world), split)
-                artifacts["complexity"][split] = counts
-            return self.rolled(trainer, "complexity", self.complexity_metric, mine)
-
-        steps: dict[str, Callable[[], dict[str, Tensor]]] = {
-            "spectrum": spectrum,
-            "density": density,
-            "complexity": complexity,
-        }
-        step = global_step(trainer)
-        if writer is not None:
-            self.write_layout_once(writer)
-        return {
-            family: self.timed(
-                family,
-                size,
-                steps[family],
-                None
-                if writer is None
-                else lambda f=family: write_geometry(writer, step, f, artifacts, figures),
-            )
-            for family in self._families
-        }
+        return measure_geometry(self, trainer, pl_module, inputs, rows)
 
     def spectrum_size(self, m: int, n: int) -> int | None:
         """How many singular values the spectrum pass computes: ``None`` for all (exact)."""
         return spectrum_size(self.top_k, m, n)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "latents": self.latent_store.state_dict()}
+        return {
+            **super().state_dict(),
+            "latents": self.latent_store.state_dict(),
+            "radii": self.radii,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         if "latents" in state_dict:
             self.latent_store.load_state_dict(state_dict["latents"])
+        if self.auto_radii and state_dict.get("radii") is not None:
+            self.radii = tuple(float(r) for r in state_dict["radii"])

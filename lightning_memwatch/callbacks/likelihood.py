@@ -261,7 +261,8 @@ class LikelihoodMonitor(MemwatchMonitor):
             # the same draws every epoch: the curve moves with the model, and a resumed or a
             # sharded run draws what one uninterrupted process does
             generator = torch.Generator().manual_seed(self.seed + 7919)
-            for split in SPLITS:
+            for done, split in enumerate(SPLITS, 1):
+                self.progress(FAMILY, done, len(SPLITS), unit="split")
                 values[split] = self.log_px(
                     pl_module, inputs[split], generator, trainer.global_rank, trainer.world_size
                 )

@@ -5,7 +5,8 @@ the timing, the cost budget and the one logging call (mixed into
 A monitor measures at the end of every ``every_n_epochs``-th training epoch: after its
 validation when it validates, else at the end of its training epoch. The budget sizes the slice
 of the probe it measures (``0``: skip); the logged statistics are over the latest value of every
-probe sample (:mod:`~lightning_memwatch.callbacks.rolling`).
+probe sample (:mod:`~lightning_memwatch.callbacks.rolling`). While it measures, the trainer's
+progress bar says what (:mod:`~lightning_memwatch.callbacks.progress`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from lightning_memwatch.callbacks.isolation import measurement_context
 from lightning_memwatch.callbacks.probes import train_loader
+from lightning_memwatch.callbacks.progress import NO_PROGRESS, MeasurementProgress
 from lightning_memwatch.callbacks.readers import drop_stale
 from lightning_memwatch.callbacks.rolling import RollingTable, roll, slice_indices
 from lightning_memwatch.metrics.train_val import SPLITS, TrainValGap
@@ -48,6 +50,9 @@ class Measuring:
     _fitting: bool
     _layout_written: bool
     _warned_no_probe: bool
+    #: Shows the running measurement on the progress bar: ``self.progress(family, i, n)`` at
+    #: chunk ``i`` of ``n`` (:class:`MeasurementProgress`); shows nothing between measurements.
+    progress: MeasurementProgress = NO_PROGRESS
 
     # ------------------------------------------------------------------ scheduling
     def _scheduled(self, trainer: pl.Trainer) -> bool:
@@ -94,11 +99,16 @@ class Measuring:
         if size > 0:
             device = pl_module.device
             rows = slice_indices(self.cursor, size, self.probe_size)
-            with measurement_context(pl_module, device):
-                # clones: inputs gathered under inference mode cannot enter autograd
-                inputs = {k: v.to(device).clone() for k, v in self.slice_inputs(rows).items()}
-                for timed in self.measure(trainer, pl_module, inputs, rows.to(device)).values():
-                    scalars.update(timed)
+            self.progress = MeasurementProgress(trainer)
+            try:
+                with measurement_context(pl_module, device):
+                    # clones: inputs gathered under inference mode cannot enter autograd
+                    inputs = {k: v.to(device).clone() for k, v in self.slice_inputs(rows).items()}
+                    for timed in self.measure(trainer, pl_module, inputs, rows.to(device)).values():
+                        scalars.update(timed)
+            finally:
+                self.progress.close()
+                self.progress = NO_PROGRESS
             self.cursor = (self.cursor + size) % self.probe_size
             self.measurements += 1
             self.last_logged_epoch = epoch  # fresh values (MemorizationEarlyStopping reads this)
@@ -154,8 +164,10 @@ class Measuring:
         """Run one family's measurement, then ``write`` its TensorBoard artifacts (both count in
         its seconds), prefix its keys, add its seconds and probe size."""
         start = time.perf_counter()
+        self.progress(family)
         values = compute()
         if write is not None:
+            self.progress(f"{family}, TensorBoard")
             write()
         seconds = time.perf_counter() - start
         out = {f"memwatch/{family}/{key}": value for key, value in values.items()}

@@ -181,7 +181,9 @@ class RecoveryMonitor(MemwatchMonitor):
         pairs: dict[str, tuple[Tensor, Tensor]] = {}
 
         def recovery() -> dict[str, Tensor]:
-            for split, start in chunks[rank::world]:
+            own = chunks[rank::world]
+            for done, (split, start) in enumerate(own, 1):
+                self.progress("recovery", done, len(own))
                 x, chunk_rows = inputs[split][start : start + CHUNK], rows[start : start + CHUNK]
                 z, chunk_errors = self.recover(trainer, pl_module, x, split, chunk_rows)
                 errors[split].append(chunk_errors)

@@ -9,13 +9,14 @@ the training outputs, so ``eta`` is strongly negative there.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from lightning_memwatch.functional.density import _given, _scaling_at_rank, check_radii
+from lightning_memwatch.functional.density import _given, _scaling_at_rank, check_radii, spectra
 from lightning_memwatch.functional.jacobian import (
     Decoder,
     _check_latents,
@@ -26,10 +27,53 @@ from lightning_memwatch.functional.paths import LATENT_LIMIT, radius_offsets
 from lightning_memwatch.functional.priors import Prior, check_prior, log_prior, search_bound
 from lightning_memwatch.functional.spectrum import (
     _check_rtol,
-    gram_singular_values,
     gram_singular_values_and_top_vector,
     intrinsic_dim,
 )
+from lightning_memwatch.functional.topk import top_singular_values_and_vector
+
+#: Fractions of the median nearest-neighbour distance of the training outputs that
+#: :func:`nearest_neighbour_radii` returns: ``0.5`` reaches half way to the typical nearest
+#: training sample (the middle of the crossfade between two memorized outputs), ``0.25`` stays
+#: inside a sample's own neighbourhood; their ratio 2 is the paper's (0.5 and 1).
+AUTO_RADII_FRACTIONS = (0.25, 0.5)
+
+
+def nearest_neighbour_radii(
+    x: Tensor, fractions: Sequence[float] = AUTO_RADII_FRACTIONS
+) -> tuple[float, ...]:
+    """Decay radii on the data's scale: ``r_j = fractions_j * median_i min_{k != i} |x_i - x_k|``.
+
+    ``x``: ``(N, ...)`` training samples (in output space, flattened, L2, float64), ``N >= 2``;
+    the median is numpy's (the mean of the two middle values for even ``N``). Feiszli et al.
+    §5.3 take 0.5 and 1 for MNIST in ``[-1, 1]``; on other data those miss the distances at
+    which a memorizer's output moves, so the radii are set as fractions of the typical distance
+    from a training sample to the next one. Raises ``ValueError`` when that distance is not a
+    positive number (duplicated samples).
+
+    Example::
+
+        >>> import torch
+        >>> nearest_neighbour_radii(torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 6.0]]))
+        (0.5, 1.0)
+    """
+    r = check_radii(fractions)
+    if not isinstance(x, Tensor) or x.ndim < 2 or len(x) < 2:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"Expected at least two samples (N, ...) to set the radii from but got {got}"
+        )
+    flat = x.detach().reshape(len(x), -1).to(torch.float64)
+    dist = torch.cdist(flat, flat)
+    dist.fill_diagonal_(torch.inf)
+    typical = float(torch.quantile(dist.min(dim=1).values.cpu(), 0.5))
+    if not (math.isfinite(typical) and typical > 0):
+        raise ValueError(
+            "Expected the median nearest-neighbour distance of the training samples to be a "
+            f"positive number (radii='auto') but got {typical}: most samples have a duplicate. "
+            "Pass explicit `radii=`"
+        )
+    return tuple(float(v) * typical for v in r)
 
 
 class DecayTerms(NamedTuple):
@@ -52,13 +96,16 @@ def decay_terms(
     rtol: float = 1e-4,
     prior: Prior = None,
     head: Tensor | None = None,
+    top_k: int | None = None,
 ) -> DecayTerms:
     """Prior and volume terms of the decay ``(lp(r) + lp(-r) - 2 lp(0)) / r`` (see
     :func:`decay_scores`), and which radii were never reached.
 
     ``head``: the ``(B, r + m)`` output of
     :func:`~lightning_memwatch.functional.spectrum.gram_singular_values_and_top_vector` at ``z``
-    from a pass the caller already made; then no Jacobian is computed at the centres.
+    from a pass the caller already made; then no Jacobian is computed at the centres. With
+    ``top_k``: ``(B, top_k + m)``, the layout of
+    :func:`~lightning_memwatch.functional.top_singular_values_and_vector`.
 
     Example::
 
@@ -76,8 +123,10 @@ def decay_terms(
     z = as_plain_tensor(z)
     batch, dim = z.shape
     _given("head", head, batch)
-    if head is None:
+    if head is None and top_k is None:
         head = map_jacobian_chunks(f, z, gram_singular_values_and_top_vector)
+    elif head is None:
+        head = torch.cat(top_singular_values_and_vector(f, z, top_k), dim=1)
     elif head.shape[1] <= dim:
         _given("head", head, batch, dim + 1)
     head = head.to(torch.float64)
@@ -88,7 +137,7 @@ def decay_terms(
     bound = max(LATENT_LIMIT, search_bound(spec, dim))
     t, reached = radius_offsets(f, z, v.nan_to_num(0.0), r, bound=bound)
     ends = (z.double()[:, None, None] + t.nan_to_num(0.0)[..., None] * v[:, None, None]).to(z.dtype)
-    s = map_jacobian_chunks(f, ends.reshape(-1, dim), gram_singular_values)
+    s = spectra(f, ends.reshape(-1, dim), top_k)
     if s.shape[1] != s0.shape[1]:
         _given("head", head, batch, s.shape[1] + dim)
     s = s.reshape(*t.shape, -1)
@@ -114,6 +163,7 @@ def decay_scores(
     rtol: float = 1e-4,
     prior: Prior = None,
     head: Tensor | None = None,
+    top_k: int | None = None,
 ) -> Tensor:
     """Decay of the induced log-density around ``z``, ``eta(r) = (lp(r) + lp(-r) - 2 lp(0)) / r``.
 
@@ -140,7 +190,13 @@ def decay_scores(
         rtol: threshold for ``k`` at the centre.
         prior: ``None`` / ``"normal"`` (N(0, I)), ``"sphere"`` or a Distribution.
         head: optional ``(B, r + m)`` spectra and top right-singular vectors at ``z`` already
-            computed (``gram_singular_values_and_top_vector``).
+            computed (``gram_singular_values_and_top_vector``; with ``top_k``, ``r = top_k``).
+        top_k: ``None``: exact spectra and top vector. An integer ``k``: the ``k`` largest
+            singular values and ``v_1`` by randomized block Krylov
+            (:func:`~lightning_memwatch.functional.top_singular_values_and_vector`), no
+            ``n x m`` Jacobian; ``psi`` (the volume term) is then over those ``k`` values,
+            ``k`` fixed at the centre capped at ``top_k``: equal to the exact decay when the
+            smaller values do not change along the line and there is a gap after ``k``.
 
     Returns:
         ``(B, len(radii))`` float64; NaN where a value is not finite or ``r`` is not reached.
@@ -152,5 +208,5 @@ def decay_scores(
         >>> decay_scores(lambda z: z @ A.T, torch.zeros(1, 2))  # -r / s_1^2
         tensor([[-0.1250, -0.2500]], dtype=torch.float64)
     """
-    terms = decay_terms(f, z, radii=radii, rtol=rtol, prior=prior, head=head)
+    terms = decay_terms(f, z, radii=radii, rtol=rtol, prior=prior, head=head, top_k=top_k)
     return terms.prior + terms.volume

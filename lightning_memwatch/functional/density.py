@@ -40,8 +40,18 @@ from lightning_memwatch.functional.spectrum import (
     intrinsic_dim,
     local_scaling,
 )
+from lightning_memwatch.functional.topk import top_singular_values
 
 _log_prior = log_prior  # the name likelihood.py imports from here
+
+
+def spectra(f: Decoder, z: Tensor, top_k: int | None = None) -> Tensor:
+    """Singular values at each point, ``(B, r)`` float64: all ``min(n, m)`` from the exact
+    Jacobian (``top_k=None``), else the ``top_k`` largest by randomized block Krylov on the
+    Jacobian as an operator (:func:`~lightning_memwatch.functional.top_singular_values`)."""
+    if top_k is None:
+        return map_jacobian_chunks(f, z, gram_singular_values)
+    return top_singular_values(f, z, top_k)
 
 
 def _scaling_at_rank(s: Tensor, k: Tensor) -> Tensor:
@@ -138,13 +148,15 @@ def dip_terms(
     prior: Prior = None,
     s_start: Tensor | None = None,
     s_end: Tensor | None = None,
+    top_k: int | None = None,
 ) -> DipTerms:
     """Prior and volume terms of the dip ``lp(s_0) + lp(s_1) - 2 lp(s_1/2)`` (see
     :func:`dip_scores`); ``dip = prior + volume``, NaN in both where the dip is.
 
     ``s_start`` / ``s_end``: the ``(B, r)`` singular values at ``z_start`` / ``z_end`` from a pass
     the caller already made (e.g. the probe's spectrum); with both, one Jacobian per path (at the
-    midpoint) is computed instead of three.
+    midpoint) is computed instead of three. With ``top_k``, ``s_start`` / ``s_end`` hold the
+    ``top_k`` largest values (see :func:`dip_scores`).
 
     Example::
 
@@ -171,7 +183,7 @@ def dip_terms(
     t_mid = interp(total / 2, arc, grid.expand(batch, -1)).nan_to_num(0.5)[:, None]
     z_mid = ((1 - t_mid) * z0.double() + t_mid * z1.double()).to(z0.dtype)
     needed = [z_mid] + [z for z, s in ((z0, s_start), (z1, s_end)) if s is None]
-    s = map_jacobian_chunks(f, torch.cat(needed), gram_singular_values).split(batch)
+    s = spectra(f, torch.cat(needed), top_k).split(batch)
     s_mid, computed = s[0], list(s[1:])
     for name, given in (("s_start", s_start), ("s_end", s_end)):
         _given(name, given, batch, s_mid.shape[1])
@@ -198,6 +210,7 @@ def dip_scores(
     prior: Prior = None,
     s_start: Tensor | None = None,
     s_end: Tensor | None = None,
+    top_k: int | None = None,
 ) -> Tensor:
     """Dip of the induced log-density between two latents, ``lp(s_0) + lp(s_1) - 2 lp(s_1/2)``.
 
@@ -222,6 +235,13 @@ def dip_scores(
         prior: ``None`` / ``"normal"`` (N(0, I)), ``"sphere"`` or a Distribution.
         s_start: optional ``(B, r)`` singular values at ``z_start`` already computed.
         s_end: optional ``(B, r)`` singular values at ``z_end`` already computed.
+        top_k: ``None``: exact spectra. An integer ``k``: the ``k`` largest singular values by
+            randomized block Krylov (:func:`~lightning_memwatch.functional.top_singular_values`,
+            ``3 (k + 8)`` Jacobian- or vector-Jacobian products a point instead of ``m``), and
+            ``psi`` is over those: the log volume of the top-``k`` directions, ``k`` fixed at
+            ``z_start`` capped at ``top_k``. The dip then leaves out the change of the smaller
+            values along the path; equal to the exact dip when those do not change (a tail
+            constant along the path) and the values have a gap after ``k``.
 
     Returns:
         ``(B,)`` float64; NaN for a path with a non-finite value or zero total arclength.
@@ -233,7 +253,15 @@ def dip_scores(
         tensor([-1.], dtype=torch.float64)
     """
     terms = dip_terms(
-        f, z_start, z_end, steps=steps, rtol=rtol, prior=prior, s_start=s_start, s_end=s_end
+        f,
+        z_start,
+        z_end,
+        steps=steps,
+        rtol=rtol,
+        prior=prior,
+        s_start=s_start,
+        s_end=s_end,
+        top_k=top_k,
     )
     return terms.prior + terms.volume
 

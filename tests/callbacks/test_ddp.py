@@ -46,6 +46,18 @@ MONITORS = {
         ),
         "memwatch/spectrum/log_volume/train",
     ),
+    # radii="auto": rank 0's radii on both ranks, so the gathered decays are one process's
+    "geometry_auto_radii": (
+        functools.partial(
+            GeometryMonitor,
+            encoder="encode",
+            probe_size=12,
+            max_overhead=math.inf,
+            radii="auto",
+            families=("density",),
+        ),
+        "memwatch/density/radius_0",
+    ),
     # the held-out probe sharded, the generated samples too; the reference on every rank
     "samples": (
         functools.partial(
@@ -96,6 +108,8 @@ def test_ddp_metrics_equal_a_single_process_run_and_both_ranks_stop_together(nam
     stops = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]
     assert stops == ["2 1", "2 1"]
     distributed = memwatch_metrics(ddp)
+    # the stopper's decision at its last check (epoch 1, where it fired on both ranks)
+    assert distributed.pop("memwatch/early_stopping/triggered") == 1.0
 
     if name != "recovery":
         # The same (trained, returned from rank 0) weights, one process, the same seeded probe.
@@ -109,6 +123,7 @@ def test_ddp_metrics_equal_a_single_process_run_and_both_ranks_stop_together(nam
         )
         single.fit(fixed_decoder_module(), datamodule=DigitsDataModule())
     reference = memwatch_metrics(single)
+    reference.pop("memwatch/early_stopping/triggered", None)
     assert distributed.keys() == reference.keys() and len(reference) >= 6
     for key, value in reference.items():
         # prior draws are seeded by epoch (1 vs 0 for validate); staleness counts epochs

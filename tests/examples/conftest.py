@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import logging
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -34,12 +35,33 @@ def scalar_events(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     }
 
 
+class ConsoleRecords(logging.Handler):
+    """The records that reach the handlers of Lightning's ``lightning.pytorch`` logger, i.e.
+    what its console handler prints (after every logger level on the way has let them pass)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.NOTSET)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @pytest.fixture(scope="session")
 def demo_fast(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
-    """``examples/vae_memorization.py --fast`` run once: module, results, stdout, log dir."""
+    """``examples/vae_memorization.py --fast`` run once: module, results, stdout, log dir and
+    the messages Lightning's console handler received (``console``)."""
     module = load_example("vae_memorization")
     out = tmp_path_factory.mktemp("memwatch_logs")
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        results = module.main(["--fast", "--out", str(out)])
-    return SimpleNamespace(module=module, results=results, stdout=buffer.getvalue(), out=out)
+    console = ConsoleRecords()
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    lightning_logger.addHandler(console)
+    try:
+        with contextlib.redirect_stdout(buffer):
+            results = module.main(["--fast", "--out", str(out)])
+    finally:
+        lightning_logger.removeHandler(console)
+    return SimpleNamespace(
+        module=module, results=results, stdout=buffer.getvalue(), out=out, console=console.messages
+    )

@@ -168,3 +168,31 @@ def test_fast_run_orders_the_train_val_comparisons(demo_fast):
     assert a["memwatch/recovery/ks_pvalue"] < b["memwatch/recovery/ks_pvalue"]
     assert demo_fast.results["A"]["fired_epoch"] is not None
     assert demo_fast.results["B"]["fired_epoch"] is None
+
+
+def test_rule_firing_reaches_the_console_and_the_event_files(demo_fast, events):
+    """The report-only rule's reason goes through Lightning's console handler once, in run A
+    only, and into A's event files as a text entry at the step where ``triggered`` is 1.0."""
+    from tests.conftest import read_events
+
+    a = demo_fast.results["A"]
+    message = a["stopping_reason"] + " Reporting only."
+    assert f"epoch {a['fired_epoch']}" in message
+    assert [m for m in demo_fast.console if m.startswith("Memorization:")] == [message]
+    runs = dict(zip("AB", demo_fast.module.runs(fast=True), strict=True))
+    for name, run in runs.items():
+        triggered = series(events[name], "memwatch/early_stopping/triggered")
+        scheduled = list(range(run.every_n_epochs - 1, run.epochs, run.every_n_epochs))
+        assert [epoch for epoch, _ in triggered] == scheduled, name
+        fired = demo_fast.results[name]["fired_epoch"]
+        first = next((epoch for epoch, value in triggered if value == 1.0), None)
+        assert first == fired, name
+        acc = read_events(demo_fast.results[name]["log_dir"])
+        tag = "memwatch/early_stopping/text_summary"
+        entries = acc.Tensors(tag) if tag in acc.Tags()["tensors"] else []
+        texts = [(e.step, e.tensor_proto.string_val[0].decode()) for e in entries]
+        if fired is None:
+            assert texts == [], name
+        else:
+            steps = [s for s, v in events[name]["memwatch/early_stopping/triggered"] if v == 1.0]
+            assert texts == [(steps[0], message)]

@@ -502,9 +502,9 @@ def test_precomputed_spectra_give_the_same_scores_with_fewer_jacobians(tanh_mlp,
 
 
 # ---------------------------------------------------------------- flat regions
-def centres_on_a_line(tau: float, gap: float = 10.0, dtype=torch.float64):
+def centres_on_a_line(tau: float, gap: float = 10.0, dtype=torch.float64, n: int = 16):
     """A memorizer flat around its training points: ``f(z) = sum_j softmax_j(-|z - c_j|^2 /
-    tau) x_j`` with centres ``(-gap, 0), (0, 0), (gap, 0)`` in R^2.
+    tau) x_j`` with centres ``(-gap, 0), (0, 0), (gap, 0)`` in R^2, outputs ``x_j`` in R^n.
 
     The output crossfades only near the Voronoi boundaries, ``gap / 2 = 5`` from the middle
     centre: past ``LATENT_LIMIT``. Along ``v = e_1`` the middle centre reaches both neighbours'
@@ -513,7 +513,7 @@ def centres_on_a_line(tau: float, gap: float = 10.0, dtype=torch.float64):
     """
     gen = torch.Generator().manual_seed(7)
     centres = torch.tensor([[-gap, 0.0], [0.0, 0.0], [gap, 0.0]], dtype=dtype)
-    outputs = torch.randn(3, 16, generator=gen).to(dtype)
+    outputs = torch.randn(3, n, generator=gen).to(dtype)
 
     def f(z: torch.Tensor) -> torch.Tensor:
         d2 = (z[:, None, :] - centres).square().sum(-1)
@@ -619,3 +619,52 @@ def test_saturated_memorizer_centres_are_counted_unreached():
     smooth, centres2, _ = soft_nearest_centre(0.5)
     measured = decay_terms(smooth, centres2[:1], radii=(0.5, 1.0))
     assert torch.isfinite(measured.prior).all() and not measured.unreached.any()
+
+
+def dense_unreached(f, jacobian, z: np.ndarray, radii, bound: float) -> tuple[np.ndarray, ...]:
+    """Which radii a line ``z_i + t v_i`` never reaches on some side within ``|t| <= bound``.
+
+    ``v_i`` the top right-singular vector of the analytic float64 Jacobian (numpy SVD); the
+    arclength summed over 20,001 uniform samples per side (float64 decoder). Also returns the
+    arclength per side at ``bound`` and at ``LATENT_LIMIT``, ``(B, 2)`` each.
+    """
+    ts = np.linspace(0.0, bound, 20_001)
+    at_limit = int(np.searchsorted(ts, LATENT_LIMIT))
+    ends, limits = np.zeros((len(z), 2)), np.zeros((len(z), 2))
+    for i, zi in enumerate(z):
+        vt = np.linalg.svd(jacobian(zi[None])[0])[2]
+        for side, sign in enumerate((1.0, -1.0)):
+            with torch.no_grad():
+                x = f(torch.as_tensor(zi + sign * ts[:, None] * vt[0])).numpy()
+            arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(x, axis=0), axis=1))])
+            ends[i, side], limits[i, side] = arc[-1], arc[at_limit]
+    return ends.min(axis=1)[:, None] < np.asarray(radii), ends, limits
+
+
+def test_unreached_count_on_separated_centres_equals_a_dense_float64_count():
+    """Centres 10 apart (:func:`centres_on_a_line`): lines through the centres, their flat
+    surroundings and near the crossfades. The search to ``LATENT_LIMIT`` alone reaches no
+    radius at any centre (NaN at every centre, as before the extended search); the extended one
+    measures a decay wherever some side's output moves ``r`` within ``search_bound`` and flags
+    the rest, radius by radius: ``unreached`` equals the count of a dense float64 evaluation
+    of the same lines, and the decay is finite exactly where it is not flagged.
+    Observed: 26 of 30 (point, radius) entries unreached (8, 8 and 10 per radius).
+    """
+    f, centres, _, jac = centres_on_a_line(tau=2.0)
+    z = np.array(
+        [[-12.0, 0.3], [-6.5, 0.5], [-3.0, -0.2], [2.0, 0.4], [5.5, 0.0], [9.0, -0.3], [13, 0.2]]
+    )
+    z = np.concatenate([centres.numpy(), z])
+    radii = (0.5, 1.0, 5.5)  # the crossfade moves the output 4.95 or 6.68: 5.5 splits them
+    bound = search_bound(None, 2)
+    expected, ends, limits = dense_unreached(f, jac, z, radii, bound)
+    # the counts cannot hinge on the coarse chords' shortfall: no shorter side within 2% of r
+    assert np.abs(ends.min(axis=1)[:, None] / np.asarray(radii) - 1).min() > 0.02
+    assert (limits[:3].min(axis=1) < min(radii)).all(), "at LATENT_LIMIT every centre is NaN"
+    terms = decay_terms(f, torch.as_tensor(z), radii=radii)
+    np.testing.assert_array_equal(terms.unreached.numpy(), expected)
+    score = (terms.prior + terms.volume).numpy()
+    np.testing.assert_array_equal(np.isfinite(score), ~expected)
+    assert 0 < expected.sum() < expected.size and expected[:, 2].sum() > expected[:, 0].sum()
+    assert not expected[1, :2].any(), "the middle centre is measured below its crossfade"
+    print(f"unreached {expected.sum()} of {expected.size}, per radius {expected.sum(0)}")

@@ -1,7 +1,9 @@
-"""The custom-scalars layout: train/val pairs on one chart, tags matched literally."""
+"""The custom-scalars layout: train/val pairs on one chart, tags matched literally, charts in
+reading order."""
 
 from __future__ import annotations
 
+import random
 import re
 from itertools import product
 
@@ -36,7 +38,8 @@ def charted_keys(tags: list[str], keys: list[str]) -> list[str]:
 
 def test_each_train_val_pair_shares_a_chart_and_every_key_is_charted_once() -> None:
     layout = custom_scalars_layout(DESIGN_KEYS)
-    assert list(layout) == [f"memwatch/{family}" for family in FAMILIES]
+    order = ("recovery", "spectrum", "density", "likelihood", "complexity")
+    assert list(layout) == [f"memwatch/{family}" for family in order]
     charted = []
     for category, charts in layout.items():
         for title, (kind, tags) in charts.items():
@@ -99,3 +102,86 @@ def test_add_layout_writes_once_per_call_and_keeps_earlier_keys_of_the_writer() 
     assert writer.layouts[1] == custom_scalars_layout(geometry + recovery)
     add_layout(other, recovery)
     assert other.layouts == [custom_scalars_layout(recovery)]
+
+
+COSTS = ["seconds", "probe_size", "staleness", "nonfinite"]
+
+
+def triple(descriptor: str) -> list[str]:
+    return [f"{descriptor}: train vs val", f"{descriptor}/gap", f"{descriptor}/ks_pvalue"]
+
+
+def test_categories_and_charts_are_in_reading_order_whatever_order_the_keys_come_in() -> None:
+    keys = [
+        *DESIGN_KEYS,
+        *(f"memwatch/spectrum/{d}/prior" for d in ("log_volume", "log_condition")),
+        *(f"memwatch/density/dip/{p}/{s}" for p in ("volume", "prior") for s in ("train", "val")),
+        "memwatch/density/decay/unreached/gap",
+        *(f"memwatch/samples/{k}" for k in ("heldout_copy_fraction", "seconds", "ct")),
+        "memwatch/samples/copy_fraction",
+        "memwatch/early_stopping/triggered",
+        "memwatch/zeta/thing",
+        "memwatch/alpha/thing",
+        "loss",
+    ]
+    expected = {
+        "memwatch/recovery": ["mre: train vs val", "mre_gap", "ks_pvalue", *COSTS],
+        "memwatch/spectrum": [
+            *triple("log_volume")[:2],  # no spectrum KS p in this list
+            "log_volume/prior",
+            *triple("local_rank")[:2],
+            *triple("intrinsic_dim")[:2],
+            *triple("log_condition")[:2],
+            "log_condition/prior",
+            *COSTS[:2],
+            COSTS[3],  # no staleness key in this list
+        ],
+        "memwatch/density": [
+            *triple("dip"),
+            *triple("decay"),
+            "dip/prior: train vs val",
+            "dip/volume: train vs val",
+            "decay/unreached/gap",
+            *COSTS[:2],
+            COSTS[3],
+        ],
+        "memwatch/likelihood": [
+            "likelihood: train vs val",
+            "gap",
+            "ks_pvalue",
+            *COSTS[:2],
+            COSTS[3],
+        ],
+        "memwatch/samples": ["ct", "copy_fraction", "heldout_copy_fraction", "seconds"],
+        "memwatch/complexity": ["complexity: train vs val", "gap", *COSTS[:2], COSTS[3]],
+        "memwatch/early_stopping": ["triggered"],
+        "memwatch/alpha": ["thing"],
+        "memwatch/zeta": ["thing"],
+        "loss": ["loss"],
+    }
+    keys += ["memwatch/recovery/staleness"]
+    rng = random.Random(0)
+    for _ in range(5):
+        shuffled = rng.sample(keys, len(keys))
+        layout = custom_scalars_layout(shuffled)
+        assert {c: list(charts) for c, charts in layout.items()} == expected
+        assert list(layout) == list(expected)
+
+
+def test_add_layout_gives_one_order_whichever_callback_writes_first() -> None:
+    geometry = [k for k in DESIGN_KEYS if k.split("/")[1] in ("spectrum", "density")]
+    recovery = [k for k in DESIGN_KEYS if k.startswith("memwatch/recovery/")]
+    stopper = ["memwatch/early_stopping/triggered"]
+    layouts = []
+    for order in ((stopper, geometry, recovery), (recovery, stopper, geometry)):
+        writer = RecordingWriter()
+        for keys in order:
+            add_layout(writer, keys)
+        layouts.append(writer.layouts[-1])
+    assert layouts[0] == layouts[1]
+    assert list(layouts[0]) == [
+        "memwatch/recovery",
+        "memwatch/spectrum",
+        "memwatch/density",
+        "memwatch/early_stopping",
+    ]
