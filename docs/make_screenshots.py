@@ -37,6 +37,7 @@ VIEWS: tuple[tuple[str, str], ...] = (
     ("tensorboard_recovery.png", f"#scalars&{_PLAIN}&tagFilter={_RECOVERY}"),
     ("tensorboard_density.png", f"#scalars&{_PLAIN}&tagFilter={_DENSITY}"),
     ("tensorboard_images.png", "#images&tagFilter=memwatch"),
+    ("tensorboard_text.png", "#text&tagFilter=memwatch"),
     ("tensorboard_histograms.png", "#histograms&tagFilter=memwatch%2Frecovery"),
 )
 

@@ -95,8 +95,8 @@ def test_readme_snippet_builds_its_callbacks():
 
 
 def _error_messages(folder: Path) -> list[tuple[str, str]]:
-    """(where, opening words) of every ``ValueError`` / ``OutputError`` built in ``folder``: the
-    first six words of the message's first literal part."""
+    """(where, opening words) of every ``ValueError`` / ``OutputError`` built in ``folder``: up
+    to four words of the message's first literal part of three words or more (else two)."""
     import ast
 
     found = []
@@ -109,16 +109,14 @@ def _error_messages(folder: Path) -> list[tuple[str, str]]:
                 continue
             arg = node.args[0]
             parts = arg.values if isinstance(arg, ast.JoinedStr) else [arg]
-            literal = next(
-                (
-                    p.value
-                    for p in parts
-                    if isinstance(p, ast.Constant) and isinstance(p.value, str)
-                ),
-                "",
-            )
-            words = re.sub(r"[`*]", "", literal).split()
-            found.append((f"{path.name}:{node.lineno}", " ".join(words[:6])))
+            literals = [p.value for p in parts if isinstance(p, ast.Constant)]
+            split = [re.sub(r"[`*]", "", s).split() for s in literals if isinstance(s, str)]
+            split = [[w for w in s if re.search("[A-Za-z]", w)] for s in split]
+            words = next((w for w in split if len(w) >= 3), None)
+            words = words or next((w for w in split if len(w) >= 2), [])
+            if not any(split):
+                continue  # a wrapper that re-raises another error's message under a prefix
+            found.append((f"{path.name}:{node.lineno}", " ".join(words[:4])))
     return found
 
 
