@@ -3,8 +3,8 @@
     python examples/glo_recovery.py          # about a minute on 2 CPU cores
     python examples/glo_recovery.py --fast   # a seconds-long smoke run
 
-Generative Latent Optimization (GLO, ``papers/webster_latent_recovery.txt`` §3.1, eq. 2; Bojanowski
-et al. 2018) trains a decoder ``G`` jointly with one latent ``z_i`` per training image::
+Generative Latent Optimization (GLO, Webster et al. (2019), sec. 3.1, eq. 2; Bojanowski
+et al. (2018)) trains a decoder ``G`` jointly with one latent ``z_i`` per training image::
 
     min_{G, z_1..z_N} sum_i ||G(z_i) - x_i||^2,        z_i on the unit sphere
 
@@ -17,7 +17,7 @@ shuffle of the 8 x 8 ``sklearn.datasets.load_digits`` images, N in {16, 64, 256,
 set of digits outside every training set is the validation set. For each N the latents of a
 train probe and of a validation probe are recovered by ``recover_latents`` (webster eq. NN_G,
 L-BFGS from prior restarts, the same procedure for both probes, never the trained latents), and
-``mre_gap`` (eq. 5) and ``ks_pvalue`` (§3.3) compare the two error samples: webster table 1
+``mre_gap`` (eq. 5) and ``ks_pvalue`` (sec. 3.3) compare the two error samples: webster table 1
 (GLO-128 ... GLO-26000) has the gap falling as N grows.
 """
 
@@ -75,7 +75,7 @@ class GLO(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.latents = nn.Embedding(n_samples, latent_dim)
-        with torch.no_grad():  # z_i ~ N(0, I) projected to the sphere, as in webster §3.1
+        with torch.no_grad():  # z_i ~ N(0, I) projected to the sphere, as in webster sec. 3.1
             self.latents.weight.copy_(nn.functional.normalize(self.latents.weight, dim=1))
         self.decoder = SphereDecoder(latent_dim, hidden)
 

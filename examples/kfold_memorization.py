@@ -1,15 +1,17 @@
 """Which handwritten digits does a VAE memorize? Van den Burg's K-fold memorization score.
 
-    python examples/kfold_memorization.py --out kfold_out          # about a minute on 2 CPU cores
-    python examples/kfold_memorization.py --out kfold_out --fast   # a seconds-long smoke run
+    python examples/kfold_memorization.py          # about a minute on 2 CPU cores
+    python examples/kfold_memorization.py --fast   # a seconds-long smoke run
 
 The 8 x 8 digits ship with scikit-learn (``sklearn.datasets.load_digits``), so nothing is
 downloaded. The demo's Bernoulli VAE (``digits_vae.DigitsVAE``, van den Burg's MNIST model scaled
 down) is trained K times, each time without one fold of the digits; every digit's ``log p(x)``
-under every model is estimated by importance sampling (``papers/vandenburg_memorization_supp.txt``
-eq. 9), and its memorization score is the log-likelihood when its fold was trained on minus when it
-was held out (:func:`lightning_memwatch.kfold_memorization_scores`). The most memorized digits are
-listed and drawn, beside the least memorized, in ``<out>/kfold_memorization.png``.
+under every model is estimated by importance sampling (van den Burg & Williams (2021),
+supplement, eq. 9), and its memorization score is the log-likelihood when its fold was trained on
+minus when it was held out (:func:`lightning_memwatch.kfold_memorization_scores`). The most
+memorized digits are listed and drawn, beside the least memorized, in
+``<out>/kfold_memorization.png`` (``--out``, default ``outputs/kfold/``, in the gitignored
+``outputs/``).
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ def score(args: argparse.Namespace, images: torch.Tensor) -> KFoldMemorization:
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("kfold_output"), help="output folder")
+    parser.add_argument("--out", type=Path, default=Path("outputs/kfold"), help="output folder")
     parser.add_argument("--fast", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--n", type=int, default=200, help="digits")
     parser.add_argument("--k", type=int, default=4, help="folds")

@@ -1,17 +1,23 @@
-"""Draw the demo's TensorBoard curves, run A against run B, as one PNG (for the README).
+"""Draw the demo's TensorBoard curves, run A against run B, as one PNG.
 
-    python examples/vae_memorization.py                      # writes memwatch_logs/
-    python examples/plot_curves.py                           # -> docs/vae_memorization_curves.png
-    python examples/plot_curves.py --logdir DIR --out FILE
+    python examples/vae_memorization.py      # writes outputs/memwatch_logs/
+    python examples/plot_curves.py           # -> outputs/vae_memorization_curves.png
+    python examples/plot_curves.py --runs outputs/memwatch_logs/A_32_digits/version_3 ...
+    python examples/plot_curves.py --logdir DIR --runs A_32_digits --out FILE
 
-Reads the scalar event files that Lightning's ``TensorBoardLogger`` wrote for each run (the
-newest ``version_N`` under each run directory of ``--logdir``) with TensorBoard's
+Draws the runs of one demo invocation: by default the newest ``version_N`` of the demo's runs
+``A_32_digits`` and ``B_1400_digits`` under ``--logdir`` (the demo prints the exact
+``--runs`` of its invocation at the end); ``--runs`` takes other run names under ``--logdir`` or
+version directories. The PNG goes to ``--out`` (default ``outputs/vae_memorization_curves.png``,
+in the gitignored ``outputs/``; the figure in ``docs/`` is only rewritten when passed as
+``--out``).
+
+Reads the scalar event files that Lightning's ``TensorBoardLogger`` wrote with TensorBoard's
 ``EventAccumulator``, and plots over training steps (the step Lightning gives the scalars):
-dip and decay (``papers/feiszli_latent_geometry.txt`` §5.3: positive dip and negative decay mean
-memorization), the psi gap (train - val of ``memwatch/spectrum/log_volume``,
-``papers/humayun_local_geometry.txt`` eq. 2), webster's MRE-gap and the KS p-value of the
-recovery errors (``papers/webster_latent_recovery.txt`` eq. 5, §3.3; dotted: the 0.10 and 0.01
-lines), and the validation loss.
+dip and decay (Feiszli (2017), sec. 5.3: positive dip and negative decay mean memorization),
+the psi gap (train - val of ``memwatch/spectrum/log_volume``, Humayun et al. (2024), eq. 2),
+the MRE-gap and the KS p-value of the recovery errors (Webster et al. (2019), eq. 5, sec. 3.3;
+dotted: the 0.10 and 0.01 lines), and the validation loss.
 """
 
 from __future__ import annotations
@@ -42,6 +48,9 @@ PANELS: tuple[tuple[str, tuple[tuple[str, str], ...], bool, float | None], ...] 
 
 _VERSION = re.compile(r"version_(\d+)$")
 
+#: The demo's runs (``examples/vae_memorization.py``), drawn by default.
+DEMO_RUNS = ("A_32_digits", "B_1400_digits")
+
 
 def latest_runs(logdir: Path) -> dict[str, Path]:
     """``{run name: newest version directory}`` for every run directory under ``logdir``.
@@ -70,6 +79,37 @@ def latest_runs(logdir: Path) -> dict[str, Path]:
     return {name: path for name, (_, path) in sorted(runs.items())}
 
 
+def select_runs(logdir: Path, runs: list[str]) -> dict[str, Path]:
+    """``{label: version directory}`` of ``runs``: each a version directory with event files,
+    else a run name under ``logdir`` (its newest version). A label is the run's name, with its
+    ``/version_N`` when two selected versions share the name.
+
+    Raises:
+        ValueError: naming a run that is neither, and the runs ``logdir`` holds.
+    """
+    selected: list[Path] = []
+    available: dict[str, Path] | None = None
+    for run in runs:
+        path = Path(run)
+        if path.is_dir() and any(path.glob("events.out.tfevents.*")):
+            selected.append(path)
+            continue
+        if available is None:
+            available = latest_runs(logdir)
+        if run not in available:
+            raise ValueError(
+                f"Expected `--runs` to name version directories with event files or runs under"
+                f" {logdir} but got {run!r}: {logdir} holds {', '.join(available)}"
+            )
+        selected.append(available[run])
+    names = [path.parent.name for path in selected]
+    unique = len(set(names)) == len(names)
+    return {
+        name if unique else f"{name}/{path.name}": path
+        for name, path in zip(names, selected, strict=True)
+    }
+
+
 def read_scalars(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     """Every scalar tag of one run: ``{tag: (steps, values)}`` (all events kept)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -83,14 +123,14 @@ def read_scalars(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     }
 
 
-def plot(logdir: Path, out: Path) -> Path:
-    """Draw the panels for every run under ``logdir`` into the PNG ``out``; return ``out``."""
+def plot(run_dirs: dict[str, Path], out: Path, source: str = "") -> Path:
+    """Draw the panels for the runs ``{label: version directory}`` into the PNG ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {name: read_scalars(path) for name, path in latest_runs(logdir).items()}
+    runs = {name: read_scalars(path) for name, path in run_dirs.items()}
     fig, axes = plt.subplots(2, 3, figsize=(13, 7), constrained_layout=True)
     colors = {name: f"C{i}" for i, name in enumerate(runs)}
     for ax, (title, tags, log_scale, reference) in zip(axes.flat, PANELS, strict=True):
@@ -108,7 +148,7 @@ def plot(logdir: Path, out: Path) -> Path:
         ax.set_title(title)
         ax.set_xlabel("training step")
         ax.legend(fontsize="small")
-    fig.suptitle(f"lightning_memwatch: {' vs '.join(runs)} (from {logdir})")
+    fig.suptitle(f"lightning_memwatch: {' vs '.join(runs)}" + (f" ({source})" if source else ""))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
@@ -118,10 +158,18 @@ def plot(logdir: Path, out: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--logdir", type=Path, default=Path("memwatch_logs"))
-    parser.add_argument("--out", type=Path, default=Path("docs/vae_memorization_curves.png"))
+    parser.add_argument("--logdir", type=Path, default=Path("outputs/memwatch_logs"))
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=list(DEMO_RUNS),
+        help="run names under --logdir (newest version) or version directories",
+    )
+    parser.add_argument("--out", type=Path, default=Path("outputs/vae_memorization_curves.png"))
     args = parser.parse_args(argv)
-    out = plot(args.logdir, args.out)
+    runs = select_runs(args.logdir, args.runs)
+    source = f"from {args.logdir}" if all(r in DEMO_RUNS for r in args.runs) else ""
+    out = plot(runs, args.out, source)
     print(f"wrote {out}")
     return out
 

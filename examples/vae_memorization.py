@@ -12,21 +12,24 @@ The same VAE (:class:`digits_vae.DigitsVAE`, latent 8) is trained twice on the 8
 both validated on the same 256 held-out digits, with three callbacks attached:
 
 - ``GeometryMonitor``: the decoder's Jacobian spectrum (``log_volume`` is psi, the sum of the log
-  singular values: ``papers/humayun_local_geometry.txt`` eq. 2) and the density family (dip and
-  decay of the induced log-density, ``papers/feiszli_latent_geometry.txt`` §4, §5.3) at the
-  encoder's latents of a fixed train probe and a fixed validation probe;
+  singular values: Humayun et al. (2024), eq. 2) and the density family (dip and decay of the
+  induced log-density, Feiszli (2017), sec. 4, 5.3) at the encoder's latents of a fixed train
+  probe and a fixed validation probe;
 - ``RecoveryMonitor``: latent recovery errors (L-BFGS from the encoder's latent and from the
   prior), their median gap ``(MRE_val - MRE_train) / MRE_val`` and the KS test of train against
-  validation errors (``papers/webster_latent_recovery.txt`` eq. 4, 5, §3.3);
+  validation errors (Webster et al. (2019), eq. 4, 5, sec. 3.3);
 - ``MemorizationEarlyStopping(monitor="memwatch/recovery/ks_pvalue", threshold=0.01,
   patience=1, report_only=True)``: the rule is evaluated and the epoch where it fires recorded,
   but training is not stopped, so both runs finish and can be compared.
 
 At the end one table gives, per family and key, train, val, gap and KS p of the last measurement
 of both runs, the epoch where the early-stopping rule fired in each run, and the epoch of run A's
-best validation loss. TensorBoard logs go under ``--out`` (default ``memwatch_logs/``), one
-directory per run (``A_32_digits/version_N``, ``B_1400_digits/version_N``);
-``examples/plot_curves.py`` draws them as a PNG.
+best validation loss. When the rule fires, its reason is also printed on stderr (Lightning's
+console logger) and written to TensorBoard (text ``memwatch/early_stopping``, scalar
+``memwatch/early_stopping/triggered``). TensorBoard logs go under ``--out`` (default
+``outputs/memwatch_logs/``, in the gitignored ``outputs/``), one directory per run
+(``A_32_digits/version_N``, ``B_1400_digits/version_N``); ``examples/plot_curves.py`` draws
+the two runs as a PNG (the command is printed at the end).
 
 Training: Adam at lr 4e-3 (``DigitsVAE``'s default), batch 8 for A with 8 shuffled passes over
 its 32 digits per epoch (32 steps; 60 epochs, 1,920 steps), batch 64 for B with one pass
@@ -46,9 +49,9 @@ Settings that differ from the callbacks' defaults, and why:
 - ``RecoveryMonitor(steps=30, restarts=1)``: the encoder's latent and one prior draw as L-BFGS
   starts, 30 iterations each (defaults: 50 and 2 prior draws), to keep the whole demo within
   about 2 minutes; on this decoder the errors of both probes have settled by then.
-- ``radii=(0.25, 0.5)`` for the decay (default ``(0.5, 1.0)``, feiszli §5.3, chosen for
-  784-pixel MNIST images in [-1, 1]). The decay describes the density *around* a point, so its
-  radii should stay below the distance to the next sample. Here an image is 64 pixels in
+- ``radii=(0.25, 0.5)`` for the decay (default ``(0.5, 1.0)``, Feiszli (2017), sec. 5.3, chosen
+  for 784-pixel MNIST images in [-1, 1]). The decay describes the density *around* a point, so
+  its radii should stay below the distance to the next sample. Here an image is 64 pixels in
   [0, 1]: the L2 distance from a digit to its nearest neighbour among all 1,797 has median 1.01
   and 10th percentile 0.75 (1.83 and minimum 1.04 among run A's 32 digits), so r = 1.0 reaches
   the neighbours' scale, while 0.25 and 0.5 stay below it. Both choices give the same signs
@@ -63,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -82,8 +86,8 @@ from lightning_memwatch import (
     RecoveryMonitor,
 )
 
-#: Early-stopping rule of the demo (webster §3.3): KS p-value of train vs validation recovery
-#: errors below 0.01 at two consecutive measurements.
+#: Early-stopping rule of the demo (Webster et al. (2019), sec. 3.3): KS p-value of train vs
+#: validation recovery errors below 0.01 at two consecutive measurements.
 RULE = {"monitor": "memwatch/recovery/ks_pvalue", "threshold": 0.01, "mode": "below", "patience": 1}
 
 #: Rows of the table: (family, key as logged under memwatch/<family>/, label).
@@ -165,13 +169,8 @@ def train(run: Run, out: Path, fast: bool, seed: int) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     seconds = time.perf_counter() - start
-    metrics = {
-        key: float(value)
-        for key, value in trainer.callback_metrics.items()
-        if key.startswith("memwatch/") or key.endswith("_loss")
-    }
     return {
-        "metrics": metrics,
+        "metrics": final_metrics(trainer),
         "fired_epoch": stopper.fired_epoch,
         "stopping_reason": stopper.stopping_reason_message,
         "best_val_epoch": history.best_epoch,
@@ -180,6 +179,15 @@ def train(run: Run, out: Path, fast: bool, seed: int) -> dict[str, Any]:
         "seconds": seconds,
         "epochs": run.epochs,
         "n_train": run.n_train,
+    }
+
+
+def final_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """The memwatch scalars and losses of the trainer's last epoch, as floats."""
+    return {
+        key: float(value)
+        for key, value in trainer.callback_metrics.items()
+        if key.startswith("memwatch/") or key.endswith("_loss")
     }
 
 
@@ -203,20 +211,26 @@ def _cell(value: float, ks: bool = False) -> str:
     return f"{value:.2g}" if ks else f"{value:.3g}"
 
 
-def table(results: dict[str, dict[str, Any]]) -> str:
-    """The demo table: per key, train / val / gap / KS p of run A then run B (markdown)."""
-    a, b = results["A"], results["B"]
-    lines = [
-        "| family / key | A train | A val | A gap | A KS p | B train | B val | B gap | B KS p |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+def table(metrics: dict[str, dict[str, float]]) -> str:
+    """The demo table (markdown): per key, train / val / gap / KS p of each run, ``metrics``
+    being ``{run label: final_metrics(trainer)}`` (the demo: ``A`` then ``B``; the YAML: ``A``)."""
+    header = "".join(f" {r} train | {r} val | {r} gap | {r} KS p |" for r in metrics)
+    lines = [f"| family / key |{header}", "|---|" + "---:|" * (4 * len(metrics))]
     for family, key, label in ROWS:
         cells = []
-        for run in (a, b):
-            tr, va, gap, ks = row_values(run["metrics"], family, key)
+        for run in metrics.values():
+            tr, va, gap, ks = row_values(run, family, key)
             cells += [_cell(tr), _cell(va), _cell(gap), _cell(ks, ks=True)]
         lines.append(f"| {family} / {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def rule_text(stopper: MemorizationEarlyStopping) -> str:
+    """The stopper's rule in words: ``memwatch/recovery/ks_pvalue < 0.01 at 2 checks in a row``."""
+    symbol = "<" if stopper.mode == "below" else ">"
+    checks = stopper.patience + 1
+    report = ", report only" if stopper.report_only else ""
+    return f"{stopper.monitor} {symbol} {stopper.threshold:g} at {checks} checks in a row{report}"
 
 
 def fired(run: dict[str, Any]) -> str:
@@ -228,7 +242,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Train runs A and B, print the table and the TensorBoard command; return the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="a seconds-long smoke run")
-    parser.add_argument("--out", type=Path, default=Path("memwatch_logs"), help="log directory")
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/memwatch_logs"), help="log directory"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds data split, model and probes")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
@@ -253,10 +269,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "Last measurement of each run (probe: 32 train and 32 val digits); gap = train - val,\n"
         "except recovery: (MRE_val - MRE_train) / MRE_val.\n"
     )
-    print(table(results))
-    rule = f"{RULE['monitor']} < {RULE['threshold']} at {RULE['patience'] + 1} checks in a row"
+    print(table({"A": a["metrics"], "B": b["metrics"]}))
+    rule = rule_text(MemorizationEarlyStopping(**RULE, report_only=True))
     print(
-        f"\nEarly-stopping rule ({rule}, report only):\n"
+        f"\nEarly-stopping rule ({rule}):\n"
         f"  run A {fired(a)}; run A's best val_loss was at epoch {a['best_val_epoch']}"
         f" of {a['epochs']}\n"
         f"  run B {fired(b)}\n"
@@ -264,6 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.fast:
         print("--fast: a smoke run, too short for run A to memorize; drop it to read the table.")
     print(f"Curves: tensorboard --logdir {args.out}")
+    log_dirs = " ".join(shlex.quote(str(run["log_dir"])) for run in (a, b))
+    print(f"Figure: python examples/plot_curves.py --runs {log_dirs}")
     return results
 
 

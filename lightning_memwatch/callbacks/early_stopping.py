@@ -51,8 +51,8 @@ class MemorizationEarlyStopping(Callback):
     """Stop training when a memwatch metric says the model memorizes its training set.
 
     The memorization condition is ``value < threshold`` (``mode="below"``, e.g. the KS p-value
-    of Webster et al. (2021), sec. 3.3, ``p < 0.01``) or ``value > threshold``
-    (``mode="above"``, e.g. ``memwatch/recovery/mre_gap > 0.10``, Webster et al. (2021), eq. 5).
+    of Webster et al. (2019), sec. 3.3, ``p < 0.01``) or ``value > threshold``
+    (``mode="above"``, e.g. ``memwatch/recovery/mre_gap > 0.10``, Webster et al. (2019), eq. 5).
     Training stops once the condition has held at ``patience + 1`` consecutive fresh checks and
     ``trainer.current_epoch >= min_epochs``. Checks before ``min_epochs`` count toward the run;
     only the stop waits. A check where the condition does not hold resets the count.
@@ -62,10 +62,10 @@ class MemorizationEarlyStopping(Callback):
     and outside ``trainer.fit``; at most one check counts per epoch. At setup the stopper moves
     itself after the monitor it reads in ``trainer.callbacks``, so that it sees that monitor's
     values of the same hook. A check is *fresh* only if the monitor that logs ``monitor`` logged
-    it in the current epoch: ``trainer.callback_metrics``
-    keeps a value from an earlier epoch when a monitor skips one (``every_n_epochs``, its cost
-    budget). Stale values and NaN values (no measurement, not a signal either way) neither count
-    nor reset; both are noted at debug level.
+    it in the current epoch: ``trainer.callback_metrics`` keeps a value from an earlier epoch
+    when a monitor skips one (``every_n_epochs``, its cost budget). Stale values and NaN values
+    (no measurement, not a signal either way) neither count nor reset; both are noted at debug
+    level.
 
     When the rule fires (with ``report_only``, the first time), the reason (key, value, rule,
     epoch) is printed as Lightning's ``EarlyStopping`` message is, and written to TensorBoard as
@@ -250,8 +250,8 @@ class MemorizationEarlyStopping(Callback):
         # waits alone in the collective; a rule that fires on any rank stops them all
         fired = trainer.strategy.reduce_boolean_decision(reason is not None, all=False)
         if fired or self._last_checked_epoch == epoch:
-            earlier = self._decision is not None and self._decision == (epoch, True)
-            self._decision = (epoch, fired or earlier)  # a second validation of the epoch
+            # a second validation of the epoch keeps a firing of the first
+            self._decision = (epoch, fired or self._decision == (epoch, True))
         if not fired:
             return
         first = self.fired_epoch is None

@@ -59,7 +59,8 @@ def measure_geometry(
     }
 
     def spectrum() -> dict[str, Tensor]:
-        for split in SPLITS:
+        for done, split in enumerate(SPLITS, 1):
+            monitor.progress("spectrum", done, len(SPLITS), unit="split")
             z = shard(latents(split), rank, world)
             if len(z):  # a rank without a sample of its own still takes part in the sync
                 heads[split] = head_of(z)
@@ -90,7 +91,8 @@ def measure_geometry(
 
     def density() -> dict[str, Tensor]:
         pool = monitor.inputs["train"].to(inputs["train"].device)
-        for split in SPLITS:
+        for done, split in enumerate(SPLITS, 1):
+            monitor.progress("density", done, len(SPLITS), unit="split")
             x, z = shard(inputs[split], rank, world), shard(latents(split), rank, world)
             if not len(z):
                 continue

@@ -8,8 +8,9 @@ in ``validate``): the postfix of Lightning's ``TQDMProgressBar``, the task descr
 (``Trainer(enable_progress_bar=False)``), a disabled one, another kind of bar, or on a rank
 other than 0 (where Lightning disables the bar), nothing is shown and nothing is printed.
 
-Updates are throttled (a new family always shows, further chunks of one family at most every
-:data:`INTERVAL` seconds), so a measurement with many small chunks pays a few terminal writes.
+Updates are throttled (a new family, or its first count of chunks, always shows; further chunks
+at most every :data:`INTERVAL` seconds), so a measurement with many small chunks pays a few
+terminal writes.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.trainer.states import TrainerFn
 
-#: Seconds between two updates of the bar within one family.
+#: Seconds between two updates of the bar that only move a family's chunk count.
 INTERVAL = 0.25
 
 
@@ -84,7 +85,7 @@ class MeasurementProgress:
         self.display = None if trainer is None else _display(trainer)
         self.interval = INTERVAL if interval is None else interval
         self.shown = False
-        self._family: str | None = None
+        self._kind: tuple | None = None
         self._last = -float("inf")
 
     def __call__(
@@ -93,9 +94,10 @@ class MeasurementProgress:
         if self.display is None:
             return
         now = time.perf_counter()
-        if family == self._family and now - self._last < self.interval:
+        kind = (family, unit, total)
+        if kind == self._kind and now - self._last < self.interval:
             return
-        self._family, self._last = family, now
+        self._kind, self._last = kind, now
         text = f"memwatch: {family}"
         if done is not None and total is not None:
             text += f", {unit} {done} of {total}"

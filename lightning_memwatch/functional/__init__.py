@@ -13,7 +13,7 @@ from lightning_memwatch.functional.data_copying import (
     data_copying_statistic,
     mann_whitney_z,
 )
-from lightning_memwatch.functional.decay import decay_scores, decay_terms
+from lightning_memwatch.functional.decay import decay_scores, decay_terms, nearest_neighbour_radii
 from lightning_memwatch.functional.decoder_likelihood import (
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
@@ -64,6 +64,7 @@ __all__ = [
     "log_prior",
     "mann_whitney_z",
     "mre_gap",
+    "nearest_neighbour_radii",
     "nearest_neighbours",
     "pairwise_distances",
     "pca_projection",

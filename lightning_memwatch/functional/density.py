@@ -240,8 +240,11 @@ def dip_scores(
             ``3 (k + 8)`` Jacobian- or vector-Jacobian products a point instead of ``m``), and
             ``psi`` is over those: the log volume of the top-``k`` directions, ``k`` fixed at
             ``z_start`` capped at ``top_k``. The dip then leaves out the change of the smaller
-            values along the path; equal to the exact dip when those do not change (a tail
-            constant along the path) and the values have a gap after ``k``.
+            values along the path: another number than the exact dip, equal to it when those
+            do not change (a tail constant along the path) and the values have a gap after
+            ``k``. Against the same definition on the exact top ``k``, without a gap (random
+            MLP and conv decoders, m = 128 to 2,048, ``k = 32``,
+            ``benchmarks/density_scaling.py``): within 0.4% (two Krylov steps: 0.06%).
 
     Returns:
         ``(B,)`` float64; NaN for a path with a non-finite value or zero total arclength.

@@ -10,7 +10,8 @@ matches itself only (``.../train`` not ``.../train_ema``, ``.`` or ``(`` literal
 The layout is in reading order, the same whichever callback wrote its keys first: the families
 in :data:`CATEGORY_ORDER`; in each, the signal first (the train-vs-val chart of its leading
 descriptor, that descriptor's gap, its KS p-value), then its other descriptors the same way, then
-the parts of descriptors (``dip/volume``, ...), and the cost keys (:data:`COST_KEYS`) last.
+the parts of descriptors (``dip/volume``, ...), settings (:data:`SETTING`: ``radius_0``, ...),
+and the cost keys (:data:`COST_KEYS`) last.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ DESCRIPTOR_ORDER = {
 }
 #: What a measurement cost and how much it covered, last in each family, in this order.
 COST_KEYS = ("seconds", "probe_size", "staleness", "nonfinite")
+#: Settings a family logs beside its values (the density's decay radii ``radius_0``, ...):
+#: after its descriptors, before its cost keys.
+SETTING = re.compile(r"radius_\d+$")
 #: A descriptor's charts in this order: train vs val (or a lone split), gap, KS p, the others.
 _PART_RANK = {"train": 0, "val": 0, "gap": 1, "ks_pvalue": 2}
 
@@ -82,7 +86,9 @@ def _chart_rank(category: str, path: str) -> tuple:
     """Where the chart of ``path`` (a key below ``category``, or the stem of a train/val pair,
     ``""`` for the family's own pair) goes in its category."""
     if path in COST_KEYS:
-        return (1, COST_KEYS.index(path))
+        return (2, COST_KEYS.index(path))
+    if SETTING.match(path):
+        return (1, path)
     head, _, last = path.rpartition("/")
     if last in _PART_RANK:
         descriptor, part = head, _PART_RANK[last]

@@ -13,7 +13,7 @@ from lightning_memwatch.callbacks import GeometryMonitor, LikelihoodMonitor, Rec
 from lightning_memwatch.callbacks import progress as progress_module
 from lightning_memwatch.callbacks.latents import CHUNK
 from lightning_memwatch.callbacks.progress import MeasurementProgress
-from tests.conftest import digits_loaders, make_autoencoder, quiet_trainer
+from tests.conftest import DigitsDataModule, digits_loaders, make_autoencoder, quiet_trainer
 
 
 class RecordingTqdm(Tqdm):
@@ -35,6 +35,14 @@ class RecordingBar(TQDMProgressBar):
         self.recording = RecordingTqdm(
             desc=bar.desc, total=bar.total, leave=True, dynamic_ncols=True, bar_format=None
         )
+        bar.close()
+        return self.recording
+
+
+class RecordingValidationBar(TQDMProgressBar):
+    def init_validation_tqdm(self) -> Tqdm:
+        bar = super().init_validation_tqdm()
+        self.recording = RecordingTqdm(desc=bar.desc, total=bar.total, leave=True)
         bar.close()
         return self.recording
 
@@ -84,21 +92,30 @@ def test_every_monitor_family_is_named_while_it_is_measured(monkeypatch):
     fit([geometry, likelihood], bar)
     lines = memwatch_lines(bar.recording.postfixes)
     assert [line for line in lines if "," not in line] == ["spectrum", "density", "likelihood"]
-    assert "likelihood, split 1 of 2" in lines and "likelihood, split 2 of 2" in lines
+    for family in ("spectrum", "density", "likelihood"):
+        assert f"{family}, split 1 of 2" in lines and f"{family}, split 2 of 2" in lines
 
 
 def test_updates_within_a_family_are_throttled(monkeypatch):
-    clock = iter([0.0, 0.1, 0.2, 0.3, 0.31])
+    clock = iter([0.0, 0.05, 0.1, 0.2, 0.3, 0.31, 0.6])
     monkeypatch.setattr(progress_module.time, "perf_counter", lambda: next(clock))
     shown = []
     progress = MeasurementProgress(None, interval=0.25)
     progress.display = type("Display", (), {"show": lambda self, text: shown.append(text)})()
-    progress("recovery", 1, 4)  # t=0: shown
+    progress("recovery")  # t=0: shown
+    progress("recovery", 1, 4)  # t=0.05: the first count of chunks always shows
     progress("recovery", 2, 4)  # t=0.1: too soon
     progress("spectrum")  # t=0.2: a new family always shows
-    progress("spectrum", 1, 9)  # t=0.3: too soon after 0.2
-    progress("spectrum", 2, 9)  # t=0.31: still too soon
-    assert shown == ["memwatch: recovery, chunk 1 of 4", "memwatch: spectrum"]
+    progress("spectrum", 1, 9)  # t=0.3: its first count
+    progress("spectrum", 2, 9)  # t=0.31: too soon
+    progress("spectrum", 3, 9)  # t=0.6: the interval has passed
+    assert shown == [
+        "memwatch: recovery",
+        "memwatch: recovery, chunk 1 of 4",
+        "memwatch: spectrum",
+        "memwatch: spectrum, chunk 1 of 9",
+        "memwatch: spectrum, chunk 3 of 9",
+    ]
 
 
 def test_the_real_tqdm_bar_prints_it(capsys, monkeypatch):
@@ -150,3 +167,16 @@ def test_rich_task_description_names_the_chunk_then_gives_it_back(monkeypatch):
     first = next(i for i, d in enumerate(bar.descriptions) if "memwatch" in d)
     assert bar.descriptions[last + 1] == bar.descriptions[first].split(" · memwatch")[0]
     assert bar.descriptions[last + 1].startswith("Epoch 0")
+
+
+def test_validate_shows_it_on_the_validation_bar(monkeypatch):
+    monkeypatch.setattr(progress_module, "INTERVAL", 0.0)
+    bar = RecordingValidationBar()
+    monitor = recovery()
+    trainer = quiet_trainer(callbacks=[monitor, bar], enable_progress_bar=True)
+    data = DigitsDataModule(n_train=96, n_val=96)  # the probe's training digits come from it
+    trainer.validate(make_autoencoder(), datamodule=data, verbose=False)
+    assert monitor.measurements == 1
+    lines = memwatch_lines(bar.recording.postfixes)
+    assert lines == ["recovery", *(f"recovery, chunk {i} of 4" for i in range(1, 5))]
+    assert "memwatch" not in bar.recording.postfixes[-1]

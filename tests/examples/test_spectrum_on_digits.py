@@ -1,4 +1,4 @@
-"""Smoke run of the issue-#3 main example on real digits (``--fast``)."""
+"""Smoke run of ``examples/spectrum_on_digits.py`` on real digits (``--fast``)."""
 
 from __future__ import annotations
 

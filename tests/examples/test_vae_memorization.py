@@ -30,7 +30,7 @@ RECOVERY_KEYS = ("mre/train", "mre/val", "mre_gap", "ks_pvalue")
 
 
 def expected_keys() -> set[str]:
-    """DESIGN §3's keys of the two monitors the demo attaches."""
+    """The documented keys of the two monitors the demo attaches."""
     keys = {
         f"memwatch/{family}/{d}/{split}"
         for family, descriptors in DESCRIPTORS.items()
@@ -128,7 +128,7 @@ def test_logged_gaps_follow_their_definitions(events):
         ):
             tolerance = float32_rounding(train, val) / val + float32_rounding(gap)
             assert gap == pytest.approx((val - train) / val, abs=tolerance)
-        # descriptors: gap = train - val (DESIGN §3)
+        # descriptors: gap = train - val
         for family, descriptors in DESCRIPTORS.items():
             for d in descriptors:
                 base = f"memwatch/{family}/{d}"

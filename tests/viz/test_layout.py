@@ -10,7 +10,7 @@ from itertools import product
 from lightning_memwatch.viz import add_layout, custom_scalars_layout
 
 FAMILIES = ("spectrum", "density", "recovery", "likelihood", "complexity")
-DESIGN_KEYS = [
+MONITOR_KEYS = [
     *(
         f"memwatch/spectrum/{d}/{s}"
         for d, s in product(
@@ -37,14 +37,14 @@ def charted_keys(tags: list[str], keys: list[str]) -> list[str]:
 
 
 def test_each_train_val_pair_shares_a_chart_and_every_key_is_charted_once() -> None:
-    layout = custom_scalars_layout(DESIGN_KEYS)
+    layout = custom_scalars_layout(MONITOR_KEYS)
     order = ("recovery", "spectrum", "density", "likelihood", "complexity")
     assert list(layout) == [f"memwatch/{family}" for family in order]
     charted = []
     for category, charts in layout.items():
         for title, (kind, tags) in charts.items():
             assert kind == "Multiline"
-            keys = charted_keys(tags, DESIGN_KEYS)
+            keys = charted_keys(tags, MONITOR_KEYS)
             assert all(key.startswith(f"{category}/") for key in keys)
             if title.endswith(": train vs val"):
                 descriptor = title.removesuffix(": train vs val")  # the family's own pair:
@@ -54,7 +54,7 @@ def test_each_train_val_pair_shares_a_chart_and_every_key_is_charted_once() -> N
             else:
                 assert keys == [f"{category}/{title}"], title
             charted += keys
-    assert sorted(charted) == sorted(DESIGN_KEYS)
+    assert sorted(charted) == sorted(MONITOR_KEYS)
     spectrum = layout["memwatch/spectrum"]
     assert spectrum["log_volume: train vs val"][1] == [
         "^memwatch/spectrum/log_volume/train$",
@@ -113,10 +113,12 @@ def triple(descriptor: str) -> list[str]:
 
 def test_categories_and_charts_are_in_reading_order_whatever_order_the_keys_come_in() -> None:
     keys = [
-        *DESIGN_KEYS,
+        *MONITOR_KEYS,
         *(f"memwatch/spectrum/{d}/prior" for d in ("log_volume", "log_condition")),
         *(f"memwatch/density/dip/{p}/{s}" for p in ("volume", "prior") for s in ("train", "val")),
         "memwatch/density/decay/unreached/gap",
+        "memwatch/density/radius_1",
+        "memwatch/density/radius_0",
         *(f"memwatch/samples/{k}" for k in ("heldout_copy_fraction", "seconds", "ct")),
         "memwatch/samples/copy_fraction",
         "memwatch/early_stopping/triggered",
@@ -142,6 +144,8 @@ def test_categories_and_charts_are_in_reading_order_whatever_order_the_keys_come
             "dip/prior: train vs val",
             "dip/volume: train vs val",
             "decay/unreached/gap",
+            "radius_0",
+            "radius_1",
             *COSTS[:2],
             COSTS[3],
         ],
@@ -169,8 +173,8 @@ def test_categories_and_charts_are_in_reading_order_whatever_order_the_keys_come
 
 
 def test_add_layout_gives_one_order_whichever_callback_writes_first() -> None:
-    geometry = [k for k in DESIGN_KEYS if k.split("/")[1] in ("spectrum", "density")]
-    recovery = [k for k in DESIGN_KEYS if k.startswith("memwatch/recovery/")]
+    geometry = [k for k in MONITOR_KEYS if k.split("/")[1] in ("spectrum", "density")]
+    recovery = [k for k in MONITOR_KEYS if k.startswith("memwatch/recovery/")]
     stopper = ["memwatch/early_stopping/triggered"]
     layouts = []
     for order in ((stopper, geometry, recovery), (recovery, stopper, geometry)):
