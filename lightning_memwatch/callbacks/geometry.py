@@ -175,6 +175,19 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
         return self._families
 
     @property
+    def state_key(self) -> str:
+        """The base key, plus the families when they are not the default ones, so that two
+        monitors measuring different families on the same probe can share a Trainer."""
+        if self._families == DEFAULT_FAMILIES:
+            return super().state_key
+        return self._generate_state_key(
+            decoder=self.decoder_name,
+            probe_size=self.probe_size,
+            seed=self.seed,
+            families=self._families,
+        )
+
+    @property
     def logged_keys(self) -> frozenset[str]:
         keys = set()
         for family, metric in (

@@ -52,7 +52,8 @@ class MemwatchMonitor(Measuring, Callback):
     decoder once on them (:mod:`~lightning_memwatch.callbacks.preflight`), so that a
     misconfiguration fails then, with a message that names the fix. Two monitors of one class in
     one Trainer need distinct ``state_key`` (Lightning refuses the Trainer otherwise): give them
-    another ``seed`` or ``probe_size``; and disjoint ``logged_keys`` (checked at setup).
+    another ``seed`` or ``probe_size`` (two ``GeometryMonitor`` of different ``families`` are
+    distinct already); and disjoint ``logged_keys`` (checked at setup).
 
     Args:
         decoder: name of the module's attribute (module or method) mapping ``(B, m)`` latents to

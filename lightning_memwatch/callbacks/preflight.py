@@ -103,13 +103,45 @@ def _run_encoder(monitor: Any, encoder: Callable[..., Any], x: Tensor) -> Tensor
     try:
         return latents_of(output)
     except ValueError:
-        got = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        pass
+    candidate = _latent_candidate(output)
+    if candidate is not None and candidate.ndim > 2 and candidate.shape[0] == len(x):
+        shape = tuple(candidate.shape[1:])
         raise ValueError(
-            f"Expected {name}'s encoder `{attribute}` to give a (B, m) latent batch (a tensor, "
-            f"a tuple's first element, a distribution's mean) for {len(x)} probe samples but got "
-            f"{got}: pass `encoder_output=` the entry of its output that holds the latents, or "
-            "point `encoder=` at the map from inputs to latents"
+            f"Expected {name}'s encoder `{attribute}` to give flat (B, m) latents but it gives "
+            f"latent maps of shape {shape} per sample: memwatch measures flat latents. Add two "
+            f"module methods and name them: `encoder=` one that returns the latents flattened "
+            f"(e.g. `{attribute}(x).mean.flatten(1)`) and `decoder=` one that reshapes (B, "
+            f"{candidate[0].numel()}) latents back before decoding (e.g. "
+            f"`decoder(z.view(-1, {', '.join(map(str, shape))}))`)"
         ) from None
+    got = _describe_output(output)
+    raise ValueError(
+        f"Expected {name}'s encoder `{attribute}` to give a (B, m) latent batch (a tensor, "
+        f"a tuple's first element, a distribution's mean) for {len(x)} probe samples but got "
+        f"{got}: pass `encoder_output=` the entry of its output that holds the latents, or "
+        "point `encoder=` at the map from inputs to latents"
+    )
+
+
+def _latent_candidate(output: Any) -> Tensor | None:
+    """The tensor :func:`latents_of` reads in ``output`` (a distribution's mean, a tuple's first
+    element, the tensor itself), whatever its shape; ``None`` if there is none."""
+    mean = getattr(output, "mean", None) if not isinstance(output, Tensor) else None
+    if isinstance(mean, Tensor):
+        return mean
+    if isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    return output if isinstance(output, Tensor) else None
+
+
+def _describe_output(output: Any) -> str:
+    candidate = _latent_candidate(output)
+    if candidate is None:
+        return type(output).__name__
+    if isinstance(output, Tensor):
+        return f"a tensor {tuple(output.shape)}"
+    return f"{type(output).__name__} holding a tensor {tuple(candidate.shape)}"
 
 
 def _encoder_error(name: str, attribute: str, x: Tensor, error: Exception) -> ValueError:
@@ -133,7 +165,9 @@ def _run_decoder(monitor: Any, decoder: Callable[..., Any], z: Tensor, source: s
             f"{type(monitor).__name__} could not run the decoder `{monitor.decoder_name}` on a "
             f"{tuple(z.shape)} latent batch (latent_dim={z.shape[1]}, {source}): "
             f"{type(error).__name__}: {error}. Pass `latent_dim=` the latent size the decoder "
-            "takes, or point `decoder=` at the map from latents to outputs"
+            "takes, or point `decoder=` at the map from latents to outputs; a decoder of latent "
+            "maps (B, C, H, W) needs a module method that reshapes flat latents first (e.g. "
+            "`decoder(z.view(-1, C, H, W))`), named by `decoder=`"
         ) from error
 
 

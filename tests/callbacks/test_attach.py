@@ -179,6 +179,45 @@ def test_encoder_model_output_without_a_key_lists_its_entries_before_training():
     assert model.losses == []
 
 
+class MapLatents(WrappedOutputs):
+    """An encoder of latent maps ``(B, 1, 2, 2)`` (as a latent diffusion model's autoencoder
+    gives), as a tensor or as a distribution over them."""
+
+    def encode_map(self, x):
+        return self.encoder(x).view(-1, 1, 2, 2)
+
+    def encode_map_distribution(self, x):
+        mean = self.encode_map(x)
+        return Independent(Normal(mean, torch.ones_like(mean)), 3)
+
+    def decode_map(self, z):
+        return self.decoder(z.flatten(1))
+
+    def decode_conv(self, z):
+        """A decoder that starts with a convolution: it takes (B, 1, 2, 2) maps only."""
+        return self.decoder(torch.nn.functional.conv2d(z, torch.ones(1, 1, 1, 1)).flatten(1))
+
+
+@pytest.mark.parametrize("encoder", ["encode_map", "encode_map_distribution"])
+def test_latent_maps_fail_before_training_with_the_reshaping_fix(encoder):
+    """Before: the message said to pass ``encoder_output=`` (or, for a distribution, "got
+    Independent"), which cannot fix a shape."""
+    model = MapLatents()
+    with pytest.raises(ValueError, match=r"latent maps of shape \(1, 2, 2\)") as e:
+        fit([GeometryMonitor(decoder="decode_map", encoder=encoder, probe_size=8)], model)
+    assert f"encoder `{encoder}`" in str(e.value)
+    assert "decoder(z.view(-1, 1, 2, 2))" in str(e.value) and "encoder_output" not in str(e.value)
+    assert model.losses == []
+
+
+def test_a_decoder_of_latent_maps_given_flat_latents_names_the_reshaping_fix():
+    model = MapLatents()
+    cb = GeometryMonitor(decoder="decode_conv", probe_size=8, latent_dim=4)
+    with pytest.raises(ValueError, match=r"latent maps \(B, C, H, W\)") as e:
+        fit([cb], model)
+    assert "`latent_dim=`" in str(e.value) and "z.view(-1, C, H, W)" in str(e.value)
+
+
 def test_decoder_dict_without_a_key_fails_before_training_listing_its_entries():
     model = WrappedOutputs()
     model.wrap = WRAPPERS["dict by key"][0]

@@ -356,10 +356,24 @@ def test_two_monitors_with_disjoint_families_watch_together():
     )
 
 
+def test_geometry_monitors_of_disjoint_families_share_one_probe():
+    """Their ``state_key`` holds their families, so one probe (same size and seed) serves both,
+    e.g. a top-k spectrum beside an exact density."""
+    first = GeometryMonitor(encoder="encode", families=("spectrum",), probe_size=8)
+    second = GeometryMonitor(encoder="encode", families=("density",), probe_size=8, top_k=None)
+    assert first.state_key != second.state_key != GeometryMonitor(probe_size=8).state_key
+    trainer = quiet_trainer(callbacks=[first, second], max_epochs=1)
+    trainer.fit(make_autoencoder(), *digits_loaders())
+    assert torch.equal(first.indices["train"], second.indices["train"])
+    assert {"memwatch/spectrum/probe_size", "memwatch/density/probe_size"} <= set(
+        trainer.callback_metrics
+    )
+
+
 def test_a_duplicate_state_key_is_refused_when_the_trainer_is_built():
     """Lightning checks ``state_key`` uniqueness in ``Trainer(...)``, before any memwatch hook,
     and refers to the callback's documentation, which says what to change."""
-    twins = [GeometryMonitor(families=("spectrum",)), GeometryMonitor(families=("density",))]
+    twins = [GeometryMonitor(families=("spectrum",)), GeometryMonitor(families=("spectrum",))]
     with pytest.raises(RuntimeError, match=r"GeometryMonitor.*state_key"):
         quiet_trainer(callbacks=twins)
     from lightning_memwatch.callbacks.monitor import MemwatchMonitor

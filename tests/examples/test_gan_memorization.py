@@ -42,14 +42,30 @@ def test_the_gan_trains_bit_identically_and_is_measured_at_every_training_epoch_
     assert watched_losses == plain_losses  # exact: the monitors leave no trace on training
     for a, b in zip(plain.parameters(), watched.parameters(), strict=True):
         assert torch.equal(a, b)
-    geometry, recovery = callbacks[:2]
-    assert geometry.measurements == recovery.measurements == 3  # no validation_step: train ends
+    geometry, recovery, samples = callbacks[:3]
+    # no validation_step: measured at the end of every training epoch
+    assert geometry.measurements == recovery.measurements == samples.measurements == 3
     for key in gan.KEYS:
         assert math.isfinite(trainer.callback_metrics[key].item()), key
 
 
-def test_fast_run_prints_the_table(capsys):
-    results = gan.main(["--fast"])
-    assert set(results) == {"A_32", "B_1400"}
+def test_fast_run_prints_the_table(capsys, tmp_path):
+    results = gan.main(["--fast", "--log-dir", str(tmp_path)])
+    assert set(results) == {"A_32_s0", "B_1400_s0"}
     assert all(r["measured"] > 0 for r in results.values())
-    assert "memwatch/recovery/mre_gap" in capsys.readouterr().out
+    assert results["A_32_s0"]["k"] == 32 and results["B_1400_s0"]["k"] == 256  # equal-size sets
+    out = capsys.readouterr().out
+    assert "memwatch/recovery/mre_gap" in out and "memwatch/samples/ct" in out
+    assert "| near_copies |" in out
+    assert any(tmp_path.iterdir())  # the TensorBoard runs went where --log-dir said
+
+
+def test_the_discriminator_takes_d_steps_steps_per_batch():
+    L.seed_everything(0, verbose=False)
+    model = gan.DigitsGAN(d_steps=3)
+    calls = []
+    model.discriminator.register_forward_hook(lambda *args: calls.append(1))
+    data = digits.DigitsDataModule(n_train=16, n_val=16, batch_size=16)
+    with digits.quiet(1):
+        digits.cpu_trainer(1, False, []).fit(model, datamodule=data)
+    assert len(calls) == 3 * 2 + 1  # per D step: real and fake; then the generator step
