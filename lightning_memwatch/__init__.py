@@ -6,6 +6,7 @@ and the offline K-fold memorization score; everything else is private.
 
 from lightning_memwatch import functional
 from lightning_memwatch.callbacks import (
+    EffectAgreement,
     GeometryMonitor,
     LikelihoodMonitor,
     MemorizationEarlyStopping,
@@ -29,6 +30,7 @@ __all__ = [
     "ComplexityGap",
     "DataCopying",
     "DensityGap",
+    "EffectAgreement",
     "GeometryMonitor",
     "KFoldMemorization",
     "LikelihoodGap",

@@ -4,9 +4,11 @@ from lightning_memwatch.callbacks.early_stopping import MemorizationEarlyStoppin
 from lightning_memwatch.callbacks.geometry import GeometryMonitor
 from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
 from lightning_memwatch.callbacks.recovery import RecoveryMonitor
+from lightning_memwatch.callbacks.rules import EffectAgreement
 from lightning_memwatch.callbacks.samples import SampleMonitor
 
 __all__ = [
+    "EffectAgreement",
     "GeometryMonitor",
     "LikelihoodMonitor",
     "MemorizationEarlyStopping",

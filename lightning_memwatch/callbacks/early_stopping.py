@@ -187,11 +187,14 @@ class MemorizationEarlyStopping(Callback):
         owner = self._owner(trainer)
         if owner is not None:
             # checks run after the monitor has logged in the same hook (end of a training epoch
-            # without validation): place this stopper after its monitor
-            callbacks = trainer.callbacks
+            # without validation): place this stopper after its monitor. Lightning is looping
+            # over `trainer.callbacks` to call `setup` right now, so the new order goes into a
+            # new list (editing that one in place would skip the callback after this one)
+            callbacks = list(trainer.callbacks)
             if callbacks.index(self) < callbacks.index(owner):
                 callbacks.remove(self)
                 callbacks.insert(callbacks.index(owner) + 1, self)
+                trainer.callbacks = callbacks
         if stage != TrainerFn.FITTING or owner is not None:
             return
         keys = sorted(

@@ -160,7 +160,7 @@ class LikelihoodMonitor(MemwatchMonitor):
 
     @property
     def logged_keys(self) -> frozenset[str]:
-        keys = (*SPLITS, "gap", "ks_pvalue", "seconds", "probe_size", "nonfinite", "staleness")
+        keys = (*self.metric.stats, "seconds", "probe_size", "nonfinite", "staleness")
         return frozenset(f"memwatch/{FAMILY}/{key}" for key in keys)
 
     # ----------------------------------------------------------------- configuration

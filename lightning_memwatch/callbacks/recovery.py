@@ -22,6 +22,9 @@ KEYS = (
     "mre/val",
     "mre_gap",
     "ks_pvalue",
+    "effect",
+    "effect_lower",
+    "effect_upper",
     "nonfinite",
     "staleness",
     "seconds",
@@ -43,6 +46,15 @@ class RecoveryMonitor(MemwatchMonitor):
       overfitting (Webster et al. (2019), eq. 5);
     - ``memwatch/recovery/ks_pvalue``: two-sample KS test of the train and validation errors;
       below ``0.01`` flags overfitting (Webster et al. (2019), sec. 3.3);
+    - ``memwatch/recovery/effect``: Cliff's delta ``P(e_train > e_val) - P(e_train < e_val)``,
+      ``-1`` when every train error is below every validation error, and
+      ``memwatch/recovery/effect_{lower,upper}``: its one-sided 95 % DeLong bounds; a size, not
+      a test, so a harmless gap does not cross a threshold on it as the probe grows.
+      ``MemorizationEarlyStopping("memwatch/recovery/effect_upper", threshold=-0.5,
+      mode="below")`` stops once, with 95 % confidence, a train error is below a validation
+      error in more than 75 % of pairs; ``benchmarks/detection.py`` measures it, and the
+      calibrated rule, this key agreeing with psi
+      (:class:`~lightning_memwatch.callbacks.rules.EffectAgreement`);
     - ``memwatch/recovery/{seconds,probe_size,nonfinite,staleness}``: its cost, the probe size it
       used (0 for an epoch the cost budget skipped), how many errors were not finite and the age
       in epochs of the oldest error in use (the rolling probe of
@@ -63,8 +75,8 @@ class RecoveryMonitor(MemwatchMonitor):
     target | recovered pairs (Webster et al. (2019), fig. 2).
 
     Args:
-        steps: L-BFGS iterations per start (Webster et al. (2019): about 50); ``0``: the encoder's
-            latents as they are (needs ``encoder``).
+        steps: L-BFGS iterations per start (webster: about 50); ``0``: the encoder's latents as
+            they are (needs ``encoder``).
         restarts: starts drawn from the prior ``N(0, I)`` per sample; ``0`` needs ``encoder``.
         warm_steps: L-BFGS iterations of a warm-started recovery (default 20: 0.11-0.15x the
             cost of a cold one, errors 0.4-6% above it; 10 was 26% above on a conv decoder).

@@ -1,5 +1,5 @@
-"""Likelihood family: importance-sampled log p(x) (van den Burg & Williams (2021), eq. 9), train
-versus val."""
+"""Likelihood family: importance-sampled log p(x) (van den Burg & Williams (2021), eq. 9),
+train versus val."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ class LikelihoodGap(TrainValGap):
     ``update(split, log_px)`` takes the ``(B,)`` estimates of
     :func:`~lightning_memwatch.functional.importance_log_likelihood`
     (van den Burg & Williams (2021), eq. 9). ``compute()`` gives
-    ``{train,val,gap,ks_pvalue,nonfinite}`` (no descriptor level; see
+    ``{train,val,gap,ks_pvalue,nonfinite,effect,effect_lower,effect_upper}`` (no descriptor
+    level; see
     :class:`~lightning_memwatch.metrics.train_val.TrainValGap`): the mean log-likelihood per
     split and ``gap = train - val``. **A positive gap = memorization**: the model gives its
     training samples more probability than held-out samples of the same distribution.
@@ -34,6 +35,9 @@ class LikelihoodGap(TrainValGap):
 
     descriptors = ("likelihood",)
     descriptor_level = False
+    #: ``effect``, ``effect_lower``, ``effect_upper`` of ``log p(x)``, train against val
+    #: (memorization: toward +1, training samples more likely).
+    effects = True
 
     def update(self, log_px: Tensor, split: str) -> None:
         """Record per-sample log-likelihoods ``log_px`` (``(B,)``) for ``split``."""

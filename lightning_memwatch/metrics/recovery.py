@@ -8,8 +8,8 @@ import math
 import torch
 from torch import Tensor
 
-from lightning_memwatch.functional.stats import ks_pvalue, mre_gap
-from lightning_memwatch.metrics.train_val import TrainValGap
+from lightning_memwatch.functional.stats import ks_pvalue, mre_gap, rank_effect
+from lightning_memwatch.metrics.train_val import EFFECT_STATS, TrainValGap
 
 
 class RecoveryGap(TrainValGap):
@@ -22,7 +22,11 @@ class RecoveryGap(TrainValGap):
     :func:`~lightning_memwatch.functional.recover_latents`.
 
     ``compute()`` gives ``mre/train``, ``mre/val`` (medians of the finite errors), ``mre_gap``,
-    ``ks_pvalue`` and ``nonfinite`` (errors dropped, train and val together). Unlike the
+    ``ks_pvalue``, ``nonfinite`` (errors dropped, train and val together) and ``effect``,
+    ``effect_lower``, ``effect_upper``: Cliff's delta ``P(e_train > e_val) - P(e_train < e_val)``
+    and its one-sided 95 % DeLong bounds
+    (:func:`~lightning_memwatch.functional.stats.rank_effect`); memorization drives it to -1.
+    Unlike the
     descriptor families (means, ``gap = train - val``) the aggregate is the median and the gap is
     Webster et al.'s normalized one.
 
@@ -40,6 +44,9 @@ class RecoveryGap(TrainValGap):
     """
 
     descriptors = ("errors",)
+    #: ``effect``, ``effect_lower``, ``effect_upper``: Cliff's delta of the train errors against
+    #: the val errors and its bounds (memorization: well below 0, train errors below val).
+    effects = True
 
     def update(self, errors: Tensor, split: str) -> None:
         """Record the per-sample recovery ``errors`` (``(B,)``) of probe ``split``."""
@@ -58,4 +65,7 @@ class RecoveryGap(TrainValGap):
         out["mre_gap"] = train.new_tensor(mre_gap(train, val))
         out["ks_pvalue"] = train.new_tensor(ks_pvalue(train, val))
         out["nonfinite"] = (~torch.isfinite(train)).sum() + (~torch.isfinite(val)).sum()
+        if self.effects:
+            values = rank_effect(train, val)
+            out.update({s: train.new_tensor(v) for s, v in zip(EFFECT_STATS, values, strict=True)})
         return out

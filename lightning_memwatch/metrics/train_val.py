@@ -9,9 +9,13 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_memwatch.functional.stats import ks_pvalue
+from lightning_memwatch.functional.stats import ks_pvalue, rank_effect
 
 SPLITS = ("train", "val")
+#: Per-descriptor statistics of :meth:`TrainValGap.compute` besides ``nonfinite``.
+BASE_STATS = ("train", "val", "gap", "ks_pvalue")
+#: The effect size and its bounds, added when :attr:`TrainValGap.effects` is on.
+EFFECT_STATS = ("effect", "effect_lower", "effect_upper")
 
 
 class TrainValGap(Metric):
@@ -27,9 +31,14 @@ class TrainValGap(Metric):
     - ``d/gap``: ``train - val`` (DESIGN §3);
     - ``d/ks_pvalue``: two-sample KS p-value of the finite values
       (:func:`~lightning_memwatch.functional.stats.ks_pvalue`);
-    - ``d/nonfinite``: how many per-sample values, train and val together, were dropped.
+    - ``d/nonfinite``: how many per-sample values, train and val together, were dropped;
+    - with :attr:`effects` on, ``d/effect``: Cliff's delta ``P(train > val) - P(train < val)``
+      of the finite values, and ``d/effect_lower``, ``d/effect_upper``: its one-sided 95 %
+      DeLong bounds (:func:`~lightning_memwatch.functional.stats.rank_effect`). Unlike the
+      KS p-value the effect does not grow with the probe size: a threshold on a bound
+      (``effect_lower > 0.5``) asks for a large train-versus-val separation, with confidence.
 
-    A split with no finite value gives NaN means, gap and p-value.
+    A split with no finite value gives NaN means, gap and p-value (and effects: fewer than two).
 
     A family with a single descriptor whose keys have no descriptor level (DESIGN §3:
     ``memwatch/complexity/{train,val,gap}``, ``memwatch/likelihood/{train,val,gap}``) sets
@@ -45,6 +54,9 @@ class TrainValGap(Metric):
     #: Whether :meth:`compute`'s keys start with the descriptor's name (``d/train``); ``False``
     #: is allowed for a single descriptor only (keys ``train``, ``val``, ...).
     descriptor_level: bool = True
+    #: Whether :meth:`compute` adds ``effect``, ``effect_lower`` and ``effect_upper`` per
+    #: descriptor; a monitor that turns it on declares the keys through :attr:`stats`.
+    effects: bool = False
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
@@ -64,6 +76,11 @@ class TrainValGap(Metric):
     def _check_split(split: str) -> None:
         if split not in SPLITS:
             raise ValueError(f"Expected `split` to be one of {SPLITS} but got {split!r}")
+
+    @property
+    def stats(self) -> tuple[str, ...]:
+        """The per-descriptor statistics :meth:`compute` gives, ``nonfinite`` aside."""
+        return BASE_STATS + EFFECT_STATS if self.effects else BASE_STATS
 
     def key(self, name: str, stat: str) -> str:
         """The :meth:`compute` key of descriptor ``name``'s ``stat`` (``train``, ``val``,
@@ -130,4 +147,12 @@ class TrainValGap(Metric):
             out[self.key(name, "gap")] = means["train"] - means["val"]
             out[self.key(name, "ks_pvalue")] = train.new_tensor(ks_pvalue(train, val))
             out[self.key(name, "nonfinite")] = nonfinite
+            if self.effects:
+                out.update(self.effect_scalars(name, train, val))
         return out
+
+    def effect_scalars(self, name: str, train: Tensor, val: Tensor) -> dict[str, Tensor]:
+        """``effect``, ``effect_lower``, ``effect_upper`` of descriptor ``name``'s samples."""
+        values = rank_effect(train, val)
+        pairs = zip(EFFECT_STATS, values, strict=True)
+        return {self.key(name, s): train.new_tensor(v) for s, v in pairs}

@@ -216,6 +216,34 @@ def test_fast_dev_run_is_skipped():
     assert stopper.consecutive == 0
 
 
+class CountingMonitor(ScriptedMonitor):
+    """Counts the ``setup`` calls it receives."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.setups = 0
+
+    def setup(self, trainer, pl_module, stage) -> None:
+        self.setups += 1
+
+
+def test_listed_before_its_monitor_it_moves_after_it_and_every_setup_runs_once():
+    """The stopper moves itself while Lightning loops over ``trainer.callbacks`` for ``setup``:
+    an in-place move skipped the monitor's ``setup`` and ran the stopper's twice."""
+    stopper = MemorizationEarlyStopping(KS, 0.01, "below")
+    monitor = CountingMonitor([HIGH, LOW, LOW])
+    bystander = CountingMonitor([HIGH] * 3, key="memwatch/other/value")
+    calls = []
+    original = stopper.setup
+    stopper.setup = lambda *args, **kwargs: (calls.append(1), original(*args, **kwargs))
+    trainer = make_trainer([stopper, monitor, bystander], max_epochs=3)
+    trainer.fit(TinyModule(), loader(), loader())
+    assert (len(calls), monitor.setups, bystander.setups) == (1, 1, 1)
+    order = [c for c in trainer.callbacks if c in (stopper, monitor, bystander)]
+    assert order == [monitor, stopper, bystander]
+    assert stopper.stopped_epoch == 1  # it checked after the monitor logged, every epoch
+
+
 def test_setup_lists_available_keys():
     monitor = ScriptedMonitor([LOW], key=GAP, extra_keys=(KS, "memwatch/recovery/mre/train"))
     stopper = MemorizationEarlyStopping("memwatch/spectrum/local_rank/gap")

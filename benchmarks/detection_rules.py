@@ -1,0 +1,198 @@
+"""Memorization rules evaluated offline on the recorded checks of ``benchmarks/detection.py``.
+
+A rule reads one check (the logged scalars and per-sample values of one measurement epoch) and
+says whether its condition holds; it *fires* at the first check where the condition has held at
+``patience + 1`` consecutive checks (``MemorizationEarlyStopping``'s count; a NaN check neither
+counts nor resets). A memorizing run is detected when the rule fires at any check; a
+generalizing run is a false alarm when it does.
+
+Families of rules:
+
+- ``paper``: the papers' absolute signs and thresholds on the logged scalars;
+- ``ks``: the two-sample KS p-value of a descriptor below 0.01 (webster §3.3);
+- ``effect``: Cliff's delta of train against val with a one-sided 95 % DeLong bound
+  (:func:`~lightning_memwatch.functional.stats.rank_effect`) past a margin ``t`` in the
+  memorization direction of the descriptor (:data:`SIGNS`; both directions where no paper
+  gives one);
+- ``drift``: the same effect minus the effect at the run's first check (a reference from the
+  same run, before the model had time to memorize), past ``t``;
+- ``k_of_n``: at least ``k`` of a set of effect rules hold at the same check.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from lightning_memwatch.functional.stats import rank_effect
+
+#: Memorization direction of ``delta(train, val)`` per per-sample descriptor (README key table,
+#: from the papers): ``-1`` train below val, ``+1`` train above val, ``0`` no sign established.
+SIGNS = {
+    "recovery/errors": -1,  # webster: train errors far below val
+    "likelihood/likelihood": +1,  # van den Burg: training samples more likely
+    "spectrum/log_volume": -1,  # humayun: the decoder contracts around training points
+    "spectrum/local_rank": 0,
+    "spectrum/intrinsic_dim": 0,
+    "spectrum/log_condition": 0,
+    "density/dip": +1,  # feiszli: dip positive
+    "density/decay": -1,  # feiszli: decay negative, train below val
+    "density/decay/unreached": +1,  # flat memorized regions: train unreached above val
+}
+
+Check = dict[str, Any]
+Condition = Callable[[Check, Check], float]  # (check, first check) -> 1, 0 or NaN
+
+
+class Rule(NamedTuple):
+    name: str
+    family: str
+    condition: Condition
+    patience: int = 0
+
+
+def _samples(check: Check, descriptor: str) -> tuple[np.ndarray, np.ndarray] | None:
+    samples = check["samples"]
+    train, val = samples.get(f"{descriptor}/train"), samples.get(f"{descriptor}/val")
+    if train is None or val is None:
+        return None
+    return np.asarray(train, dtype=float), np.asarray(val, dtype=float)
+
+
+def effect(check: Check, descriptor: str) -> tuple[float, float, float]:
+    """``rank_effect(train, val)`` of a descriptor at a check, cached in the check."""
+    cache = check.setdefault("_effects", {})
+    if descriptor not in cache:
+        pair = _samples(check, descriptor)
+        cache[descriptor] = (math.nan,) * 3 if pair is None else rank_effect(*pair)
+    return cache[descriptor]
+
+
+def _truth(value: float, holds: bool) -> float:
+    return math.nan if not math.isfinite(value) else float(holds)
+
+
+def scalar_rule(key: str, threshold: float, mode: str) -> Condition:
+    def condition(check: Check, first: Check) -> float:
+        value = check["scalars"].get(key, math.nan)
+        return _truth(value, value < threshold if mode == "below" else value > threshold)
+
+    return condition
+
+
+def gap_rule(key_train: str, key_val: str, threshold: float) -> Condition:
+    """``scalars[key_train] - scalars[key_val] > threshold``."""
+
+    def condition(check: Check, first: Check) -> float:
+        scalars = check["scalars"]
+        value = scalars.get(key_train, math.nan) - scalars.get(key_val, math.nan)
+        return _truth(value, value > threshold)
+
+    return condition
+
+
+def effect_rule(descriptor: str, margin: float, sign: int) -> Condition:
+    """``sign = +1``: lower bound above ``margin``; ``-1``: upper bound below ``-margin``;
+    ``0``: either."""
+
+    def condition(check: Check, first: Check) -> float:
+        delta, lower, upper = effect(check, descriptor)
+        up, down = lower > margin, upper < -margin
+        holds = up if sign > 0 else down if sign < 0 else up or down
+        return _truth(delta, holds)
+
+    return condition
+
+
+def drift_rule(descriptor: str, margin: float, sign: int) -> Condition:
+    """The bound's move since the first check, ``sign * (bound - first delta) > margin``."""
+
+    def condition(check: Check, first: Check) -> float:
+        delta, lower, upper = effect(check, descriptor)
+        start = effect(first, descriptor)[0]
+        bound = lower if sign > 0 else upper
+        return _truth(delta - start, sign * (bound - start) > margin)
+
+    return condition
+
+
+def k_of_n(conditions: Sequence[Condition], k: int) -> Condition:
+    """At least ``k`` of ``conditions`` hold (NaN conditions neither hold nor count)."""
+
+    def condition(check: Check, first: Check) -> float:
+        values = [c(check, first) for c in conditions]
+        finite = [v for v in values if math.isfinite(v)]
+        if not finite:
+            return math.nan
+        return float(sum(finite) >= k)
+
+    return condition
+
+
+def fired_epoch(rule: Rule, checks: Sequence[Check]) -> int | None:
+    """First epoch the rule fires at (``patience + 1`` consecutive holding checks)."""
+    if not checks:
+        return None
+    run = 0
+    for check in checks:
+        value = rule.condition(check, checks[0])
+        if not math.isfinite(value):
+            continue
+        run = run + 1 if value else 0
+        if run > rule.patience:
+            return int(check["epoch"])
+    return None
+
+
+PAPER = (
+    ("memwatch/recovery/ks_pvalue", 0.01, "below", "webster §3.3: KS p < 0.01"),
+    ("memwatch/recovery/mre_gap", 0.10, "above", "webster eq. 5: MRE-gap > 0.10"),
+    ("memwatch/spectrum/log_volume/gap", 0.0, "below", "humayun: psi gap < 0"),
+    ("memwatch/density/dip/train", 0.0, "above", "feiszli: dip (train) > 0"),
+    ("memwatch/density/decay/train", 0.0, "below", "feiszli: decay (train) < 0"),
+    ("memwatch/density/decay/gap", 0.0, "below", "feiszli: decay gap < 0"),
+    ("memwatch/likelihood/gap", 0.0, "above", "van den Burg: likelihood gap > 0"),
+    ("memwatch/samples/ct", -3.0, "below", "Meehan: C_T < -3"),
+)
+MARGINS = (0.0, 0.3, 0.5, 0.7)
+#: Descriptors of the headline effect rules; all of :data:`SIGNS` appear at margin 0.5.
+HEADLINE = ("recovery/errors", "likelihood/likelihood", "spectrum/log_volume", "density/decay")
+
+
+def rules() -> list[Rule]:
+    """Every rule of the table, in its print order."""
+    out = [Rule(label, "paper", scalar_rule(k, t, m)) for k, t, m, label in PAPER]
+    unreached = "memwatch/density/decay/unreached"
+    for margin in (0.1, 0.25):
+        label = f"decay unreached share, train - val > {margin:g}"
+        out.append(Rule(label, "paper", gap_rule(f"{unreached}/train", f"{unreached}/val", margin)))
+    for descriptor in SIGNS:
+        key = descriptor.replace("/errors", "").replace("/likelihood/likelihood", "/likelihood")
+        ks_key = f"memwatch/{key}/ks_pvalue"
+        out.append(Rule(f"KS p < 0.01: {descriptor}", "ks", scalar_rule(ks_key, 0.01, "below")))
+    for descriptor, sign in SIGNS.items():
+        margins = MARGINS if descriptor in HEADLINE else (0.5,)
+        for margin in margins:
+            for patience in (0, 1):
+                label = f"effect {descriptor}: bound past {margin:g} (sign {sign:+d}), p={patience}"
+                out.append(Rule(label, "effect", effect_rule(descriptor, margin, sign), patience))
+    for descriptor in HEADLINE:
+        for margin in (0.3, 0.5):
+            label = f"drift {descriptor}: bound moved {margin:g} since first check"
+            out.append(Rule(label, "drift", drift_rule(descriptor, margin, SIGNS[descriptor])))
+    pairs = {
+        "recovery+spectrum": ("recovery/errors", "spectrum/log_volume"),
+        "recovery+likelihood": ("recovery/errors", "likelihood/likelihood"),
+        "recovery+decay": ("recovery/errors", "density/decay"),
+    }
+    for name, descriptors in pairs.items():
+        for margin in (0.3, 0.5):
+            conds = [effect_rule(d, margin, SIGNS[d]) for d in descriptors]
+            label = f"2 of 2 ({name}) effects past {margin:g}"
+            out.append(Rule(label, "k_of_n", k_of_n(conds, 2)))
+    conds = [effect_rule(d, 0.5, SIGNS[d]) for d in HEADLINE]
+    out.append(Rule("2 of 4 headline effects past 0.5", "k_of_n", k_of_n(conds, 2)))
+    return out
