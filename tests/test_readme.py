@@ -132,3 +132,27 @@ def test_troubleshooting_lists_every_setup_error():
         (where, words) for where, words in messages if words not in internal and words not in page
     ]
     assert not missing, f"errors not on docs/troubleshooting.md: {missing}"
+
+
+def test_no_reference_outside_the_repository():
+    """Papers are cited by short name and equation (docs/bibliography.md), never by a path or a
+    design-note section that exists only outside the repository."""
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files", "*.py", "*.md", "*.yaml", "*.toml", "*.txt", "*.cfg"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert len(files) > 50
+    pattern = re.compile("|".join(["pap" + "ers/", "DES" + "IGN", "\u00a7"]))
+    found = [
+        f"{name}:{number}"
+        for name in files
+        if (ROOT / name).is_file()
+        for number, line in enumerate((ROOT / name).read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not found, f"references outside the repository: {found}"

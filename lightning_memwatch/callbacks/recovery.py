@@ -75,8 +75,8 @@ class RecoveryMonitor(MemwatchMonitor):
     target | recovered pairs (Webster et al. (2019), fig. 2).
 
     Args:
-        steps: L-BFGS iterations per start (webster: about 50); ``0``: the encoder's latents as
-            they are (needs ``encoder``).
+        steps: L-BFGS iterations per start (Webster et al. (2019): about 50); ``0``: the encoder's
+            latents as they are (needs ``encoder``).
         restarts: starts drawn from the prior ``N(0, I)`` per sample; ``0`` needs ``encoder``.
         warm_steps: L-BFGS iterations of a warm-started recovery (default 20: 0.11-0.15x the
             cost of a cold one, errors 0.4-6% above it; 10 was 26% above on a conv decoder).
