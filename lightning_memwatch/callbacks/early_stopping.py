@@ -27,6 +27,7 @@ from lightning_memwatch.callbacks.decisions import (
     log_decision,
     write_text,
 )
+from lightning_memwatch.callbacks.readers import place_after_sources
 
 _PREFIX = "memwatch/"
 _SYMBOL = {"below": "<", "above": ">"}
@@ -182,19 +183,17 @@ class MemorizationEarlyStopping(Callback):
                 return callback
         return None
 
+    def memwatch_sources(self, trainer: pl.Trainer) -> list[Callback]:
+        """The callback this stopper reads (it must run after it in the same hook)."""
+        owner = self._owner(trainer)
+        return [] if owner is None else [owner]
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_distinct_log_keys(self, trainer.callbacks)
         owner = self._owner(trainer)
-        if owner is not None:
-            # checks run after the monitor has logged in the same hook (end of a training epoch
-            # without validation): place this stopper after its monitor. Lightning is looping
-            # over `trainer.callbacks` to call `setup` right now, so the new order goes into a
-            # new list (editing that one in place would skip the callback after this one)
-            callbacks = list(trainer.callbacks)
-            if callbacks.index(self) < callbacks.index(owner):
-                callbacks.remove(self)
-                callbacks.insert(callbacks.index(owner) + 1, self)
-                trainer.callbacks = callbacks
+        # checks run after the monitor has logged in the same hook (end of a training epoch
+        # without validation): place this stopper after its monitor
+        place_after_sources(trainer)
         if stage != TrainerFn.FITTING or owner is not None:
             return
         keys = sorted(

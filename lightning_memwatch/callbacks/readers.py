@@ -68,3 +68,35 @@ def drop_stale(monitor: Any, trainer: pl.Trainer) -> None:
     for key in monitor.logged_keys:
         if not key.endswith("/probe_size"):
             metrics.pop(key, None)
+
+
+def place_after_sources(trainer: pl.Trainer) -> None:
+    """Reorder ``trainer.callbacks`` so that every memwatch reader comes after the callbacks it
+    reads, keeping the given order otherwise.
+
+    A reader (``MemorizationEarlyStopping``, ``EffectAgreement``) has a method
+    ``memwatch_sources(trainer)`` returning the callbacks whose values it reads in the same
+    hook; it must run after them. Every reader calls this in its ``setup``; each call orders
+    all readers, so the last one leaves a consistent order whatever the user's. Lightning is
+    looping over ``trainer.callbacks`` while it calls ``setup``, so the new order goes into a
+    new list: moving a callback within that list would skip the one after it.
+    """
+    callbacks = list(trainer.callbacks)
+    ordered: list[Any] = []
+    visiting: set[int] = set()
+
+    def visit(callback: Any) -> None:
+        if callback in ordered or id(callback) in visiting:
+            return
+        visiting.add(id(callback))
+        sources = getattr(callback, "memwatch_sources", None)
+        for source in sources(trainer) if callable(sources) else ():
+            if source in callbacks:
+                visit(source)
+        visiting.discard(id(callback))
+        ordered.append(callback)
+
+    for callback in callbacks:
+        visit(callback)
+    if ordered != callbacks:
+        trainer.callbacks = ordered

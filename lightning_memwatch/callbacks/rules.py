@@ -16,6 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
+from lightning_memwatch.callbacks.readers import place_after_sources
 from lightning_memwatch.functional.stats import rank_effect
 
 #: ``(family, descriptor, sign)``: the recovery errors and psi, both lower on training samples
@@ -121,15 +122,13 @@ class EffectAgreement(Callback):
             owners.append(owner)
         return owners
 
+    def memwatch_sources(self, trainer: pl.Trainer) -> list[Any]:
+        """The monitors this callback reads (it must run after them in the same hook)."""
+        return self._owners(trainer)
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        callbacks = trainer.callbacks
-        for owner in self._owners(trainer):
-            if callbacks.index(self) < callbacks.index(owner):
-                raise ValueError(
-                    f"Expected EffectAgreement after the monitors it reads in "
-                    f"`Trainer(callbacks=[...])` but it comes before {type(owner).__name__}: "
-                    "list it after the monitors (it reads what they measured in the same hook)"
-                )
+        self._owners(trainer)  # every family it reads has a monitor, or a setup error
+        place_after_sources(trainer)
 
     def _log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch

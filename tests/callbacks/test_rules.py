@@ -66,20 +66,28 @@ def test_logs_the_bound_of_the_monitors_tables_and_the_stopper_reads_it():
     assert stopper.fired_epoch == 0  # every bound is above -2: the rule holds at the first check
 
 
-def test_fails_at_setup_before_its_monitors_or_without_them():
+def test_fails_at_setup_without_its_monitors():
     train, val = digits_loaders(32, 32, batch_size=32)
     trainer = quiet_trainer(
         callbacks=[EffectAgreement(), GeometryMonitor(encoder="encode", probe_size=8)]
     )
     with pytest.raises(ValueError, match="'recovery'"):
         trainer.fit(make_autoencoder(), train, val)
-    monitors = [
-        GeometryMonitor(encoder="encode", probe_size=8),
-        RecoveryMonitor(encoder="encode", probe_size=8),
-    ]
-    trainer = quiet_trainer(callbacks=[EffectAgreement(), *monitors])
-    with pytest.raises(ValueError, match="after the monitors"):
-        trainer.fit(make_autoencoder(), train, val)
+
+
+def test_listed_first_the_stopper_and_the_agreement_move_after_what_they_read():
+    """[stopper, agreement, geometry, recovery]: each reader goes after its sources, so the
+    stopper reads the bound the agreement logged from the monitors' tables in the same hook."""
+    agreement = EffectAgreement()
+    stopper = MemorizationEarlyStopping(KEY, threshold=-2.0, mode="above", report_only=True)
+    train, val = digits_loaders(64, 64, batch_size=32)
+    common = {"encoder": "encode", "probe_size": 16, "max_overhead": math.inf}
+    monitors = [GeometryMonitor(**common), RecoveryMonitor(**common, steps=5, restarts=1)]
+    trainer = quiet_trainer(callbacks=[stopper, agreement, *monitors], max_epochs=2)
+    trainer.fit(make_autoencoder(), train, val)
+    order = [c for c in trainer.callbacks if c in (stopper, agreement, *monitors)]
+    assert set(order[:2]) == set(monitors) and order[2:] == [agreement, stopper]
+    assert agreement.last_logged_epoch == 1 and stopper.fired_epoch == 0
 
 
 def _draws(generator, delta, n=32):
