@@ -9,7 +9,7 @@ generalizing run is a false alarm when it does.
 Families of rules:
 
 - ``paper``: the papers' absolute signs and thresholds on the logged scalars;
-- ``ks``: the two-sample KS p-value of a descriptor below 0.01 (webster §3.3);
+- ``ks``: the two-sample KS p-value of a descriptor below 0.01 (Webster et al. (2019), sec. 3.3);
 - ``effect``: Cliff's delta of train against val with a one-sided 95 % DeLong bound
   (:func:`~lightning_memwatch.functional.stats.rank_effect`) past a margin ``t`` in the
   memorization direction of the descriptor (:data:`SIGNS`; both directions where no paper
@@ -32,14 +32,14 @@ from lightning_memwatch.functional.stats import rank_effect
 #: Memorization direction of ``delta(train, val)`` per per-sample descriptor (README key table,
 #: from the papers): ``-1`` train below val, ``+1`` train above val, ``0`` no sign established.
 SIGNS = {
-    "recovery/errors": -1,  # webster: train errors far below val
+    "recovery/errors": -1,  # Webster et al.: train errors far below val
     "likelihood/likelihood": +1,  # van den Burg: training samples more likely
-    "spectrum/log_volume": -1,  # humayun: the decoder contracts around training points
+    "spectrum/log_volume": -1,  # Humayun et al.: the decoder contracts around training points
     "spectrum/local_rank": 0,
     "spectrum/intrinsic_dim": 0,
     "spectrum/log_condition": 0,
-    "density/dip": +1,  # feiszli: dip positive
-    "density/decay": -1,  # feiszli: decay negative, train below val
+    "density/dip": +1,  # Feiszli: dip positive
+    "density/decay": -1,  # Feiszli: decay negative, train below val
     "density/decay/unreached": +1,  # flat memorized regions: train unreached above val
 }
 
@@ -148,12 +148,12 @@ def fired_epoch(rule: Rule, checks: Sequence[Check]) -> int | None:
 
 
 PAPER = (
-    ("memwatch/recovery/ks_pvalue", 0.01, "below", "webster §3.3: KS p < 0.01"),
-    ("memwatch/recovery/mre_gap", 0.10, "above", "webster eq. 5: MRE-gap > 0.10"),
-    ("memwatch/spectrum/log_volume/gap", 0.0, "below", "humayun: psi gap < 0"),
-    ("memwatch/density/dip/train", 0.0, "above", "feiszli: dip (train) > 0"),
-    ("memwatch/density/decay/train", 0.0, "below", "feiszli: decay (train) < 0"),
-    ("memwatch/density/decay/gap", 0.0, "below", "feiszli: decay gap < 0"),
+    ("memwatch/recovery/ks_pvalue", 0.01, "below", "Webster et al. (2019), sec. 3.3: KS p < 0.01"),
+    ("memwatch/recovery/mre_gap", 0.10, "above", "Webster et al. (2019), eq. 5: MRE-gap > 0.10"),
+    ("memwatch/spectrum/log_volume/gap", 0.0, "below", "Humayun et al.: psi gap < 0"),
+    ("memwatch/density/dip/train", 0.0, "above", "Feiszli: dip (train) > 0"),
+    ("memwatch/density/decay/train", 0.0, "below", "Feiszli: decay (train) < 0"),
+    ("memwatch/density/decay/gap", 0.0, "below", "Feiszli: decay gap < 0"),
     ("memwatch/likelihood/gap", 0.0, "above", "van den Burg: likelihood gap > 0"),
     ("memwatch/samples/ct", -3.0, "below", "Meehan: C_T < -3"),
 )

@@ -8,7 +8,7 @@ floor being one forward pass of ``B * m`` latents (the work any Jacobian needs a
 
 - ``memwatch singular_values``: the package (vmap over tangents of jvp, float64 Gram + eigvalsh);
 - ``memwatch jacobian``: the package's Jacobian alone;
-- the package's Jacobian + float32 QR + float64 SVD of the ``m x m`` factor (DESIGN §5a);
+- the package's Jacobian + float32 QR + float64 SVD of the ``m x m`` factor;
 - ``vmap(jacfwd)`` + the same float64 eigen-solve;
 - float32 central finite differences + the same eigen-solve, with its singular-value error;
 - a per-point ``torch.autograd.functional.jacobian`` loop (timed on a subset, scaled to ``B``).
@@ -101,7 +101,7 @@ def jacfwd_spectrum(f: nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 def qr_spectrum(f: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """DESIGN §5a's candidate: float32 Householder QR of J, float64 SVD of the m x m factor."""
+    """The float32 QR candidate: float32 Householder QR of J, float64 SVD of the m x m factor."""
     r = torch.linalg.qr(jacobian(f, z), mode="r")[1]
     return torch.linalg.svdvals(r.to(torch.float64))
 

@@ -1,4 +1,4 @@
-"""Batched latent recovery against webster's protocol, one L-BFGS per image (CPU, float32).
+"""Batched latent recovery against Webster et al.'s protocol, one L-BFGS per image (CPU, float32).
 
 Run: ``python benchmarks/recovery.py``. A random-weight tanh MLP decoder ``R^16 -> R^256 -> R^784``
 (sigmoid output, a VAE decoder's shape) and 128 targets: decoder outputs at latents drawn from the
@@ -8,15 +8,15 @@ succeeds).
 
 - ``recover_latents``: the package, one ``torch.optim.LBFGS`` on the summed loss of all 128
   latents, ``steps=50``, ``restarts=2``;
-- webster's protocol (``papers/webster_latent_recovery.txt`` §2.1): for each image and each
+- Webster et al.'s protocol (Webster et al. (2019), sec. 2.1): for each image and each
   start, its own ``torch.optim.LBFGS`` (strong Wolfe, ``max_iter=50``, the same tolerances),
   ``loss.backward()`` on that image's loss, the final iterate kept; the better of the starts.
 
 Both use the same two prior draws per image (the package's draws for the same generator seed).
 Prints a markdown table: wall time (``time.perf_counter``, best of ``REPEATS`` for the batched
-call, one run of the loop), median recovery error (webster eq. 4) of each, their ratio, and the
-fraction of targets each brings within 10% of the noise floor; then the fraction of targets
-whose two errors agree within 1%.
+call, one run of the loop), median recovery error (Webster et al. (2019), eq. 4) of each, their
+ratio, and the fraction of targets each brings within 10% of the noise floor; then the fraction of
+targets whose two errors agree within 1%.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, seconds, errs in (
         ("recover_latents (batched)", batched_s, errors),
-        ("webster loop (one L-BFGS per image)", loop_s, loop_errors),
+        ("per-image loop (one L-BFGS per image)", loop_s, loop_errors),
     ):
         near = (errs < 1.1 * floor).double().mean().item()
         print(

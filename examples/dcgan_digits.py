@@ -47,7 +47,7 @@ from lightning_memwatch import GeometryMonitor, RecoveryMonitor
 
 class DCGANGenerator(nn.Sequential):
     """``(B, latent_dim)`` latents to ``(B, 1, 28, 28)`` images in [0, 1] (DCGAN, Radford et al.
-    2016 §3: transposed convolutions, BatchNorm, ReLU, no fully connected hidden layer)."""
+    2016 sec. 3: transposed convolutions, BatchNorm, ReLU, no fully connected hidden layer)."""
 
     def __init__(self, latent_dim: int = 100, width: int = 64) -> None:
         super().__init__(

@@ -8,17 +8,17 @@ et al. (2018)) trains a decoder ``G`` jointly with one latent ``z_i`` per traini
 
     min_{G, z_1..z_N} sum_i ||G(z_i) - x_i||^2,        z_i on the unit sphere
 
-(webster's footnote 1 keeps its ``z_i ~ N(0, I)`` fixed; here they are learned, as in Bojanowski's
-GLO). The latents are an ``nn.Embedding`` and the decoder first normalises its input,
+(Webster et al.'s footnote 1 keeps its ``z_i ~ N(0, I)`` fixed; here they are learned, as in
+Bojanowski's GLO). The latents are an ``nn.Embedding`` and the decoder first normalises its input,
 ``G(z) = g(z / ||z||)``, so that the latent space is the sphere (Bojanowski's projection) and
 every ``N(0, I)`` start of ``recover_latents`` is a uniform point on it. The same GLO is trained,
 with a Lightning ``Trainer`` and the same number of optimizer steps, on the first N of a fixed
 shuffle of the 8 x 8 ``sklearn.datasets.load_digits`` images, N in {16, 64, 256, 1024}; a fixed
 set of digits outside every training set is the validation set. For each N the latents of a
-train probe and of a validation probe are recovered by ``recover_latents`` (webster eq. NN_G,
-L-BFGS from prior restarts, the same procedure for both probes, never the trained latents), and
-``mre_gap`` (eq. 5) and ``ks_pvalue`` (sec. 3.3) compare the two error samples: webster table 1
-(GLO-128 ... GLO-26000) has the gap falling as N grows.
+train probe and of a validation probe are recovered by ``recover_latents`` (Webster et al. (2019),
+eq. NN_G, L-BFGS from prior restarts, the same procedure for both probes, never the trained
+latents), and ``mre_gap`` (eq. 5) and ``ks_pvalue`` (sec. 3.3) compare the two error samples:
+Webster et al. (2019), table 1 (GLO-128 ... GLO-26000) has the gap falling as N grows.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class SphereDecoder(nn.Module):
 
 class GLO(L.LightningModule):
     """Per-sample latents (``nn.Embedding``, kept on the unit sphere) and a decoder, trained jointly
-    on the squared error of webster eq. 2; batches are ``(index, image)`` pairs."""
+    on the squared error of Webster et al. (2019), eq. 2; batches are ``(index, image)`` pairs."""
 
     def __init__(
         self,
@@ -75,7 +75,8 @@ class GLO(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.latents = nn.Embedding(n_samples, latent_dim)
-        with torch.no_grad():  # z_i ~ N(0, I) projected to the sphere, as in webster sec. 3.1
+        # z_i ~ N(0, I) projected to the sphere, as in Webster et al. (2019), sec. 3.1
+        with torch.no_grad():
             self.latents.weight.copy_(nn.functional.normalize(self.latents.weight, dim=1))
         self.decoder = SphereDecoder(latent_dim, hidden)
 
@@ -189,7 +190,7 @@ def _run(args: argparse.Namespace) -> dict[int, dict[str, float]]:
         )
         seconds["recover"] += time.perf_counter() - tic
         results[n] = {
-            "mre_train": float(np.median(e_train.numpy())),  # webster eq. 4
+            "mre_train": float(np.median(e_train.numpy())),  # Webster et al. (2019), eq. 4
             "mre_val": float(np.median(e_val.numpy())),
             "mre_gap": mre_gap(e_train, e_val),
             "ks_pvalue": ks_pvalue(e_train, e_val),

@@ -5,7 +5,7 @@
     python examples/latent_decoder.py          # fit with and without the monitors, then the table
     python examples/latent_decoder.py --fast   # a seconds-long smoke run (the tests use it)
 
-The autoencoder follows the shape of Rombach et al. 2022's KL-regularised first stage (LDM §3,
+The autoencoder follows the shape of Rombach et al. 2022's KL-regularised first stage (LDM sec. 3,
 appendix G): a convolutional encoder downsamples twice to a 4-channel latent map and outputs its
 mean and log-variance; the decoder is a 3 x 3 convolution into 64 channels, residual blocks
 (GroupNorm, SiLU, 3 x 3 convolutions) and two nearest-neighbour upsamplings, to a sigmoid image.

@@ -15,8 +15,8 @@ numpy with samples flattened:
 - ``distance``: the median of ``d_T(g)``, in pixel units.
 
 This is the nearest-neighbour test of generated samples against training and held-out data
-used to show memorization in GANs (Webster et al. 2019 §2 compare nearest-neighbour distances;
-Meehan et al. 2020 build ``C_T`` on them), reduced to the two equal-size sets it needs.
+used to show memorization in GANs (Webster et al. (2019), sec. 2, compare nearest-neighbour
+distances; Meehan et al. (2020) build ``C_T`` on them), reduced to the two equal-size sets it needs.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ ROWS = (
     ("spectrum", "log_condition", "log condition"),
     ("density", "dip", "dip"),
     ("density", "decay", "decay"),
-    ("recovery", "mre", "MRE (gap: webster)"),
+    ("recovery", "mre", "MRE (gap: Webster et al.)"),
 )
 
 
@@ -192,7 +192,8 @@ def final_metrics(trainer: L.Trainer) -> dict[str, float]:
 
 
 def row_values(metrics: dict[str, float], family: str, key: str) -> tuple[float, ...]:
-    """(train, val, gap, KS p) of one key; the recovery gap is webster's normalized ``mre_gap``."""
+    """(train, val, gap, KS p) of one key; the recovery gap is Webster et al.'s normalized
+    ``mre_gap``."""
     base = f"memwatch/{family}/{key}"
     if family == "recovery":
         gap, ks = (

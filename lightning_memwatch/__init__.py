@@ -1,7 +1,7 @@
 """lightning_memwatch: watch a generative model memorize its training data while it trains.
 
 The public surface is the callbacks, the torchmetrics metrics, the :mod:`functional` module
-(DESIGN §3) and the offline K-fold memorization score; everything else is private.
+and the offline K-fold memorization score; everything else is private.
 """
 
 from lightning_memwatch import functional

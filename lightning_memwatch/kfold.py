@@ -9,8 +9,8 @@ on ``D \\ I_f`` per fold; for a sample in fold ``f`` the ``K - 1`` models that t
 
     M_i = log mean_{in models} p(x_i | model) - log mean_{out models} p(x_i | model)
 
-Each ``log p(x_i | model)`` is the importance-sampled estimate of van den Burg and Williams
-(2021), supplement eq. 9
+Each ``log p(x_i | model)`` is the importance-sampled estimate of van den Burg & Williams
+(2021), eq. 9
 (:func:`~lightning_memwatch.functional.importance_log_likelihood`). The averages are of
 probabilities (log-mean-exp of the log-likelihoods), over the in models of every repeat and the
 out model of every repeat; ``repeats`` reshuffles the folds, as the authors' ``summarize.py``
@@ -162,8 +162,8 @@ def kfold_memorization_scores(
     folds (``DataLoader(Subset(dataset, ...), batch_size, shuffle=True)``), after
     ``lightning.seed_everything`` with a seed derived from ``seed``, the repeat and the fold
     (so the whole computation is reproducible; it does set the global RNG). Then every sample's
-    ``log p(x)`` under that model is estimated by importance sampling (van den Burg eq. 9) and
-    the scores are formed as in the module docstring.
+    ``log p(x)`` under that model is estimated by importance sampling (van
+    den Burg & Williams (2021), eq. 9) and the scores are formed as in the module docstring.
 
     Args:
         build_module: returns a new, untrained LightningModule (called ``repeats * k`` times).

@@ -45,8 +45,8 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
     ``memwatch/complexity/{train,val,gap,ks_pvalue}``); per family
     ``memwatch/<family>/{seconds,probe_size,nonfinite}``; and
     ``memwatch/spectrum/<descriptor>/prior``, the mean at latents drawn from the prior, where
-    the decoder is sampled. Sources: Feiszli et al. (spectrum, dip, decay), Humayun et al.
-    (psi, nu; complexity §2), Ramirez et al. (log condition).
+    the decoder is sampled. Sources: Feiszli (2017) for the spectrum, dip and decay, Humayun et al.
+    (2024) for psi, nu and complexity (sec. 2), Ramirez et al. (poster) for the log condition.
 
     The latents of the probe are the encoder's, or recovered by latent optimisation and moved into
     the prior's typical set when there is no encoder
@@ -67,8 +67,8 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
             setup); a decoder that is a method of the LightningModule has the module's
             activations hooked, and only those the method runs count.
         rtol: relative threshold of the non-degenerate singular values.
-        radii: output-space arclength radii of the decay score (feiszli §5.3 uses 0.5 and 1 for
-            MNIST in ``[-1, 1]``); choose them below the typical distance between training
+        radii: output-space arclength radii of the decay score (Feiszli (2017), sec. 5.3 uses 0.5
+            and 1 for MNIST in ``[-1, 1]``); choose them below the typical distance between training
             samples, else most lines never reach them and the decay is NaN (counted in
             ``nonfinite``). ``"auto"``: ``0.25`` and ``0.5`` times the median distance from a
             train probe sample to its nearest other train probe sample (L2 on the flattened
@@ -80,8 +80,8 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
             (0.46 / 0.92 against 0.5 / 1) and, on 28 x 28 digits, a decay gap that separates
             memorizing from generalizing runs where the fixed radii did not.
         complexity_radius: l1 radius ``r`` of the complexity balls, in latent units. The paper
-            uses ``1e-4`` for Stable Diffusion's VQGAN decoder (humayun §3), whose millions of
-            neurons cut even a tiny ball; a small decoder has no boundary there
+            uses ``1e-4`` for Stable Diffusion's VQGAN decoder (Humayun et al. (2024), sec. 3),
+            whose millions of neurons cut even a tiny ball; a small decoder has no boundary there
             (measured: 0 everywhere for a 32-unit ReLU decoder on digits). ``0.1``, a tenth of a
             N(0, I) prior's standard deviation and below the typical distance between probe
             latents, cuts a few boundaries per point on such a decoder without saturating

@@ -1,4 +1,4 @@
-"""The context a measurement runs in, so that it cannot change training (DESIGN §5).
+"""The context a measurement runs in, so that it cannot change training.
 
 Inside: reverse- and forward-mode AD enabled whatever the caller's grad mode (validation runs
 under ``no_grad``, ``trainer.validate`` under ``inference_mode``), autocast off, TF32 matmuls off,

@@ -1,8 +1,8 @@
 """The recovered latents of the probe, kept from one measurement to the next.
 
-Latent recovery (Webster et al. §2.1) is the costliest part of a measurement when it starts from
-the prior every time. The model changes little between two measurements, so each probe sample's
-best latent is kept (:class:`LatentStore`, on the probe's device, saved in the monitor's
+Latent recovery (Webster et al. (2019), sec. 2.1) is the costliest part of a measurement when it
+starts from the prior every time. The model changes little between two measurements, so each probe
+sample's best latent is kept (:class:`LatentStore`, on the probe's device, saved in the monitor's
 ``state_dict`` so a resume continues it) and is the start of its next recovery, with
 ``warm_steps`` L-BFGS iterations instead of ``steps``; with an encoder, a sample's first
 recovery starts warm from the encoder's latent. Measured against the cold default (50

@@ -43,12 +43,12 @@ class LikelihoodMonitor(MemwatchMonitor):
 
     At the end of every ``every_n_epochs``-th validation epoch, ``log p(x)`` of each probe
     sample is estimated by importance sampling with the encoder as proposal
-    (``papers/vandenburg_memorization_supp.txt`` eq. 9,
+    (van den Burg & Williams (2021), eq. 9,
     :func:`~lightning_memwatch.functional.importance_log_likelihood`)::
 
         log p(x) ~ logsumexp_l [log p(x|z_l) + log p(z_l) - log q(z_l|x)] - log N,  z_l ~ q(z|x)
 
-    with the standard normal prior ``p(z)``. Logs (DESIGN §3) ``memwatch/likelihood/{train,val}``
+    with the standard normal prior ``p(z)``. Logs ``memwatch/likelihood/{train,val}``
     (mean ``log p(x)`` per split, nats), ``memwatch/likelihood/gap`` (``train - val``; **positive
     = memorization**: training samples are more likely than held-out samples of the same
     distribution), ``memwatch/likelihood/ks_pvalue`` (two-sample KS test of the per-sample

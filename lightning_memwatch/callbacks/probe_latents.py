@@ -28,7 +28,7 @@ def nearest_train_neighbours(queries: Tensor, pool: Tensor, query_index: Tensor 
     """Index in ``pool`` of each query's nearest neighbour (L2, inputs flattened).
 
     ``query_index`` gives, for queries taken from the pool itself, their own row so that a point
-    is never its own neighbour (Feiszli et al. §4.1, remark 2b: paths join nearest neighbours).
+    is never its own neighbour (Feiszli (2017), sec. 4.1, remark 2b: paths join nearest neighbours).
     """
     dist = torch.cdist(queries.flatten(1).double(), pool.flatten(1).double())
     if query_index is not None:

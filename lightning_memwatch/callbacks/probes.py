@@ -233,7 +233,7 @@ def val_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
 
 def latents_of(output: Any) -> Tensor:
     """The latent batch in an encoder's output: a tensor, a tuple's first element, a
-    distribution's mean (DESIGN §3)."""
+    distribution's mean."""
     if isinstance(output, torch.distributions.Distribution) or (
         not isinstance(output, Tensor) and isinstance(getattr(output, "mean", None), Tensor)
     ):

@@ -1,5 +1,5 @@
 """RecoveryMonitor: how much better the generator reproduces its training probe than held-out
-samples (``papers/webster_latent_recovery.txt`` §2-§3)."""
+samples (Webster et al. (2019), sec. 2-3)."""
 
 from __future__ import annotations
 
@@ -35,16 +35,17 @@ KEYS = (
 class RecoveryMonitor(MemwatchMonitor):
     """Recover the latent of each probe sample and compare train with validation errors.
 
-    ``papers/webster_latent_recovery.txt`` §2.1, §3 (DESIGN §2): for each probe sample ``y``,
+    Webster et al. (2019), sec. 2.1, sec. 3: for each probe sample ``y``,
     ``e(y) = min_z mean((f(z) - y)^2)`` by batched L-BFGS
     (:func:`~lightning_memwatch.functional.recover_latents`); a generator that overfits recovers
-    its training samples markedly better than held-out ones. Logs (DESIGN §3):
+    its training samples markedly better than held-out ones. Logs:
 
-    - ``memwatch/recovery/mre/{train,val}``: median recovery error of each probe (webster eq. 4);
+    - ``memwatch/recovery/mre/{train,val}``: median recovery error of each probe
+      (Webster et al. (2019), eq. 4);
     - ``memwatch/recovery/mre_gap``: ``(MRE_val - MRE_train) / MRE_val``; above ``0.10`` flags
-      overfitting (webster eq. 5);
+      overfitting (Webster et al. (2019), eq. 5);
     - ``memwatch/recovery/ks_pvalue``: two-sample KS test of the train and validation errors;
-      below ``0.01`` flags overfitting (webster §3.3);
+      below ``0.01`` flags overfitting (Webster et al. (2019), sec. 3.3);
     - ``memwatch/recovery/effect``: Cliff's delta ``P(e_train > e_val) - P(e_train < e_val)``,
       ``-1`` when every train error is below every validation error, and
       ``memwatch/recovery/effect_{lower,upper}``: its one-sided 95 % DeLong bounds; a size, not
@@ -70,12 +71,12 @@ class RecoveryMonitor(MemwatchMonitor):
     samples; under DDP the ranks share the chunks.
 
     With a ``TensorBoardLogger``: histograms of the train and validation errors, the two error
-    distributions overlaid (webster fig. 3) and, when the outputs are images, target | recovered
-    pairs (webster fig. 2).
+    distributions overlaid (Webster et al. (2019), fig. 3) and, when the outputs are images,
+    target | recovered pairs (Webster et al. (2019), fig. 2).
 
     Args:
-        steps: L-BFGS iterations per start (webster: about 50); ``0``: the encoder's latents as
-            they are (needs ``encoder``).
+        steps: L-BFGS iterations per start (Webster et al. (2019): about 50); ``0``: the encoder's
+            latents as they are (needs ``encoder``).
         restarts: starts drawn from the prior ``N(0, I)`` per sample; ``0`` needs ``encoder``.
         warm_steps: L-BFGS iterations of a warm-started recovery (default 20: 0.11-0.15x the
             cost of a cold one, errors 0.4-6% above it; 10 was 26% above on a conv decoder).

@@ -20,7 +20,7 @@ from lightning_memwatch.callbacks.readers import place_after_sources
 from lightning_memwatch.functional.stats import rank_effect
 
 #: ``(family, descriptor, sign)``: the recovery errors and psi, both lower on training samples
-#: under memorization (webster §3.3; humayun eq. 2).
+#: under memorization (Webster et al. (2019), sec. 3.3; Humayun et al. (2024), eq. 2).
 DEFAULT_FAMILIES = (("recovery", "errors", -1), ("spectrum", "log_volume", -1))
 
 

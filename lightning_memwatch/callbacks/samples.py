@@ -34,7 +34,8 @@ PAIRS = 8
 
 
 class SampleMonitor(MemwatchMonitor):
-    """Test the generator's samples for data copying (Meehan et al. §3), while it trains.
+    """Test the generator's samples for data copying (Meehan et al. (2020), sec. 3), while it
+    trains.
 
     At the end of every ``every_n_epochs``-th validation epoch, ``num_generated`` samples are
     generated, and with a fixed training reference ``T`` (``reference_size`` training samples)
@@ -76,8 +77,8 @@ class SampleMonitor(MemwatchMonitor):
         num_generated: generated samples ``m``. A cell enters ``C_T`` with 20 generated samples
             or more (Meehan et al.'s ``tau``, taken as ``20 / m``); when none has that many,
             ``ct`` is NaN: generate more or use fewer cells.
-        cells: k-means cells of the reference (Meehan et al. §3); every cell should get enough
-            held-out samples (about 10 or more) and 20 generated samples.
+        cells: k-means cells of the reference (Meehan et al. (2020), sec. 3); every cell should get
+            enough held-out samples (about 10 or more) and 20 generated samples.
         features: name of a module attribute applied to samples and data before distances
             (e.g. a fixed feature extractor for images); ``None``: the raw flattened values.
         pca_dim: project the (feature) vectors on the top ``pca_dim`` principal directions of

@@ -1,7 +1,7 @@
 """Pure-torch measurements of a generator's geometry (no Lightning, no torchmetrics).
 
 Usable on a saved generator in a notebook: every function takes a decoder callable
-``f: (B, m) -> (B, ...)`` and latent points, and returns per-point values (DESIGN §5b).
+``f: (B, m) -> (B, ...)`` and latent points, and returns per-point values.
 """
 
 from lightning_memwatch.functional.complexity import local_complexity

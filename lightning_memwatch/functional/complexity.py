@@ -1,6 +1,6 @@
 """Local complexity of a piecewise-linear generator: activation boundaries inside a small ball.
 
-``papers/humayun_local_geometry.txt`` §2 ("Local complexity, delta"): for a continuous
+Humayun et al. (2024), sec. 2 ("Local complexity, delta"): for a continuous
 piecewise-affine generator ``G`` (linear / convolution / pooling layers, ReLU or leaky-ReLU
 activations) the latent space is partitioned into linear regions ``omega`` and
 
@@ -20,7 +20,7 @@ What :func:`local_complexity` computes, and how it differs from the paper:
   most ``sum_{i <= m} C(k, i)`` regions) and is 0 exactly when the ball lies in one region.
 - ``B`` is the identity: the ball is the plain l1 ball of the whole latent space (the paper uses a
   random orthonormal ``B`` onto a 20-dimensional subspace of Stable Diffusion's latents, with
-  ``r = 1e-4``, humayun §3).
+  ``r = 1e-4``, Humayun et al. (2024), sec. 3).
 - The sign pattern is read at ``2 m + S`` points of the ball: its ``2 m`` vertices
   ``z +- r e_i`` and ``S = num_samples`` points drawn uniformly inside it. For a neuron of the
   first hidden layer the pre-activation is affine in ``z``, so its extremes over the ball are at
@@ -179,7 +179,7 @@ def local_complexity(
 ) -> Tensor:
     """Activation boundaries of a piecewise-linear generator inside the l1 ball around each ``z``.
 
-    ``papers/humayun_local_geometry.txt`` §2, local complexity ``delta_z`` on
+    Humayun et al. (2024), sec. 2, local complexity ``delta_z`` on
     ``V_z = {x : ||x - z||_1 < r}`` (``B = I``), estimated as the number of (neuron, knot) pairs
     whose pre-activation takes both signs (strictly) at the ball's ``2 m`` vertices and
     ``num_samples`` uniform points (method, ties and differences from the paper: module

@@ -6,13 +6,13 @@ Models" (AISTATS 2020; "Meehan et al." below). With a training sample ``T``, a h
 ``P_n`` of the data distribution and ``m`` generated samples ``Q_m``, and ``d(x)`` the distance
 from ``x`` to its nearest training sample:
 
-- partition the space into cells ``pi`` by k-means on ``T`` (§3);
+- partition the space into cells ``pi`` by k-means on ``T`` (sec. 3);
 - in each cell, the Mann-Whitney z-score ``Z_U(pi)`` of the generated samples' distances
-  ``{d(q)}`` against the held-out samples' ``{d(p)}`` (§3): negative when the generated samples
+  ``{d(q)}`` against the held-out samples' ``{d(p)}`` (sec. 3): negative when the generated samples
   of that cell are closer to the training samples than fresh samples of the distribution are;
 - ``C_T = sum_{pi in Pi_tau} P_n(pi) Z_U(pi) / sum_{pi in Pi_tau} P_n(pi)``, ``P_n(pi)`` the
   share of held-out samples in ``pi`` and ``Pi_tau`` the cells holding at least ``tau m``
-  generated samples (§3, the data-copying statistic).
+  generated samples (sec. 3, the data-copying statistic).
 
 ``C_T << 0``: data copying; ``C_T >> 0``: underfitting (the samples stay away from the training
 data); near 0: neither. Under the null (generated and held-out samples from one distribution)
@@ -37,8 +37,8 @@ from lightning_memwatch.functional.kmeans import assign_cells, flatten64, kmeans
 from lightning_memwatch.functional.neighbours import nearest_neighbours, project
 
 #: Generated samples a cell needs to enter ``C_T`` when ``tau`` is not given (``tau = 20 / m``).
-#: Assumption: the value Meehan et al. use in their experiments, as remembered; it is also the
-#: size from which the normal approximation of the Mann-Whitney U is customary.
+#: Assumption: the value Meehan et al. (2020) use in their experiments, as remembered; it is also
+#: the size from which the normal approximation of the Mann-Whitney U is customary.
 MIN_GENERATED = 20
 
 
@@ -134,7 +134,7 @@ def data_copying_from_distances(
     cells: int,
     tau: float | None = None,
 ) -> Tensor:
-    """Meehan et al.'s ``C_T`` from the per-sample nearest-training distances and cells (§3).
+    """Meehan et al.'s ``C_T`` from the per-sample nearest-training distances and cells (sec. 3).
 
     ``C_T = sum_{pi: Q_m(pi) >= tau} P_n(pi) Z_U(pi) / sum_{pi: Q_m(pi) >= tau} P_n(pi)`` with
     ``P_n(pi)``, ``Q_m(pi)`` the shares of held-out and generated samples in cell ``pi`` and
@@ -177,7 +177,7 @@ def data_copying_statistic(
     iterations: int = 50,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Meehan et al.'s data-copying statistic ``C_T`` of generated samples (§3).
+    """Meehan et al.'s data-copying statistic ``C_T`` of generated samples (sec. 3).
 
     ``cells`` cells by :func:`~lightning_memwatch.functional.kmeans.kmeans` on ``train``
     (``iterations``, ``generator``); held-out and generated samples go to their nearest

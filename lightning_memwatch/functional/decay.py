@@ -1,4 +1,4 @@
-"""Decay of the induced log-density around a latent point (Feiszli et al. §4.2, §5.3).
+"""Decay of the induced log-density around a latent point (Feiszli (2017), sec. 4.2, sec. 5.3).
 
 On the latent line ``z + t v`` along the top right-singular vector ``v`` of ``J(z)``, the
 induced log-density ``lp = log p(z) - psi_k`` of :mod:`~lightning_memwatch.functional.density`
@@ -45,8 +45,8 @@ def nearest_neighbour_radii(
     """Decay radii on the data's scale: ``r_j = fractions_j * median_i min_{k != i} |x_i - x_k|``.
 
     ``x``: ``(N, ...)`` training samples (in output space, flattened, L2, float64), ``N >= 2``;
-    the median is numpy's (the mean of the two middle values for even ``N``). Feiszli et al.
-    §5.3 take 0.5 and 1 for MNIST in ``[-1, 1]``; on other data those miss the distances at
+    the median is numpy's (the mean of the two middle values for even ``N``). Feiszli (2017)
+    sec. 5.3 take 0.5 and 1 for MNIST in ``[-1, 1]``; on other data those miss the distances at
     which a memorizer's output moves, so the radii are set as fractions of the typical distance
     from a training sample to the next one. Raises ``ValueError`` when that distance is not a
     positive number (duplicated samples).
@@ -167,7 +167,7 @@ def decay_scores(
 ) -> Tensor:
     """Decay of the induced log-density around ``z``, ``eta(r) = (lp(r) + lp(-r) - 2 lp(0)) / r``.
 
-    Feiszli et al. §4.2 procedure 2 and §5.3: on the latent line ``z + t v`` along the top
+    Feiszli (2017), sec. 4.2 procedure 2 and sec. 5.3: on the latent line ``z + t v`` along the top
     right-singular vector ``v`` of ``J(z)``, ``lp(±r)`` is ``log p(z + t_± v) - psi_k`` at the
     offsets ``t_+ > 0 > t_-`` where the output arclength from ``z`` reaches ``r`` each way,
     ``k`` fixed at ``z`` (by ``rtol``). **Negative decay = memorization** (the density peaks

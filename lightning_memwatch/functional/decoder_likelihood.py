@@ -3,7 +3,7 @@
 Each factory takes a decoder ``f: (R, m) -> (R, ...)`` and returns a callable
 ``log_likelihood(x, z) -> (R,)``: the log-probability of each input row under the output
 distribution the decoder parametrises at the matching latent row, summed over the flattened
-elements, in float64 (``papers/vandenburg_memorization_supp.txt`` Table 1: Bernoulli for MNIST,
+elements, in float64 (van den Burg & Williams (2021), Table 1: Bernoulli for MNIST,
 Gaussian for CelebA).
 """
 
@@ -91,7 +91,7 @@ def bernoulli_log_likelihood(decoder: Decoder, *, logits: bool = True) -> LogLik
     elements ``j``, with ``pi = sigmoid(decoder(z))`` (``logits=True``: computed stably as
     ``x_j l_j - softplus(l_j)``) or ``pi = decoder(z)`` (``logits=False``: each log term clamped
     at ``LOG_CLAMP = -100`` like ``binary_cross_entropy``). Van den Burg's MNIST likelihood
-    (``papers/vandenburg_memorization_supp.txt`` Table 1). ``x`` must lie in ``[0, 1]``
+    (van den Burg & Williams (2021), Table 1). ``x`` must lie in ``[0, 1]``
     (grey levels give the usual continuous relaxation, binary ``x`` a true probability), and
     with ``logits=False`` so must the decoder's outputs (a ``ValueError`` otherwise: outputs
     outside ``[0, 1]`` are logits; :func:`looks_like_probabilities` tells the two apart).
@@ -149,7 +149,7 @@ def gaussian_log_likelihood(decoder: Decoder, scale: float) -> LogLikelihood:
 
     ``log N(x; f(z), sigma^2 I) = -||x - f(z)||^2 / (2 sigma^2) - n log sigma - (n/2) log 2 pi``
     with ``n`` the number of elements per sample, normalising constant included (van den Burg's
-    CelebA likelihood with a fixed ``gamma = sigma^2``, ``papers/vandenburg_memorization_supp.txt``
+    CelebA likelihood with a fixed ``gamma = sigma^2``, van den Burg & Williams (2021)
     Table 1).
 
     Example::

@@ -1,17 +1,17 @@
 """The density a generator induces on its outputs, and its dip and decay along latent lines.
 
-Feiszli et al. eq. 2: a latent prior ``p(z)`` pushed through ``f: R^m -> R^n`` gives the outputs
+Feiszli (2017), eq. 2: a latent prior ``p(z)`` pushed through ``f: R^m -> R^n`` gives the outputs
 the density ``p~(f(z)) = p(z) / prod_{i <= k} s_i`` on the ``k``-dimensional image manifold, so
 ``lp = log p(z) - psi_k(z)`` with ``psi_k`` the local scaling of
 :mod:`~lightning_memwatch.functional.spectrum`. Memorization concentrates ``p~`` on the training
-outputs: it dips between two of them (§4.1, here) and decays fast around each (§4.2,
+outputs: it dips between two of them (sec. 4.1, here) and decays fast around each (sec. 4.2,
 :mod:`~lightning_memwatch.functional.decay`), both measured against output-space arclength ``s``
 (summed L2 chords, outputs flattened). Each score is the sum of a prior term (the ``log p``
 parts) and a volume term (the ``-psi`` parts), given apart by :func:`dip_terms` and
 :func:`~lightning_memwatch.functional.decay.decay_terms`.
 
 Along one path or line the rank ``k`` is fixed at its anchor (path start, line centre) so that
-``lp`` is continuous (Feiszli et al. §4.2, fig. 6). Scores are float64; a path or radius that
+``lp`` is continuous (Feiszli (2017), sec. 4.2, fig. 6). Scores are float64; a path or radius that
 cannot be computed (non-finite output or Jacobian, a radius never reached) is NaN, never an
 exception. The prior is a spec of :mod:`~lightning_memwatch.functional.priors`. With the
 ``"sphere"`` prior ``psi`` is still taken over the full ``m``-dimensional Jacobian (the sphere's
@@ -70,7 +70,7 @@ def induced_log_density(
 ) -> Tensor:
     """Log of the density induced on the outputs, ``lp(z) = log p(z) - sum_{i <= k} log s_i``.
 
-    Feiszli et al. eq. 2 (§3): ``p~(f(z)) = p(z) / prod_{i<=k} s_i``, the ``s_i`` the singular
+    Feiszli (2017), eq. 2 (sec. 3): ``p~(f(z)) = p(z) / prod_{i<=k} s_i``, the ``s_i`` the singular
     values of ``J = df/dz`` at ``z`` and ``k`` the non-degenerate ones.
 
     Args:
@@ -214,7 +214,7 @@ def dip_scores(
 ) -> Tensor:
     """Dip of the induced log-density between two latents, ``lp(s_0) + lp(s_1) - 2 lp(s_1/2)``.
 
-    Feiszli et al. §4.1 procedure 1 and §5.3: the latent segment ``z_t = (1 - t) z_start +
+    Feiszli (2017), sec. 4.1 procedure 1 and sec. 5.3: the latent segment ``z_t = (1 - t) z_start +
     t z_end`` at ``steps`` uniform ``t``; arclength ``s`` by summed output chords; the latent
     midpoint ``z_mid = z_{t*}`` with ``t*`` interpolated where ``s`` reaches half its total;
     ``lp = log p(z) - psi_k`` with ``k`` fixed at ``z_start`` (by ``rtol``), evaluated exactly at

@@ -1,11 +1,11 @@
 """Exact Jacobians of a decoder at a batch of latent points, by batched forward-mode AD.
 
 For a decoder ``f: R^m -> R^n`` (outputs flattened) the Jacobian at ``z`` is the ``n x m``
-matrix ``J = df/dz`` (``papers/feiszli_latent_geometry.txt`` §2.1). Feiszli builds it by central
-differences (§5.1); here every column ``J e_j`` is one Jacobian-vector product, and the ``m`` of
+matrix ``J = df/dz`` (Feiszli (2017), sec. 2.1). Feiszli builds it by central
+differences (sec. 5.1); here every column ``J e_j`` is one Jacobian-vector product, and the ``m`` of
 them are pushed through the decoder together: ``torch.func.vmap`` over the basis tangents of
 ``torch.func.jvp`` applied to a whole chunk of points. The primal pass runs once per point and
-the tangent passes cost about one forward pass of ``B * m`` latents (DESIGN §5a).
+the tangent passes cost about one forward pass of ``B * m`` latents.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def as_plain_tensor(z: Tensor) -> Tensor:
     """A detached copy of ``z`` that is safe to differentiate through.
 
     Tensors created under ``torch.inference_mode()`` cannot take part in AD; a clone made
-    outside inference mode can (DESIGN §5, first rule).
+    outside inference mode can.
     """
     with torch.inference_mode(False):
         return z.detach().clone()
@@ -181,7 +181,7 @@ def map_jacobian_chunks(
 
     Only one chunk's Jacobian ``(chunk, n, m)`` is alive at a time, so the peak memory is set
     by ``chunk_size``, not by ``B``. On a CUDA out-of-memory error the chunk is halved and the
-    failed chunk retried (DESIGN §5, memory).
+    failed chunk retried.
     """
     _check_latents(z)
     _check_chunk_size(chunk_size)
@@ -196,8 +196,8 @@ def map_jacobian_chunks(
 def jacobian(f: Decoder, z: Tensor, *, chunk_size: int | None = None) -> Tensor:
     """Jacobian ``J = df/dz`` of a decoder at each latent point, outputs flattened.
 
-    ``papers/feiszli_latent_geometry.txt`` §2.1: ``f(z + h v) = f(z) + h J v + o(h)``. Computed
-    exactly by forward-mode AD (not feiszli's central differences, §5.1), in the dtype and on
+    Feiszli (2017), sec. 2.1: ``f(z + h v) = f(z) + h J v + o(h)``. Computed
+    exactly by forward-mode AD (not Feiszli's central differences, sec. 5.1), in the dtype and on
     the device of ``z``; works under ``torch.no_grad()`` and ``torch.inference_mode()`` and
     never writes a parameter's ``.grad``.
 

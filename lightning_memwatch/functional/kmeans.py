@@ -1,4 +1,5 @@
-"""Seeded k-means on a training reference: the cells of the data-copying test (Meehan et al. §3).
+"""Seeded k-means on a training reference: the cells of the data-copying test (Meehan et al. (2020),
+sec. 3).
 
 Everything is float64 on the inputs' device. Samples of any shape are flattened to ``(B, D)``.
 Nearest centroids and samples are *searched* with the matrix-product expansion
@@ -103,8 +104,8 @@ def kmeans(
     centroid, each centroid moves to the mean of its samples (a centroid left without samples
     stays where it is); it stops early once no sample changes cell, which gives what the
     remaining steps would. ``cells`` is :func:`assign_cells` of ``x`` to the returned
-    centroids, so the cells are the centroids' Voronoi regions (Meehan et al. §3 partition the
-    space with k-means on the training sample).
+    centroids, so the cells are the centroids' Voronoi regions (Meehan et al. (2020), sec. 3
+    partition the space with k-means on the training sample).
 
     Args:
         x: ``(B, ...)`` samples, ``B >= k``.

@@ -1,8 +1,9 @@
-"""Importance-sampled log-likelihood of a latent-variable model (van den Burg eq. 9).
+"""Importance-sampled log-likelihood of a latent-variable model (van den Burg & Williams (2021),
+eq. 9).
 
 The decoder likelihoods ``log p(x|z)`` it takes are built in ``decoder_likelihood.py``.
 
-``papers/vandenburg_memorization_supp.txt`` eq. 9: for a model with prior ``p(z)``, decoder
+van den Burg & Williams (2021), eq. 9: for a model with prior ``p(z)``, decoder
 likelihood ``p(x|z)`` and an encoder ``q(z|x)``,
 
     p(x) ~ (1/N) sum_{l=1}^N p(x|z_l) p(z_l) / q(z_l|x),    z_l ~ q(z|x),
@@ -45,7 +46,7 @@ def as_posterior(output: object) -> Distribution:
 
     A ``torch.distributions.Distribution`` is returned as it is. A ``(mean, log_var)`` pair of
     ``(B, m)`` tensors is the diagonal Gaussian ``N(mean, diag(exp(log_var)))`` (van den Burg's
-    encoders, ``papers/vandenburg_memorization_supp.txt`` §B.2), built without argument
+    encoders, van den Burg & Williams (2021), sec. B.2), built without argument
     validation so that a NaN row gives NaN instead of an exception.
 
     Example::
@@ -208,9 +209,9 @@ def importance_log_likelihood(
     chunk_size: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Importance-sampled ``log p(x)`` per sample (van den Burg eq. 9).
+    """Importance-sampled ``log p(x)`` per sample (van den Burg & Williams (2021), eq. 9).
 
-    ``papers/vandenburg_memorization_supp.txt`` eq. 9 in log space::
+    van den Burg & Williams (2021), eq. 9 in log space::
 
         log p(x) ~ logsumexp_l [log p(x|z_l) + log p(z_l) - log q(z_l|x)] - log N,
         z_l ~ q(z|x), l = 1..N.

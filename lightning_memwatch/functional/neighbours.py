@@ -25,9 +25,9 @@ def nearest_neighbours(
     """Distance to, and index of, each sample's nearest reference sample: ``(B,)`` float64 and
     ``(B,)`` long.
 
-    ``d(x) = min_{t in T} ||x - t||`` (Meehan et al. §3, the distance to the training sample
-    ``T``). With ``x_cells`` and ``reference_cells`` the minimum runs over the reference samples
-    of ``x``'s own cell only, as the authors' reference code does it cell by cell; a sample
+    ``d(x) = min_{t in T} ||x - t||`` (Meehan et al. (2020), sec. 3, the distance to the training
+    sample ``T``). With ``x_cells`` and ``reference_cells`` the minimum runs over the reference
+    samples of ``x``'s own cell only, as the authors' reference code does it cell by cell; a sample
     whose cell holds no reference sample gets ``inf`` and index ``-1``. ``exclude_self=True``
     (``x`` is the reference itself) leaves each sample's own row out: the distance to its
     nearest *other* reference sample. NaN samples give NaN distances and index ``-1``.

@@ -1,8 +1,8 @@
-"""Latent paths and the output-space arclength along them (feiszli procedures 1 and 2).
+"""Latent paths and the output-space arclength along them (Feiszli (2017), procedures 1 and 2).
 
-Feiszli et al. §4.1: densities along a latent path are plotted against the arclength ``s`` of
+Feiszli (2017), sec. 4.1: densities along a latent path are plotted against the arclength ``s`` of
 its image, ``s_k = sum_{j<k} |f(z_{j+1}) - f(z_j)|`` (summed L2 chords, outputs flattened), and
-read off between samples by interpolation. §4.2: along a line ``z + t v`` the offsets where the
+read off between samples by interpolation. Sec. 4.2: along a line ``z + t v`` the offsets where the
 arclength reaches given radii are found by a coarse search and bisection
 (:func:`radius_offsets`).
 """
@@ -24,8 +24,8 @@ def decode(f: Decoder, z: Tensor) -> Tensor:
 def arclength(f: Decoder, points: Tensor) -> Tensor:
     """Cumulative output arclength along rows of samples ``(..., T, m)``: ``(..., T)``, float64.
 
-    Summed L2 chords ``|f(z_{k+1}) - f(z_k)|`` (feiszli procedure 1, step 3), ``0`` at the first
-    sample; one decoder call for all samples.
+    Summed L2 chords ``|f(z_{k+1}) - f(z_k)|`` (Feiszli (2017), procedure 1, step 3), ``0`` at the
+    first sample; one decoder call for all samples.
     """
     x = decode(f, points.reshape(-1, points.shape[-1])).reshape(*points.shape[:-1], -1)
     chords = x.diff(dim=-2).to(torch.float64).norm(dim=-1)
@@ -130,7 +130,7 @@ def radius_offsets(
 ) -> tuple[Tensor, Tensor]:
     """Latent offsets ``t`` where the output arclength along ``z + t v`` reaches ``±r``.
 
-    Feiszli et al. procedure 2. Coarse pass (:func:`_bracket_radii`): ``COARSE_STEPS`` uniform
+    Feiszli (2017), procedure 2. Coarse pass (:func:`_bracket_radii`): ``COARSE_STEPS`` uniform
     samples per side over ``[0, LATENT_LIMIT]``, then over doubling segments up to ``bound`` for
     lines that have not reached every radius (a decoder flat around its training points). Then
     ``BISECTION_STEPS`` bisections of each bracket, the arclength continued by the chord from the

@@ -4,13 +4,13 @@ A prior is given as a *spec*:
 
 - ``None`` or ``"normal"``: the standard normal ``N(0, I_m)`` of VAEs and GANs;
 - ``"sphere"``: the uniform distribution on the unit sphere ``S^{m-1}``, where GLO projects its
-  latents (Bojanowski et al. §3.1); its log-density with respect to the sphere's surface measure
-  is the constant ``-log |S^{m-1}|``, ``|S^{m-1}| = 2 pi^{m/2} / Gamma(m/2)``;
+  latents (Bojanowski et al. (2018), sec. 3.1); its log-density with respect to the sphere's surface
+  measure is the constant ``-log |S^{m-1}|``, ``|S^{m-1}| = 2 pi^{m/2} / Gamma(m/2)``;
 - any ``torch.distributions.Distribution`` over ``R^m`` (``log_prob`` of a ``(B, m)`` batch gives
   ``(B,)``, or ``(B, m)`` independent terms that are summed).
 
-The induced density of feiszli eq. 2 needs ``log p(z)``; the geometry is measured where the
-generator is sampled, i.e. inside the prior's typical set (Feiszli et al. §3).
+The induced density of Feiszli (2017), eq. 2 needs ``log p(z)``; the geometry is measured where the
+generator is sampled, i.e. inside the prior's typical set (Feiszli (2017), sec. 3).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""``lp`` along one latent path or line, for plotting (feiszli fig. 3-5).
+"""``lp`` along one latent path or line, for plotting (Feiszli (2017), fig. 3-5).
 
 The scores of :mod:`~lightning_memwatch.functional.density` read ``lp`` at a few points; these
 profiles sample it along the whole path or line, with the rank ``k`` fixed at the anchor as the
-scores do (Feiszli et al. procedures 1 and 2), and ``log p`` from the same prior spec
+scores do (Feiszli (2017), procedures 1 and 2), and ``log p`` from the same prior spec
 (:mod:`~lightning_memwatch.functional.priors`).
 """
 
@@ -64,7 +64,7 @@ def line_profile(
     prior: Prior = None,
 ) -> tuple[Tensor, Tensor]:
     """``lp`` against signed output arclength along ``z + t v``, ``v`` the top right-singular
-    vector of ``J(z)`` and ``|t| <= half_width`` (Feiszli et al. §4.2, fig. 3); ``prior`` as in
+    vector of ``J(z)`` and ``|t| <= half_width`` (Feiszli (2017), sec. 4.2, fig. 3); ``prior`` as in
     :func:`~lightning_memwatch.functional.decay.decay_scores`.
 
     Returns:

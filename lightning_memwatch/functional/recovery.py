@@ -1,11 +1,11 @@
 """Latent recovery: the latent whose decoding is nearest to a target, by batched L-BFGS.
 
-``papers/webster_latent_recovery.txt`` §2.1, eq. (NN_G): ``z*(y) = argmin_z ||f(z) - y||^2``.
+Webster et al. (2019), sec. 2.1, eq. (NN_G): ``z*(y) = argmin_z ||f(z) - y||^2``.
 The recovery error ``e(y) = mean((f(z*) - y)^2)`` (mean over output elements) is what the train /
-validation comparison reads (webster eq. 4, 5: ``mre_gap``, ``ks_pvalue`` in ``stats.py``).
-Webster runs one L-BFGS of about 50 iterations per image; here one ``torch.optim.LBFGS`` runs on
-the sum of the per-sample losses of a whole batch of latents. The samples are independent, so the
-summed gradient is each sample's own (DESIGN §5a).
+validation comparison reads (Webster et al. (2019), eq. 4, 5: ``mre_gap``, ``ks_pvalue`` in
+``stats.py``). Webster runs one L-BFGS of about 50 iterations per image; here one
+``torch.optim.LBFGS`` runs on the sum of the per-sample losses of a whole batch of latents. The
+samples are independent, so the summed gradient is each sample's own.
 """
 
 from __future__ import annotations
@@ -123,9 +123,9 @@ def recover_latents(
     chunk_size: int | None = None,
     history_size: int = 100,
 ) -> tuple[Tensor, Tensor]:
-    """Recover the latent of each target and its recovery error (webster eq. NN_G).
+    """Recover the latent of each target and its recovery error (Webster et al. (2019), eq. NN_G).
 
-    ``papers/webster_latent_recovery.txt`` §2.1, §3.3, DESIGN §5a::
+    Webster et al. (2019), sec. 2.1, sec. 3.3::
 
         z*(y) = argmin_z ||f(z) - y||^2,        e(y) = mean((f(z*) - y)^2)  (over elements)
 
@@ -157,7 +157,7 @@ def recover_latents(
             ``S`` extra starts (e.g. the latents of an earlier recovery and the encoder's).
             Required when ``steps=0`` (then each sample keeps its best start, with its error;
             ``restarts`` is ignored) or ``restarts=0``.
-        steps: L-BFGS iterations per start (webster: about 50).
+        steps: L-BFGS iterations per start (Webster et al. (2019): about 50).
         restarts: starts drawn from the prior.
         generator: the ``torch.Generator`` the prior draws use.
         chunk_size: samples per L-BFGS problem (memory); ``None`` is the whole batch.

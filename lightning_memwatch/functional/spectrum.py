@@ -1,10 +1,10 @@
 """The singular spectrum of a decoder's Jacobian and the descriptors read off it.
 
 ``s_1 >= s_2 >= ... >= s_r`` (``r = min(n, m)``) are the singular values of ``J = df/dz``
-(``papers/feiszli_latent_geometry.txt`` §2.1). They are the square roots of the eigenvalues of
-the Gram matrix (the metric tensor ``J^T J`` of ``papers/ramirez_geometry_poster.txt``), which
-is formed and solved in float64 so that small singular values survive a float32 Jacobian
-(DESIGN §5a). Per-point values that cannot be computed are NaN (``intrinsic_dim``: ``-1``).
+(Feiszli (2017), sec. 2.1). They are the square roots of the eigenvalues of
+the Gram matrix (the metric tensor ``J^T J`` of Ramirez et al. (poster)), which
+is formed and solved in float64 so that small singular values survive a float32 Jacobian.
+Per-point values that cannot be computed are NaN (``intrinsic_dim``: ``-1``).
 
 The descriptors are defined on whatever spectrum they are given. On the ``k`` largest values
 only (``singular_values(..., top_k=k)``) they describe the top-``k`` part of ``J``: ``psi`` sums
@@ -83,7 +83,7 @@ def singular_values(
 ) -> Tensor:
     """Singular values of the decoder's Jacobian at each latent point.
 
-    ``papers/feiszli_latent_geometry.txt`` §2.1 and §5.2. The Jacobian comes from
+    Feiszli (2017), sec. 2.1 and sec. 5.2. The Jacobian comes from
     :func:`~lightning_memwatch.functional.jacobian.jacobian` chunk by chunk; only the
     ``min(n, m)``-square Gram of each point is formed from it (float64), so memory is bounded
     by ``chunk_size``.
@@ -141,9 +141,9 @@ def _check_rtol(rtol: float) -> None:
 def intrinsic_dim(s: Tensor, *, rtol: float = 1e-4) -> Tensor:
     """Number of non-degenerate singular values, ``k = #{i : s_i > rtol * s_1}``.
 
-    ``papers/feiszli_latent_geometry.txt`` §3: singular values below a threshold are treated as
+    Feiszli (2017), sec. 3: singular values below a threshold are treated as
     zero. The default ``rtol = 1e-4`` sits well above the float32 noise floor (about ``1e-7``
-    relative, DESIGN §5a).
+    relative).
 
     On a top-``k`` spectrum (``r = k`` values) the count is capped at ``k``: it is the
     intrinsic dimension when that is below ``k``, and ``k`` means "at least ``k``".
@@ -182,15 +182,15 @@ def _rank(s: Tensor, k: int | Tensor | None, rtol: float) -> Tensor:
 def local_scaling(s: Tensor, *, k: int | Tensor | None = None, rtol: float = 1e-4) -> Tensor:
     """Local scaling ``psi = sum_{i <= k} log s_i``.
 
-    ``papers/humayun_local_geometry.txt`` eq. 2; half the log-determinant of the metric tensor
-    ``J^T J`` (``papers/ramirez_geometry_poster.txt``) restricted to its non-degenerate part,
-    i.e. the log volume element of ``papers/feiszli_latent_geometry.txt`` eq. 1.
+    Humayun et al. (2024), eq. 2; half the log-determinant of the metric tensor
+    ``J^T J`` (Ramirez et al. (poster)) restricted to its non-degenerate part,
+    i.e. the log volume element of Feiszli (2017), eq. 1.
 
     Args:
         s: ``(..., r)`` singular values, descending.
         k: how many singular values count (int or per-row tensor); ``None``:
             :func:`intrinsic_dim` with ``rtol``. Fix it at an anchor point to keep ``psi``
-            continuous along a path (feiszli §4.2).
+            continuous along a path (Feiszli (2017), sec. 4.2).
         rtol: threshold for ``k`` when ``k`` is None.
 
     On a top-``k`` spectrum the sum runs over at most those ``k`` values: ``psi`` is the log
@@ -219,7 +219,7 @@ def local_scaling(s: Tensor, *, k: int | Tensor | None = None, rtol: float = 1e-
 def local_rank(s: Tensor) -> Tensor:
     """Local rank ``nu = exp(-sum_i p_i log p_i)``, ``p_i = s_i / sum_j s_j + 1e-30``.
 
-    ``papers/humayun_local_geometry.txt`` §2 ("Local rank"): the exponential of the entropy of
+    Humayun et al. (2024), sec. 2 ("Local rank"): the exponential of the entropy of
     the normalised spectrum, over all ``r`` singular values; ``nu = r`` for a flat spectrum and
     ``1`` for a single non-zero value.
 
@@ -247,7 +247,7 @@ def local_rank(s: Tensor) -> Tensor:
 def log_condition(s: Tensor, *, k: int | Tensor | None = None, rtol: float = 1e-4) -> Tensor:
     """Log condition number of the non-degenerate part, ``log(s_1 / s_k)``.
 
-    ``papers/ramirez_geometry_poster.txt`` ("Conditioning of the problem"), restricted to the
+    Ramirez et al. (poster) ("Conditioning of the problem"), restricted to the
     ``k`` non-degenerate singular values so that it stays finite for rank-deficient maps.
 
     Args:

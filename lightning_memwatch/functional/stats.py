@@ -1,9 +1,9 @@
 """Train-versus-validation statistics shared by every family.
 
 A geometric or reconstruction number becomes a memorization signal only by comparing the
-training probe with the validation probe (DESIGN §2). ``ks_pvalue`` is the two-sample
+training probe with the validation probe. ``ks_pvalue`` is the two-sample
 Kolmogorov-Smirnov test and ``mre_gap`` the normalized median gap, both from
-``papers/webster_latent_recovery.txt`` §3.3.
+Webster et al. (2019), sec. 3.3.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _finite_numpy(values: Tensor | np.ndarray, name: str) -> np.ndarray:
 def ks_pvalue(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
     """Two-sample Kolmogorov-Smirnov p-value of samples ``a`` and ``b`` (non-finite dropped).
 
-    ``papers/webster_latent_recovery.txt`` §3.3: the probability that two samples of one
+    Webster et al. (2019), sec. 3.3: the probability that two samples of one
     distribution differ by more than the observed maximum gap between their empirical CDFs;
     ``p < 0.01`` flags overfitting. Computed by ``scipy.stats.ks_2samp`` (two-sided, exact for
     small samples). NaN when either sample has no finite value.
@@ -51,7 +51,7 @@ def ks_pvalue(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> float:
 def mre_gap(errors_train: Tensor | np.ndarray, errors_val: Tensor | np.ndarray) -> float:
     """Normalized median-recovery-error gap ``(MRE_val - MRE_train) / MRE_val``.
 
-    ``papers/webster_latent_recovery.txt`` eq. 4 (``MRE`` = median recovery error) and eq. 5;
+    Webster et al. (2019), eq. 4 (``MRE`` = median recovery error) and eq. 5;
     a gap above ``0.10`` flags overfitting. Non-finite errors are dropped; NaN when a side has
     no finite error or ``MRE_val = 0``.
 

@@ -1,11 +1,11 @@
 """The ``k`` largest singular values of a decoder's Jacobian, without forming the Jacobian.
 
-For ``f: R^m -> R^n`` the Jacobian ``J = df/dz`` (Feiszli et al. §2.1) is used only as an
+For ``f: R^m -> R^n`` the Jacobian ``J = df/dz`` (Feiszli (2017), sec. 2.1) is used only as an
 operator: ``J V`` by forward-mode ``torch.func.jvp`` (a ``vmap`` over the columns of ``V``, all
 points of a chunk in one pass) and ``J^T U`` by reverse-mode ``torch.func.vjp`` with respect to
 the latents only (a parameter's ``.grad`` is never written). On ``G = J^T J`` it runs the
 randomized block Krylov method of Musco & Musco 2015 (Alg. 2; the randomized range finder of
-Halko, Martinsson & Tropp 2011 §4.3-4.4 with its power steps kept as a Krylov basis):
+Halko, Martinsson & Tropp 2011 sec. 4.3-4.4 with its power steps kept as a Krylov basis):
 
 - ``V_0``: orthonormal basis of an ``m x l`` Gaussian test block, ``l = k + oversample``;
 - ``V_j``: an orthonormal basis of the part of ``G V_{j-1}`` orthogonal to
@@ -218,7 +218,7 @@ def top_singular_values_and_vector(
     """The ``k`` largest singular values of ``J = df/dz`` and its top right-singular vector.
 
     Randomized block Krylov on ``J^T J`` (Musco & Musco 2015 Alg. 2; Halko, Martinsson & Tropp
-    2011 §4), see the module docstring: ``J`` enters only through ``jvp`` and ``vjp`` (with
+    2011 sec. 4), see the module docstring: ``J`` enters only through ``jvp`` and ``vjp`` (with
     respect to the latents), never as an ``n x m`` matrix. Every point uses the same
     orthonormalised Gaussian start block; with ``generator=None`` it is the same block at every
     call. Works under ``torch.no_grad()`` and ``torch.inference_mode()``, never writes a

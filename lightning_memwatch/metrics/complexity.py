@@ -1,4 +1,4 @@
-"""Complexity family: local complexity (humayun §2), train versus val."""
+"""Complexity family: local complexity (Humayun et al. (2024), sec. 2), train versus val."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from lightning_memwatch.metrics.train_val import TrainValGap
 class ComplexityGap(TrainValGap):
     """Local complexity of the train probe against the validation probe.
 
-    ``papers/humayun_local_geometry.txt`` §2: per point, the number of activation boundaries of
+    Humayun et al. (2024), sec. 2: per point, the number of activation boundaries of
     a piecewise-linear decoder inside the l1 ball of radius ``r`` around its latent
     (:func:`~lightning_memwatch.functional.local_complexity`). One descriptor, ``complexity``,
-    logged without a descriptor level (DESIGN §3 ``memwatch/complexity/{train,val,gap}``):
+    logged without a descriptor level (``memwatch/complexity/{train,val,gap}``):
     ``compute()`` gives ``{train,val,gap,ks_pvalue,nonfinite}``
     (see :class:`~lightning_memwatch.metrics.train_val.TrainValGap`); the per-sample counts are
     ``samples("complexity", split)``.

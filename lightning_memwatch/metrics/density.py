@@ -1,4 +1,4 @@
-"""Density family: dip and decay scores (feiszli §5.3), train versus val."""
+"""Density family: dip and decay scores (Feiszli (2017), sec. 5.3), train versus val."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from lightning_memwatch.metrics.train_val import TrainValGap
 class DensityGap(TrainValGap):
     """Dip and decay scores of the train probe against the validation probe.
 
-    ``papers/feiszli_latent_geometry.txt`` §5.3: the mean dip (positive = memorization) and the
+    Feiszli (2017), sec. 5.3: the mean dip (positive = memorization) and the
     mean decay (negative = memorization). ``update(split, dip=..., decay=...)`` takes the
     per-path scores of :func:`~lightning_memwatch.functional.dip_scores` (``(B,)``) and the
     per-point scores of :func:`~lightning_memwatch.functional.decay_scores` (``(B, R)``, one

@@ -1,4 +1,5 @@
-"""Likelihood family: importance-sampled log p(x) (van den Burg eq. 9), train versus val."""
+"""Likelihood family: importance-sampled log p(x) (van den Burg & Williams (2021), eq. 9),
+train versus val."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ class LikelihoodGap(TrainValGap):
 
     ``update(split, log_px)`` takes the ``(B,)`` estimates of
     :func:`~lightning_memwatch.functional.importance_log_likelihood`
-    (``papers/vandenburg_memorization_supp.txt`` eq. 9). ``compute()`` gives
+    (van den Burg & Williams (2021), eq. 9). ``compute()`` gives
     ``{train,val,gap,ks_pvalue,nonfinite,effect,effect_lower,effect_upper}`` (no descriptor
     level; see
     :class:`~lightning_memwatch.metrics.train_val.TrainValGap`): the mean log-likelihood per

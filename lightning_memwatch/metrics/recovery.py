@@ -1,4 +1,5 @@
-"""Recovery family: per-sample latent-recovery errors (webster §3.3), train versus val."""
+"""Recovery family: per-sample latent-recovery errors (Webster et al. (2019), sec. 3.3), train
+versus val."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from lightning_memwatch.metrics.train_val import EFFECT_STATS, TrainValGap
 class RecoveryGap(TrainValGap):
     """Recovery errors of the train probe against the validation probe.
 
-    ``papers/webster_latent_recovery.txt`` eq. 4, 5 and §3.3: the median recovery error (MRE) of
+    Webster et al. (2019), eq. 4, 5 and sec. 3.3: the median recovery error (MRE) of
     each split, the normalized gap ``(MRE_val - MRE_train) / MRE_val`` (above ``0.10`` flags
     overfitting) and the two-sample KS p-value of the two error samples (below ``0.01`` flags
     overfitting). ``update(errors, split)`` takes the per-sample errors ``e(y)`` of
@@ -27,7 +28,7 @@ class RecoveryGap(TrainValGap):
     (:func:`~lightning_memwatch.functional.stats.rank_effect`); memorization drives it to -1.
     Unlike the
     descriptor families (means, ``gap = train - val``) the aggregate is the median and the gap is
-    webster's normalized one (DESIGN §3).
+    Webster et al.'s normalized one.
 
     Example::
 
@@ -56,7 +57,8 @@ class RecoveryGap(TrainValGap):
         out = {}
         for split, values in (("train", train), ("val", val)):
             finite = values[torch.isfinite(values)]
-            # torch.median picks the lower of the two middle values; webster's median is numpy's
+            # torch.median picks the lower of the two middle values; Webster et al.'s median is
+            # numpy's
             out[f"mre/{split}"] = (
                 finite.quantile(0.5) if finite.numel() else values.new_tensor(math.nan)
             )

@@ -21,10 +21,10 @@ class SpectrumGap(TrainValGap):
     :func:`~lightning_memwatch.functional.singular_values`) and records per point:
 
     - ``log_volume``: local scaling ``psi = sum_{i<=k} log s_i``
-      (``papers/humayun_local_geometry.txt`` eq. 2);
-    - ``local_rank``: ``nu = exp(-sum p_i log p_i)`` (humayun §2);
-    - ``intrinsic_dim``: ``k = #{i : s_i > rtol s_1}`` (``papers/feiszli_latent_geometry.txt`` §3);
-    - ``log_condition``: ``log(s_1 / s_k)`` (``papers/ramirez_geometry_poster.txt``).
+      (Humayun et al. (2024), eq. 2);
+    - ``local_rank``: ``nu = exp(-sum p_i log p_i)`` (Humayun et al. (2024), sec. 2);
+    - ``intrinsic_dim``: ``k = #{i : s_i > rtol s_1}`` (Feiszli (2017), sec. 3);
+    - ``log_condition``: ``log(s_1 / s_k)`` (Ramirez et al. (poster)).
 
     ``compute()`` gives ``<descriptor>/{train,val,gap,ks_pvalue,nonfinite}``
     (see :class:`~lightning_memwatch.metrics.train_val.TrainValGap`).

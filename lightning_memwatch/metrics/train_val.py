@@ -23,12 +23,12 @@ class TrainValGap(Metric):
 
     Subclasses name their ``descriptors`` and turn what they are given into per-sample values
     for :meth:`_append`. Each descriptor keeps one ``cat`` state per split, so under DDP
-    torchmetrics gathers the samples of every rank before :meth:`compute` (DESIGN §5, DDP).
+    torchmetrics gathers the samples of every rank before :meth:`compute`.
 
     :meth:`compute` returns, for each descriptor ``d``:
 
     - ``d/train``, ``d/val``: means over the finite per-sample values (NaN and inf dropped);
-    - ``d/gap``: ``train - val`` (DESIGN §3);
+    - ``d/gap``: ``train - val``;
     - ``d/ks_pvalue``: two-sample KS p-value of the finite values
       (:func:`~lightning_memwatch.functional.stats.ks_pvalue`);
     - ``d/nonfinite``: how many per-sample values, train and val together, were dropped;
@@ -40,8 +40,8 @@ class TrainValGap(Metric):
 
     A split with no finite value gives NaN means, gap and p-value (and effects: fewer than two).
 
-    A family with a single descriptor whose keys have no descriptor level (DESIGN §3:
-    ``memwatch/complexity/{train,val,gap}``, ``memwatch/likelihood/{train,val,gap}``) sets
+    A family with a single descriptor whose keys have no descriptor level
+    (``memwatch/complexity/{train,val,gap}``, ``memwatch/likelihood/{train,val,gap}``) sets
     ``descriptor_level = False``: :meth:`key` then drops the ``d/`` prefix, so :meth:`compute`
     gives ``train``, ``val``, ``gap``, ``ks_pvalue``, ``nonfinite``. The descriptor keeps its
     name for the states and :meth:`samples`.

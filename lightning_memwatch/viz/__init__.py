@@ -1,7 +1,7 @@
 """TensorBoard artifacts: histograms, figures, image strips and the custom-scalars layout.
 
-Pure functions the callbacks call on global rank zero when a ``TensorBoardLogger`` is attached
-(DESIGN §3, §4). matplotlib is optional (the ``[viz]`` extra) and imported only inside the
+Pure functions the callbacks call on global rank zero when a ``TensorBoardLogger`` is attached.
+matplotlib is optional (the ``[viz]`` extra) and imported only inside the
 figure functions; without it they return ``None`` after one warning.
 """
 

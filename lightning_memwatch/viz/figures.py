@@ -1,6 +1,6 @@
 """matplotlib figures for TensorBoard: spectra, profiles along paths, histograms train vs val.
 
-matplotlib is the optional extra ``[viz]`` (DESIGN §5): it is imported inside the functions,
+matplotlib is the optional extra ``[viz]``: it is imported inside the functions,
 never at module import, and without it every figure function returns ``None`` after one
 warning per process. Figures are ``matplotlib.figure.Figure`` objects with an Agg canvas,
 made without ``pyplot``: the user's backend is never switched and no figure is registered
@@ -60,7 +60,7 @@ def _numpy(value: Tensor) -> np.ndarray:
 def spectrum_figure(mean_log_s: Mapping[str, Tensor]) -> Figure | None:
     """The mean log singular spectrum per split: ``i`` on x, mean ``log s_i`` on y.
 
-    ``papers/feiszli_latent_geometry.txt`` §5.2 (spectra of the decoder Jacobian over
+    Feiszli (2017), sec. 5.2 (spectra of the decoder Jacobian over
     training). One labelled line per split, e.g. ``{"train": ..., "val": ...}``; a
     memorizing decoder separates the two.
 
@@ -121,7 +121,7 @@ def _plot_curves(fig: Figure, ax: Axes, curves: Mapping[str, tuple[Tensor, Tenso
 def histogram_figure(samples: Mapping[str, Tensor], *, xlabel: str, title: str) -> Figure | None:
     """Overlaid normalized histograms on shared bins, e.g. recovery errors train vs val.
 
-    ``papers/webster_latent_recovery.txt`` fig. 3: the training probe's recovery errors sit
+    Webster et al. (2019), fig. 3: the training probe's recovery errors sit
     left of the validation probe's when the generator overfits. Non-finite values are
     dropped; the bins (``clip(sqrt(N), 10, 50)`` of equal width over all finite values) are
     shared so the densities compare.

@@ -1,15 +1,15 @@
 """GeometryMonitor's TensorBoard artifacts, from the per-sample values of one measurement.
 
-Written on global rank zero only, at the step of Lightning's scalars (DESIGN §3, §5):
+Written on global rank zero only, at the step of Lightning's scalars:
 
 - ``memwatch/spectrum/log_s/{train,val}``: histograms of log singular values;
 - ``memwatch/spectrum/mean_spectrum``: the mean log spectrum, train vs val
-  (``papers/feiszli_latent_geometry.txt`` fig. 2);
+  (Feiszli (2017), fig. 2);
 - ``memwatch/density/{dip,decay}_samples/{train,val}``: histograms of per-sample scores;
 - ``memwatch/density/dip_path_lp``: ``lp`` against output arclength along the first train and
-  val dip path (feiszli fig. 4, 5);
+  val dip path (Feiszli (2017), fig. 4, 5);
 - ``memwatch/density/decay_line_lp``: ``lp`` along the top singular direction through the first
-  train and val point, against signed arclength (feiszli fig. 3);
+  train and val point, against signed arclength (Feiszli (2017), fig. 3);
 - ``memwatch/density/dip_path_images``: that train path decoded, as an image strip, when the
   outputs are images;
 - ``memwatch/complexity/samples/{train,val}``: histograms of the per-sample local complexity.

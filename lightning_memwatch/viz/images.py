@@ -98,9 +98,10 @@ def pairs_grid(
     pad: int = 1,
     pad_value: float = 1.0,
 ) -> Tensor:
-    """Target | recovered pairs in a grid, ``pairs_per_row`` pairs per row (webster fig. 2).
+    """Target | recovered pairs in a grid, ``pairs_per_row`` pairs per row (Webster et al. (2019),
+    fig. 2).
 
-    ``papers/webster_latent_recovery.txt``: a memorized training image is recovered almost
+    Webster et al. (2019): a memorized training image is recovered almost
     exactly, a validation image is not. Within a pair ``pad`` columns separate target and
     recovery; pairs are ``3 * pad`` apart, rows ``pad`` apart. Scale the two batches together
     so their brightness compares, e.g. ``pairs_grid(*as_images(torch.cat([x, x_hat])).chunk(2))``.

@@ -1,13 +1,13 @@
 """RecoveryMonitor's TensorBoard artifacts, from the per-sample results of one measurement.
 
-Written on global rank zero only, at the step of Lightning's scalars (DESIGN §3, §5):
+Written on global rank zero only, at the step of Lightning's scalars:
 
 - ``memwatch/recovery/errors/{train,val}``: histograms of the per-sample recovery errors;
 - ``memwatch/recovery/error_distributions``: the two error distributions overlaid on shared bins
-  (``papers/webster_latent_recovery.txt`` fig. 3: a memorizing generator recovers its training
+  (Webster et al. (2019), fig. 3: a memorizing generator recovers its training
   samples markedly better, so the train histogram sits left of the validation one);
-- ``memwatch/recovery/pairs/{train,val}``: target | recovered pairs (webster fig. 2), when the
-  outputs are images.
+- ``memwatch/recovery/pairs/{train,val}``: target | recovered pairs (Webster et al. (2019), fig. 2),
+  when the outputs are images.
 """
 
 from __future__ import annotations

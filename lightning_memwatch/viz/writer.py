@@ -1,7 +1,7 @@
 """The TensorBoard writer behind a Trainer, the step its scalars use, and histograms.
 
 Rich artifacts go to TensorBoard only when a ``TensorBoardLogger`` is attached, on global rank
-zero (DESIGN §3), at the step Lightning gives the scalars logged beside them (DESIGN §5), so
+zero, at the step Lightning gives the scalars logged beside them, so
 that images, histograms and curves line up on one step axis.
 """
 

@@ -255,7 +255,7 @@ def test_memorization_early_stopping_watches_the_likelihood_gap():
 
 # --------------------------------------------- how a Bernoulli decoder's outputs are read
 def _numpy_log_px(model, x, eps, reader):
-    """van den Burg eq. 9 in float64 numpy on the demo VAE's weights: encoder
+    """van den Burg & Williams (2021), eq. 9 in float64 numpy on the demo VAE's weights: encoder
     ``Flatten, Linear, Tanh, Linear -> (mu, log_var)``, decoder ``Linear, Tanh, Linear, Sigmoid``;
     ``reader(a, x)`` is ``log p(x|z)`` per element from the last linear layer's output ``a``."""
     w = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}

@@ -1,8 +1,8 @@
 """RecoveryMonitor in real (tiny) Lightning runs on CPU, on decoders with known answers.
 
 - A decoder that can only produce the training digits (a soft nearest-centre mixture of them):
-  the training probe is recovered to ~0, held-out digits are not (webster §3: MRE-gap near 1,
-  KS p tiny), and ``MemorizationEarlyStopping`` on the KS p-value stops the run.
+  the training probe is recovered to ~0, held-out digits are not (Webster et al. (2019), sec. 3:
+  MRE-gap near 1, KS p tiny), and ``MemorizationEarlyStopping`` on the KS p-value stops the run.
 - A decoder whose range is the top-20 PCA subspace of all digits: every digit is recovered to its
   PCA residual, so the logged medians, gap and KS p equal numpy / scipy on those residuals.
 - An autoencoder with ``steps=0``: the errors are its reconstruction errors.
@@ -78,7 +78,7 @@ def test_memorizing_decoder_is_caught_and_every_key_is_logged():
 
 
 def test_generalizing_decoder_values_equal_numpy_on_pca_residuals():
-    """Every digit recovers to its PCA residual: the logged medians, webster's gap and the KS
+    """Every digit recovers to its PCA residual: the logged medians, Webster et al.'s gap and the KS
     p-value equal numpy / scipy on the residuals of the monitor's probe (two chunks a split)."""
     train, val = digits_tensors(n_train=200, n_val=100)
     model = pca_module(torch.cat([train, val]))

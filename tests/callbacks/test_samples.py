@@ -80,7 +80,7 @@ def fit(callbacks, model, train, val, max_epochs=1, **kwargs):
 def reference_values(
     cb: SampleMonitor, generated: torch.Tensor, heldout: torch.Tensor | None = None
 ) -> dict[str, float]:
-    """C_T (Meehan et al. §3) and the copy fractions in numpy / scipy from the monitor's
+    """C_T (Meehan et al. (2020), sec. 3) and the copy fractions in numpy / scipy from the monitor's
     reference, its held-out probe (or ``heldout``) and the given samples, on the k-means cells
     of the functional (seeded as the monitor seeds it)."""
     heldout = cb.inputs["val"] if heldout is None else heldout

@@ -3,7 +3,7 @@
 The table's numbers are checked against a float64 recomputation from the printed table (eq. 5 from
 the two medians), and the memorization signal against what GLO must do at the smallest N: a
 decoder fitted to 16 digits with one free latent each recovers those digits far better than
-held-out ones (webster table 1, GLO-128: disjoint error distributions, gap 0.97).
+held-out ones (Webster et al. (2019), table 1, GLO-128: disjoint error distributions, gap 0.97).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def test_glo_recovery_fast(capsys):
         assert all(math.isfinite(v) for v in row.values()), (n, row)
         assert row["mre_train"] > 0 and row["mre_val"] > 0
         assert 0.0 <= row["ks_pvalue"] <= 1.0
-        # webster eq. 5 in float64 from the two medians; the printed row says the same numbers.
+        # Webster et al. (2019), eq. 5 in float64 from the two medians; the printed row says the
+        # same numbers.
         gap = (row["mre_val"] - row["mre_train"]) / row["mre_val"]
         assert math.isclose(row["mre_gap"], gap, rel_tol=1e-12, abs_tol=1e-12)
         printed = [row["mre_train"], row["mre_val"], row["mre_gap"], row["ks_pvalue"]]
@@ -42,8 +43,8 @@ def test_glo_recovery_fast(capsys):
             assert math.isclose(shown, value, rel_tol=6e-3, abs_tol=6e-4), (n, rows[n], printed)
 
     # GLO-16 memorizes: training digits are recovered far better than held-out ones, and the KS
-    # test (16 vs 32 errors) rejects one law at webster's 1 % line. (Seeds 0-9 of this --fast run:
-    # MRE train / MRE val <= 0.017, gap >= 0.98, KS p <= 2e-10.)
+    # test (16 vs 32 errors) rejects one law at Webster et al.'s 1 % line. (Seeds 0-9 of this --fast
+    # run: MRE train / MRE val <= 0.017, gap >= 0.98, KS p <= 2e-10.)
     smallest = results[16]
     assert smallest["mre_train"] < 0.1 * smallest["mre_val"], smallest
     assert smallest["mre_gap"] > 0.9 and smallest["ks_pvalue"] < 0.01, smallest

@@ -2,15 +2,16 @@
 
 The event files are read back with TensorBoard's ``EventAccumulator`` (``scalar_events`` in the
 conftest), independently of the demo's code; the early-stopping epoch and the best-validation
-epoch are recomputed from the logged series, webster's normalized gap from the logged medians.
+epoch are recomputed from the logged series, Webster et al.'s normalized gap from the logged
+medians.
 
-At ``--fast`` size (A: 128 steps on 32 digits, B: 44 steps on 1,400) the feiszli signs are not
+At ``--fast`` size (A: 128 steps on 32 digits, B: 44 steps on 1,400) Feiszli's signs are not
 reliable: run A has not memorized yet, its dip is still negative and its decay not below run B's
 (both are in the full run). What is reliable from the first epochs on, at seeds 0, 1 and 2, is
 the ordering of the train/val comparisons: A's psi gap below B's, A's MRE-gap above B's and A's
 recovery KS p-value below B's, and the early-stopping rule firing in A and not in B (checked at
 seeds 0 to 5: A's KS p between 2e-4 and 5e-9, B's between 0.088 and 0.84). Only that is tested
-here (seed 0); the full pattern is reported from the full run (README).
+here (seed 0); the full pattern is reported from the full run (docs/getting_started.md).
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def float32_rounding(*values: float) -> float:
 
 def test_logged_gaps_follow_their_definitions(events):
     for logged in events.values():
-        # webster eq. 5 from the logged medians (eq. 4), recomputed in float64
+        # Webster et al. (2019), eq. 5 from the logged medians (eq. 4), recomputed in float64
         for (_, train), (_, val), (_, gap) in zip(
             logged["memwatch/recovery/mre/train"],
             logged["memwatch/recovery/mre/val"],

@@ -65,7 +65,8 @@ def reference_rank(module: torch.nn.Module, z: np.ndarray, rtol: float = 1e-4) -
 @pytest.mark.parametrize(("n", "m", "s"), LINEAR_CASES)
 @pytest.mark.parametrize("k", [None, 2, "per-row"])
 def test_induced_log_density_linear_map(n, m, s, k, rng):
-    """``lp = log N(z; 0, I) - sum_{i <= k} log s_i`` (feiszli eq. 2); ``k = None``: all of s."""
+    """``lp = log N(z; 0, I) - sum_{i <= k} log s_i`` (Feiszli (2017), eq. 2); ``k = None``: all
+    of s."""
     s = np.array(s)
     a = torch.tensor(linear_map(n, m, s, rng))
     z = rng.standard_normal((5, m))

@@ -3,9 +3,9 @@
 - Linear decoders: the recovered latent is the least-squares solution (``np.linalg.lstsq``,
   float64) and the error its residual; on the range the error is 0.
 - Batching: every sample gets the optimum it gets when solved alone from the same start.
-- Memorization (webster §3): a decoder that can only produce 16 training digits (a soft
-  nearest-centre mixture of them) recovers those to ~0 and other digits badly (``mre_gap`` near 1,
-  KS p tiny); a decoder whose range is the top-20 PCA subspace of all digits recovers two
+- Memorization (Webster et al. (2019), sec. 3): a decoder that can only produce 16 training digits
+  (a soft nearest-centre mixture of them) recovers those to ~0 and other digits badly (``mre_gap``
+  near 1, KS p tiny); a decoder whose range is the top-20 PCA subspace of all digits recovers two
   disjoint subsets of 450 alike (errors = the PCA residuals computed in numpy).
 """
 
@@ -123,7 +123,7 @@ def test_generalizing_decoder_recovers_train_and_val_alike(digits):
         errors.append(e)
     # Observed: gap -0.004, KS p 0.86 (medians ~7e-3). Why 450 a side: the PCA residuals spread
     # (std / mean ~0.45), and over random splits of the digits |gap| > 0.1 in 38% of them at 40
-    # a side, 28% at 64, 6% at 200, 0.6% at 450: webster's 10% threshold needs hundreds.
+    # a side, 28% at 64, 6% at 200, 0.6% at 450: Webster et al.'s 10% threshold needs hundreds.
     assert abs(mre_gap(*errors)) < 0.1
     assert ks_pvalue(*errors) > 0.05
 

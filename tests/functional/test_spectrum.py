@@ -15,7 +15,7 @@ from lightning_memwatch.functional import (
 )
 from tests.conftest import finite_difference_jacobian, linear_map
 
-SIGMA_TOL = 1e-5  # singular values within 1e-5 * s_1 (issue #3)
+SIGMA_TOL = 1e-5  # singular values within 1e-5 * s_1 (the accuracy target)
 
 
 def chosen_spectrum(r: int, condition: float) -> np.ndarray:
@@ -23,7 +23,8 @@ def chosen_spectrum(r: int, condition: float) -> np.ndarray:
 
 
 def closed_forms(s: np.ndarray) -> dict[str, float]:
-    """psi, nu, log condition of a full-rank spectrum in float64 (humayun eq. 2, §2; ramirez)."""
+    """psi, nu, log condition of a full-rank spectrum in float64 (Humayun et al. (2024), eq. 2,
+    sec. 2; Ramirez et al. (poster))."""
     p = s / s.sum() + 1e-30
     return {
         "psi": float(np.log(s).sum()),
@@ -106,7 +107,7 @@ def test_fixed_k_overrides_the_threshold():
 def test_zero_rank_rows():
     s = torch.zeros(2, 3, dtype=torch.float64)
     assert (intrinsic_dim(s) == 0).all()
-    assert (local_scaling(s) == 0).all()  # the empty product of feiszli eq. 1 is 1
+    assert (local_scaling(s) == 0).all()  # the empty product of Feiszli (2017), eq. 1 is 1
     assert torch.isnan(log_condition(s)).all()
     assert torch.isnan(local_rank(s)).all()
 
