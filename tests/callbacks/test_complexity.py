@@ -14,7 +14,8 @@ from lightning_memwatch.functional import local_complexity
 from tests.callbacks.test_geometry import fit, monitor
 from tests.conftest import TinyAutoencoder, read_events
 
-KEYS = {f"memwatch/complexity/{k}" for k in ("train", "val", "gap", "ks_pvalue")} | {
+STATS = ("train", "val", "gap", "ks_pvalue", "effect", "effect_lower", "effect_upper")
+KEYS = {f"memwatch/complexity/{k}" for k in STATS} | {
     f"memwatch/complexity/{k}" for k in ("seconds", "probe_size", "nonfinite", "staleness")
 }
 
@@ -62,6 +63,12 @@ def test_logged_values_equal_a_direct_local_complexity_call(decoder):
     assert got["memwatch/complexity/gap"] == pytest.approx(train.mean() - val.mean(), abs=1e-6)
     assert got["memwatch/complexity/ks_pvalue"] == pytest.approx(
         stats.ks_2samp(train, val).pvalue, rel=1e-6
+    )
+    a, b = train[:, None], val[None, :]
+    delta = (a > b).mean() - (a < b).mean()  # Cliff's delta, numpy
+    assert got["memwatch/complexity/effect"] == pytest.approx(delta, abs=1e-6)
+    assert (
+        got["memwatch/complexity/effect_lower"] <= delta <= got["memwatch/complexity/effect_upper"]
     )
     assert got["memwatch/complexity/nonfinite"] == 0
     assert got["memwatch/complexity/probe_size"] == 12
