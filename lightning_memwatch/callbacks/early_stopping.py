@@ -191,9 +191,7 @@ class MemorizationEarlyStopping(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_distinct_log_keys(self, trainer.callbacks)
         owner = self._owner(trainer)
-        # checks run after the monitor has logged in the same hook (end of a training epoch
-        # without validation): place this stopper after its monitor
-        place_after_sources(trainer)
+        place_after_sources(trainer)  # check after the monitor logged, in the same hook
         if stage != TrainerFn.FITTING or owner is not None:
             return
         keys = sorted(

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from lightning_memwatch.callbacks.adapters import OutputError
 from lightning_memwatch.callbacks.isolation import measurement_context
-from lightning_memwatch.callbacks.probes import latents_of
+from lightning_memwatch.callbacks.probes import latent_candidate, latents_of
 from lightning_memwatch.functional.jacobian import differentiable_context
 
 #: Families that differentiate the decoder in forward mode (``torch.func.jvp``).
@@ -104,7 +104,7 @@ def _run_encoder(monitor: Any, encoder: Callable[..., Any], x: Tensor) -> Tensor
         return latents_of(output)
     except ValueError:
         pass
-    candidate = _latent_candidate(output)
+    candidate = latent_candidate(output)
     if candidate is not None and candidate.ndim > 2 and candidate.shape[0] == len(x):
         shape = tuple(candidate.shape[1:])
         raise ValueError(
@@ -124,19 +124,8 @@ def _run_encoder(monitor: Any, encoder: Callable[..., Any], x: Tensor) -> Tensor
     )
 
 
-def _latent_candidate(output: Any) -> Tensor | None:
-    """The tensor :func:`latents_of` reads in ``output`` (a distribution's mean, a tuple's first
-    element, the tensor itself), whatever its shape; ``None`` if there is none."""
-    mean = getattr(output, "mean", None) if not isinstance(output, Tensor) else None
-    if isinstance(mean, Tensor):
-        return mean
-    if isinstance(output, (tuple, list)) and output:
-        output = output[0]
-    return output if isinstance(output, Tensor) else None
-
-
 def _describe_output(output: Any) -> str:
-    candidate = _latent_candidate(output)
+    candidate = latent_candidate(output)
     if candidate is None:
         return type(output).__name__
     if isinstance(output, Tensor):

@@ -231,18 +231,24 @@ def val_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
     return None
 
 
+def latent_candidate(output: Any) -> Tensor | None:
+    """The tensor that holds the latents in an encoder's output, whatever its shape: a
+    distribution's mean, a tuple's first element, the tensor itself; ``None`` if there is none."""
+    mean = getattr(output, "mean", None) if not isinstance(output, Tensor) else None
+    if isinstance(mean, Tensor):
+        return mean
+    if isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    return output if isinstance(output, Tensor) else None
+
+
 def latents_of(output: Any) -> Tensor:
     """The latent batch in an encoder's output: a tensor, a tuple's first element, a
-    distribution's mean."""
-    if isinstance(output, torch.distributions.Distribution) or (
-        not isinstance(output, Tensor) and isinstance(getattr(output, "mean", None), Tensor)
-    ):
-        output = output.mean
-    elif isinstance(output, (tuple, list)) and output:
-        output = output[0]
-    if not isinstance(output, Tensor) or output.ndim != 2:
+    distribution's mean (:func:`latent_candidate`), of shape ``(B, m)``."""
+    latents = latent_candidate(output)
+    if latents is None or latents.ndim != 2:
         raise ValueError(
             "Expected the encoder to return a (B, m) latent batch, a tuple whose first element is "
             f"one, or a distribution with such a mean, but got {type(output).__name__}"
         )
-    return output
+    return latents
