@@ -3,9 +3,9 @@
     python benchmarks/progress.py            # about 30 s on 2 CPU cores
     python benchmarks/progress.py --quick    # a few seconds
 
-Part 1 times one :class:`~lightning_memwatch.callbacks.progress.MeasurementProgress` call: with
-no bar (``enable_progress_bar=False``: returns at once), throttled (same family within the
-interval), and shown (a real Lightning tqdm bar, writing to a buffer). Part 2 fits the demo VAE
+Part 1 times one :class:`~lightning_memwatch.callbacks.machinery.progress.MeasurementProgress`
+call: with no bar (``enable_progress_bar=False``: returns at once), throttled (same family within
+the interval), and shown (a real Lightning tqdm bar, writing to a buffer). Part 2 fits the demo VAE
 with a ``RecoveryMonitor`` measuring every epoch, with Lightning's tqdm bar attached (its output
 to ``/dev/null``) and without, interleaved, and prints the median ``memwatch/recovery/seconds``
 of both side by side (the progress calls are inside that time).
@@ -38,7 +38,7 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from lightning_memwatch import RecoveryMonitor
-from lightning_memwatch.callbacks.progress import MeasurementProgress, _TqdmPostfix
+from lightning_memwatch.callbacks.machinery.progress import MeasurementProgress, _TqdmPostfix
 
 
 def per_call(progress: MeasurementProgress, calls: int, family_of) -> float:

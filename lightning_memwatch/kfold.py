@@ -32,10 +32,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from lightning_memwatch.callbacks.adapters import parameter_dtype
 from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
-from lightning_memwatch.callbacks.preflight import model_inputs
-from lightning_memwatch.callbacks.probes import InputKey, gather_inputs
+from lightning_memwatch.callbacks.machinery.adapters import parameter_dtype
+from lightning_memwatch.callbacks.machinery.preflight import model_inputs
+from lightning_memwatch.callbacks.machinery.probes import InputKey, gather_inputs
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.likelihood import importance_log_likelihood
 

@@ -100,7 +100,7 @@ def _error_messages(folder: Path) -> list[tuple[str, str]]:
     import ast
 
     found = []
-    for path in sorted(folder.glob("*.py")):
+    for path in sorted(folder.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             name = getattr(getattr(node, "func", None), "id", None)
             if not (isinstance(node, ast.Call) and name in ("ValueError", "OutputError")):

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from lightning_memwatch.callbacks.decisions import (
+from lightning_memwatch.callbacks.machinery.decisions import (
     TRIGGERED_KEY,
     announce,
     check_distinct_log_keys,
@@ -27,7 +27,7 @@ from lightning_memwatch.callbacks.decisions import (
     log_decision,
     write_text,
 )
-from lightning_memwatch.callbacks.readers import place_after_sources
+from lightning_memwatch.callbacks.machinery.readers import place_after_sources
 
 _PREFIX = "memwatch/"
 _SYMBOL = {"below": "<", "above": ">"}
@@ -70,8 +70,8 @@ class MemorizationEarlyStopping(Callback):
 
     When the rule fires (with ``report_only``, the first time), the reason (key, value, rule,
     epoch) is printed as Lightning's ``EarlyStopping`` message is, and written to TensorBoard as
-    text (:mod:`~lightning_memwatch.callbacks.decisions`). An epoch that counts a check logs
-    ``log_key``: 1.0 when the rule fired at that check, 0.0 when not.
+    text (:mod:`~lightning_memwatch.callbacks.machinery.decisions`). An epoch that counts a check
+    logs ``log_key``: 1.0 when the rule fired at that check, 0.0 when not.
 
     Monitor protocol: a callback in ``trainer.callbacks`` that logs memwatch keys exposes
 

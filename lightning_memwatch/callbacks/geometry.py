@@ -9,15 +9,15 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor
 
-from lightning_memwatch.callbacks.geometry_measure import (  # noqa: F401 (the offset is public)
+from lightning_memwatch.callbacks.machinery.geometry_measure import (  # noqa: F401 (the offset is public)
     COMPLEXITY_SEED_OFFSET,
     measure_geometry,
 )
-from lightning_memwatch.callbacks.latents import LatentStore
-from lightning_memwatch.callbacks.monitor import MemwatchMonitor
-from lightning_memwatch.callbacks.probe_latents import ProbeLatents
-from lightning_memwatch.callbacks.probes import InputKey
-from lightning_memwatch.callbacks.spectra import spectrum_size
+from lightning_memwatch.callbacks.machinery.latents import LatentStore
+from lightning_memwatch.callbacks.machinery.monitor import MemwatchMonitor
+from lightning_memwatch.callbacks.machinery.probe_latents import ProbeLatents
+from lightning_memwatch.callbacks.machinery.probes import InputKey
+from lightning_memwatch.callbacks.machinery.spectra import spectrum_size
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.complexity import check_radius, piecewise_linear_activations
 from lightning_memwatch.functional.decay import AUTO_RADII_FRACTIONS, nearest_neighbour_radii
@@ -50,12 +50,12 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
 
     The latents of the probe are the encoder's, or recovered by latent optimisation and moved into
     the prior's typical set when there is no encoder
-    (:mod:`~lightning_memwatch.callbacks.probe_latents`). The spectrum pass gives the dip starts'
-    and the decay centres' spectra and top singular vectors, so a dip path needs one new Jacobian
-    (at its arclength midpoint; its end's, when the end is not in the slice) and a decay line
-    none at its centre. Dip paths join each probe point (train and validation alike) to its nearest
-    neighbour in the train probe; decay lines run through each probe point. Complexity counts
-    the activation boundaries of a piecewise-linear decoder inside the l1 ball of radius
+    (:mod:`~lightning_memwatch.callbacks.machinery.probe_latents`). The spectrum pass gives the dip
+    starts' and the decay centres' spectra and top singular vectors, so a dip path needs one new
+    Jacobian (at its arclength midpoint; its end's, when the end is not in the slice) and a decay
+    line none at its centre. Dip paths join each probe point (train and validation alike) to its
+    nearest neighbour in the train probe; decay lines run through each probe point. Complexity
+    counts the activation boundaries of a piecewise-linear decoder inside the l1 ball of radius
     ``complexity_radius`` around each probe latent
     (:func:`~lightning_memwatch.functional.local_complexity`); its random ball points are seeded
     by ``seed`` alone, the same every epoch, so the curve moves with the decoder, not the draws.
@@ -92,8 +92,8 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
             (:func:`~lightning_memwatch.functional.top_singular_values`); psi, nu, the intrinsic
             dimension and the log condition are then over the top ``k`` (compare runs with the
             same ``top_k`` only); ``"auto"`` (default): ``32`` from a latent size of 512 on,
-            else exact (:mod:`~lightning_memwatch.callbacks.spectra`). The density family then
-            takes the top ``k`` too: the dip's and decay's spectra and the decay's top
+            else exact (:mod:`~lightning_memwatch.callbacks.machinery.spectra`). The density family
+            then takes the top ``k`` too: the dip's and decay's spectra and the decay's top
             right-singular vector come from the same operator
             (:func:`~lightning_memwatch.functional.dip_scores` ``top_k``), and their ``psi``
             (volume parts) is over the top ``k`` values: other numbers than the exact ones,
@@ -104,7 +104,7 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
             the typical set recovered latents are moved into: ``"normal"`` (``N(0, I)``, VAEs,
             most GANs), ``"sphere"`` (uniform on the unit sphere, GLO), or a
             ``torch.distributions.Distribution`` (from Python; no typical-set projection).
-        Others: see :class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`.
+        Others: see :class:`~lightning_memwatch.callbacks.machinery.monitor.MemwatchMonitor`.
     """
 
     known_families = FAMILIES

@@ -8,13 +8,13 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.likelihood_checks import (
+from lightning_memwatch.callbacks.machinery.likelihood_checks import (
     BERNOULLI,
     check_unit_inputs,
     resolve_likelihood,
 )
-from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
-from lightning_memwatch.callbacks.probes import InputKey, shard
+from lightning_memwatch.callbacks.machinery.monitor import SPLITS, MemwatchMonitor
+from lightning_memwatch.callbacks.machinery.probes import InputKey, shard
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.decoder_likelihood import (
     bernoulli_log_likelihood,
@@ -93,7 +93,7 @@ class LikelihoodMonitor(MemwatchMonitor):
             :func:`~lightning_memwatch.functional.gaussian_log_likelihood`).
         scale: standard deviation ``sigma`` of the Gaussian likelihood.
         num_samples: importance samples ``N`` per probe sample (van den Burg: 128 or 256).
-        Others: see :class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`.
+        Others: see :class:`~lightning_memwatch.callbacks.machinery.monitor.MemwatchMonitor`.
     """
 
     known_families = (FAMILY,)
@@ -218,7 +218,7 @@ class LikelihoodMonitor(MemwatchMonitor):
 
     def resolve_likelihood(self, pl_module: pl.LightningModule, x: Tensor) -> str:
         """Check the configuration on the probe ``x`` and return the likelihood to measure with
-        (:func:`~lightning_memwatch.callbacks.likelihood_checks.resolve_likelihood`):
+        (:func:`~lightning_memwatch.callbacks.machinery.likelihood_checks.resolve_likelihood`):
         ``"auto"`` gives ``"bernoulli_probs"`` or ``"bernoulli"``."""
         return resolve_likelihood(self, pl_module, x)
 

@@ -9,9 +9,9 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.latents import CHUNK, LatentStore, recover_rows
-from lightning_memwatch.callbacks.monitor import SPLITS, MemwatchMonitor
-from lightning_memwatch.callbacks.probes import InputKey, latents_of
+from lightning_memwatch.callbacks.machinery.latents import CHUNK, LatentStore, recover_rows
+from lightning_memwatch.callbacks.machinery.monitor import SPLITS, MemwatchMonitor
+from lightning_memwatch.callbacks.machinery.probes import InputKey, latents_of
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.metrics import RecoveryGap
 from lightning_memwatch.viz import global_step, tensorboard_writer
@@ -58,10 +58,10 @@ class RecoveryMonitor(MemwatchMonitor):
     - ``memwatch/recovery/{seconds,probe_size,nonfinite,staleness}``: its cost, the probe size it
       used (0 for an epoch the cost budget skipped), how many errors were not finite and the age
       in epochs of the oldest error in use (the rolling probe of
-      :class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`).
+      :class:`~lightning_memwatch.callbacks.machinery.monitor.MemwatchMonitor`).
 
     Each sample's best latent is kept and starts its next recovery
-    (:mod:`~lightning_memwatch.callbacks.latents`): a sample's first recovery, and every
+    (:mod:`~lightning_memwatch.callbacks.machinery.latents`): a sample's first recovery, and every
     ``restart_every``-th, runs ``steps`` iterations from ``restarts`` prior draws, the kept
     latent and the encoder's; the others ``warm_steps`` from the kept latent and the encoder's.
     With an ``encoder`` and ``steps=0`` the encoder's latent is the only start (the errors are
@@ -81,7 +81,7 @@ class RecoveryMonitor(MemwatchMonitor):
         warm_steps: L-BFGS iterations of a warm-started recovery (default 20: 0.11-0.15x the
             cost of a cold one, errors 0.4-6% above it; 10 was 26% above on a conv decoder).
         restart_every: every this many recoveries of a sample, a cold one (default 5).
-        Others: see :class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`.
+        Others: see :class:`~lightning_memwatch.callbacks.machinery.monitor.MemwatchMonitor`.
 
     Example::
 

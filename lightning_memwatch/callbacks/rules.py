@@ -16,7 +16,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from lightning_memwatch.callbacks.readers import place_after_sources
+from lightning_memwatch.callbacks.machinery.readers import place_after_sources
 from lightning_memwatch.functional.stats import rank_effect
 
 #: ``(family, descriptor, sign)``: the recovery errors and psi, both lower on training samples

@@ -10,9 +10,9 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.isolation import measurement_context
-from lightning_memwatch.callbacks.monitor import MemwatchMonitor
-from lightning_memwatch.callbacks.probes import (
+from lightning_memwatch.callbacks.machinery.isolation import measurement_context
+from lightning_memwatch.callbacks.machinery.monitor import MemwatchMonitor
+from lightning_memwatch.callbacks.machinery.probes import (
     InputKey,
     draw_indices,
     first_dataloader,
@@ -83,7 +83,7 @@ class SampleMonitor(MemwatchMonitor):
             (e.g. a fixed feature extractor for images); ``None``: the raw flattened values.
         pca_dim: project the (feature) vectors on the top ``pca_dim`` principal directions of
             the reference, fitted at the first measurement; ``None``: no projection.
-        Others: see :class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`.
+        Others: see :class:`~lightning_memwatch.callbacks.machinery.monitor.MemwatchMonitor`.
 
     Example::
 

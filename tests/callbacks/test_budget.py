@@ -6,8 +6,13 @@ import math
 
 import pytest
 
-from lightning_memwatch.callbacks import budget as budget_module
-from lightning_memwatch.callbacks.budget import COLD_FACTOR, MIN_PROBE, CostBudget, RunClock
+from lightning_memwatch.callbacks.machinery import budget as budget_module
+from lightning_memwatch.callbacks.machinery.budget import (
+    COLD_FACTOR,
+    MIN_PROBE,
+    CostBudget,
+    RunClock,
+)
 
 
 class Clock:

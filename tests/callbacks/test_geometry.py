@@ -218,7 +218,7 @@ def test_tensorboard_event_file_has_scalars_histograms_images_figures_and_layout
 ):
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lightning_memwatch.callbacks import measuring as monitor_module
+    from lightning_memwatch.callbacks.machinery import measuring as monitor_module
 
     monkeypatch.setattr(monitor_module, "FIGURE_EVERY", 2)  # figures at the 2nd measurement
     from tensorboard.plugins.custom_scalar import layout_pb2
@@ -274,7 +274,7 @@ def test_without_matplotlib_figures_are_skipped_with_one_warning(tmp_path, monke
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     monkeypatch.setattr(figures, "_warned_missing_matplotlib", False)
-    from lightning_memwatch.callbacks import measuring as monitor_module
+    from lightning_memwatch.callbacks.machinery import measuring as monitor_module
 
     monkeypatch.setattr(monitor_module, "FIGURE_EVERY", 1)  # figures due at every measurement
     cb = monitor()
@@ -292,7 +292,7 @@ def test_without_matplotlib_figures_are_skipped_with_one_warning(tmp_path, monke
 def test_without_encoder_latents_come_from_recovery():
     """No encoder: the probe's latents are recovered (latent size from the hyperparameter) with
     the starts RecoveryMonitor uses, and the logged spectrum is the decoder's at those latents."""
-    from lightning_memwatch.callbacks.latents import HISTORY_SIZE, chunk_seed
+    from lightning_memwatch.callbacks.machinery.latents import HISTORY_SIZE, chunk_seed
     from lightning_memwatch.functional import project_to_typical_set, recover_latents
 
     cb = GeometryMonitor(probe_size=8, max_overhead=math.inf, families=("spectrum",))

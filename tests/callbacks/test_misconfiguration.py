@@ -376,7 +376,7 @@ def test_a_duplicate_state_key_is_refused_when_the_trainer_is_built():
     twins = [GeometryMonitor(families=("spectrum",)), GeometryMonitor(families=("spectrum",))]
     with pytest.raises(RuntimeError, match=r"GeometryMonitor.*state_key"):
         quiet_trainer(callbacks=twins)
-    from lightning_memwatch.callbacks.monitor import MemwatchMonitor
+    from lightning_memwatch.callbacks.machinery.monitor import MemwatchMonitor
 
     doc = " ".join(MemwatchMonitor.__doc__.split())
     assert "distinct ``state_key``" in doc and "``seed`` or ``probe_size``" in doc

@@ -24,7 +24,11 @@ from torch.utils.data import (
 )
 
 from lightning_memwatch.callbacks import GeometryMonitor
-from lightning_memwatch.callbacks.samplers import base_indices, limited_batches, loader_indices
+from lightning_memwatch.callbacks.machinery.samplers import (
+    base_indices,
+    limited_batches,
+    loader_indices,
+)
 from tests.conftest import digits_tensors, make_autoencoder, quiet_trainer
 
 

@@ -10,9 +10,9 @@ from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from lightning_memwatch.callbacks import GeometryMonitor, LikelihoodMonitor, RecoveryMonitor
-from lightning_memwatch.callbacks import progress as progress_module
-from lightning_memwatch.callbacks.latents import CHUNK
-from lightning_memwatch.callbacks.progress import MeasurementProgress
+from lightning_memwatch.callbacks.machinery import progress as progress_module
+from lightning_memwatch.callbacks.machinery.latents import CHUNK
+from lightning_memwatch.callbacks.machinery.progress import MeasurementProgress
 from tests.conftest import DigitsDataModule, digits_loaders, make_autoencoder, quiet_trainer
 
 

@@ -172,7 +172,7 @@ def test_early_stopping_on_the_ks_pvalue_stops_a_memorizing_run_only():
 def test_tensorboard_histograms_error_figure_and_pairs(tmp_path, monkeypatch):
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from lightning_memwatch.callbacks import measuring as monitor_module
+    from lightning_memwatch.callbacks.machinery import measuring as monitor_module
 
     monkeypatch.setattr(monitor_module, "FIGURE_EVERY", 1)  # the figure at every measurement
 

@@ -14,8 +14,8 @@ from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from scipy import stats
 
 from lightning_memwatch.callbacks import GeometryMonitor, RecoveryMonitor
-from lightning_memwatch.callbacks.readers import silence_sync_dist_advice
-from lightning_memwatch.callbacks.rolling import RollingTable, roll
+from lightning_memwatch.callbacks.machinery.readers import silence_sync_dist_advice
+from lightning_memwatch.callbacks.machinery.rolling import RollingTable, roll
 from lightning_memwatch.metrics.train_val import TrainValGap
 from tests.conftest import digits_loaders, make_autoencoder, quiet_trainer
 

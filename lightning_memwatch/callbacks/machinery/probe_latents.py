@@ -1,7 +1,7 @@
 """Where GeometryMonitor measures: the latents of its probe samples and of their dip-path ends.
 
 With an encoder, the encoder's latents. Without one, the latents latent recovery finds
-(:mod:`~lightning_memwatch.callbacks.latents`), moved into the prior's typical set
+(:mod:`~lightning_memwatch.callbacks.machinery.latents`), moved into the prior's typical set
 (:func:`~lightning_memwatch.functional.priors.project_to_typical_set`): recovery on a generator
 that is not an autoencoder (a GAN) can end far outside it (measured: norm ~130 under an
 ``N(0, I)`` prior on 100 dimensions, whose typical norm is ~10), where the generator is never
@@ -19,8 +19,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.latents import CHUNK, LatentStore, recover_rows
-from lightning_memwatch.callbacks.probes import latents_of
+from lightning_memwatch.callbacks.machinery.latents import CHUNK, LatentStore, recover_rows
+from lightning_memwatch.callbacks.machinery.probes import latents_of
 from lightning_memwatch.functional.priors import project_to_typical_set
 
 
@@ -44,14 +44,15 @@ class ProbeLatents:
 
     def _store(self: Any, trainer: pl.Trainer) -> LatentStore:
         """The store recovered latents go into: a single-process ``RecoveryMonitor`` of the same
-        decoder, probe and seed shares its own (a sample is solved once an epoch); else this
-        monitor's own (every rank recovers the whole slice, so the stores agree)."""
-        from lightning_memwatch.callbacks.recovery import RecoveryMonitor
-
+        decoder, probe and seed (a monitor of the ``"recovery"`` family with a ``latent_store``)
+        shares its own (a sample is solved once an epoch); else this monitor's own (every rank
+        recovers the whole slice, so the stores agree)."""
         if trainer.world_size == 1:
             for callback in trainer.callbacks:
                 if (
-                    isinstance(callback, RecoveryMonitor)
+                    callback is not self
+                    and "recovery" in getattr(callback, "families", ())
+                    and isinstance(getattr(callback, "latent_store", None), LatentStore)
                     and callback.decoder_name == self.decoder_name
                     and (callback.probe_size, callback.seed) == (self.probe_size, self.seed)
                 ):

@@ -10,7 +10,7 @@ callables return is read by one adapter, the same for every monitor:
   dataclass): the entry the user names (``decoder_output=`` / ``encoder_output=``), else its only
   tensor (or distribution), else an error that lists its entries;
 - a ``torch.distributions.Distribution``: its mean (for the decoder; an encoder's distribution
-  is read by :func:`~lightning_memwatch.callbacks.probes.latents_of`, or kept whole as the
+  is read by :func:`~lightning_memwatch.callbacks.machinery.probes.latents_of`, or kept whole as the
   posterior of :class:`~lightning_memwatch.callbacks.likelihood.LikelihoodMonitor`).
 
 The adapter is plain Python on the outputs, so ``torch.func.jvp`` and ``vmap`` run through it.

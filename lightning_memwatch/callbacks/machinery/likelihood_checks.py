@@ -9,14 +9,15 @@ epoch 0.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lightning_memwatch.callbacks.isolation import measurement_context
+from lightning_memwatch.callbacks.machinery.isolation import measurement_context
 from lightning_memwatch.functional.decoder_likelihood import (
     finite_range,
     looks_like_probabilities,
@@ -27,8 +28,22 @@ from lightning_memwatch.functional.likelihood import (
     sample_posterior,
 )
 
-if TYPE_CHECKING:
-    from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
+
+class LikelihoodConfiguration(Protocol):
+    """What :func:`resolve_likelihood` reads of a likelihood monitor (``LikelihoodMonitor``
+    satisfies it; machinery does not import the monitor)."""
+
+    likelihood: str
+    seed: int
+    encoder_name: str | None
+    decoder_name: str
+    _owner: str
+    encoder: Callable[[pl.LightningModule], Any]
+    decoder: Callable[[pl.LightningModule], Any]
+
+    def likelihood_callables(
+        self, pl_module: pl.LightningModule, likelihood: str | None = None
+    ) -> tuple[Any, Any]: ...
 
 #: The Bernoulli likelihoods: ``"auto"`` reads the decoder's outputs as probabilities or logits
 #: from what they look like on the probe.
@@ -102,7 +117,8 @@ def configuration_error(owner: str, error: Exception, fix: str) -> Exception:
     )
 
 
-def resolve_likelihood(monitor: LikelihoodMonitor, pl_module: pl.LightningModule, x: Tensor) -> str:
+def resolve_likelihood(
+    monitor: LikelihoodConfiguration, pl_module: pl.LightningModule, x: Tensor) -> str:
     """Check the configuration on the probe ``x`` and return the likelihood to measure with.
 
     Runs the posterior, the decoder and the likelihood on ``x`` with one importance sample

@@ -18,9 +18,9 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor, nn
 
-from lightning_memwatch.callbacks.adapters import OutputError
-from lightning_memwatch.callbacks.isolation import measurement_context
-from lightning_memwatch.callbacks.probes import latent_candidate, latents_of
+from lightning_memwatch.callbacks.machinery.adapters import OutputError
+from lightning_memwatch.callbacks.machinery.isolation import measurement_context
+from lightning_memwatch.callbacks.machinery.probes import latent_candidate, latents_of
 from lightning_memwatch.functional.jacobian import differentiable_context
 
 #: Families that differentiate the decoder in forward mode (``torch.func.jvp``).

@@ -1,13 +1,13 @@
 """Attaching a monitor to a fit: the setup checks, and the probes drawn when training starts.
 
-At ``setup`` a monitor checks that its attributes exist, that no other attached monitor logs
-its keys, and that there is held-out data. When training starts (before any epoch, also for a
-module without ``validation_step`` or with ``limit_val_batches=0``: the validation loader is
-then taken from where ``fit`` would get it) it draws its probes from the indices each loader
-yields (:mod:`~lightning_memwatch.callbacks.samplers`), checks that the validation probe is held
-out, reads the samples under an isolated RNG seeded by its seed, preprocesses them, casts them
-to the decoder's dtype, and runs the model once on them
-(:mod:`~lightning_memwatch.callbacks.preflight`).
+At ``setup`` a monitor checks that its attributes exist, that no other attached monitor logs its
+keys, and that there is held-out data. When training starts (before any epoch, also for a module
+without ``validation_step`` or with ``limit_val_batches=0``: the validation loader is then taken
+from where ``fit`` would get it) it draws its probes from the indices each loader yields
+(:mod:`~lightning_memwatch.callbacks.machinery.samplers`), checks that the validation probe is held
+out, reads the samples under an isolated RNG seeded by its seed, preprocesses them, casts them to
+the decoder's dtype, and runs the model once on them
+(:mod:`~lightning_memwatch.callbacks.machinery.preflight`).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from lightning_memwatch.callbacks.adapters import parameter_dtype
-from lightning_memwatch.callbacks.isolation import measurement_context
-from lightning_memwatch.callbacks.preflight import (
+from lightning_memwatch.callbacks.machinery.adapters import parameter_dtype
+from lightning_memwatch.callbacks.machinery.isolation import measurement_context
+from lightning_memwatch.callbacks.machinery.preflight import (
     check_attachment,
     check_no_shared_keys,
     model_inputs,
 )
-from lightning_memwatch.callbacks.probes import (
+from lightning_memwatch.callbacks.machinery.probes import (
     draw_indices,
     gather_inputs,
     has_held_out_data,
@@ -34,7 +34,11 @@ from lightning_memwatch.callbacks.probes import (
     train_loader,
     val_loader,
 )
-from lightning_memwatch.callbacks.samplers import check_held_out, check_resumed, probe_candidates
+from lightning_memwatch.callbacks.machinery.samplers import (
+    check_held_out,
+    check_resumed,
+    probe_candidates,
+)
 
 SPLITS = ("train", "val")
 

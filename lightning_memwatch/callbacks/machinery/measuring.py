@@ -1,12 +1,12 @@
 """When and how a monitor measures: the schedule, the slice of the probe, the rolling table,
 the timing, the cost budget and the one logging call (mixed into
-:class:`~lightning_memwatch.callbacks.monitor.MemwatchMonitor`).
+:class:`~lightning_memwatch.callbacks.machinery.monitor.MemwatchMonitor`).
 
-A monitor measures at the end of every ``every_n_epochs``-th training epoch: after its
-validation when it validates, else at the end of its training epoch. The budget sizes the slice
-of the probe it measures (``0``: skip); the logged statistics are over the latest value of every
-probe sample (:mod:`~lightning_memwatch.callbacks.rolling`). While it measures, the trainer's
-progress bar says what (:mod:`~lightning_memwatch.callbacks.progress`).
+A monitor measures at the end of every ``every_n_epochs``-th training epoch: after its validation
+when it validates, else at the end of its training epoch. The budget sizes the slice of the probe it
+measures (``0``: skip); the logged statistics are over the latest value of every probe sample
+(:mod:`~lightning_memwatch.callbacks.machinery.rolling`). While it measures, the trainer's progress
+bar says what (:mod:`~lightning_memwatch.callbacks.machinery.progress`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_memwatch.callbacks.isolation import measurement_context
-from lightning_memwatch.callbacks.probes import train_loader
-from lightning_memwatch.callbacks.progress import NO_PROGRESS, MeasurementProgress
-from lightning_memwatch.callbacks.readers import drop_stale
-from lightning_memwatch.callbacks.rolling import RollingTable, roll, slice_indices
+from lightning_memwatch.callbacks.machinery.isolation import measurement_context
+from lightning_memwatch.callbacks.machinery.probes import train_loader
+from lightning_memwatch.callbacks.machinery.progress import NO_PROGRESS, MeasurementProgress
+from lightning_memwatch.callbacks.machinery.readers import drop_stale
+from lightning_memwatch.callbacks.machinery.rolling import RollingTable, roll, slice_indices
 from lightning_memwatch.metrics.train_val import SPLITS, TrainValGap
 from lightning_memwatch.viz import add_layout
 

@@ -3,7 +3,7 @@ encoder gives them.
 
 A probe is ``probe_size`` samples drawn once, with a seeded generator of its own, from the
 indices the training and the validation loader yield within the trainer's batch limits
-(:mod:`~lightning_memwatch.callbacks.samplers`); the indices are saved in the callback's
+(:mod:`~lightning_memwatch.callbacks.machinery.samplers`); the indices are saved in the callback's
 ``state_dict`` so a resumed run watches the same points. The samples are read under an isolated
 RNG seeded by the monitor's seed, so that a dataset that augments in ``__getitem__`` gives the
 same probe inputs at every gather (before and after a resume) and training draws what it would

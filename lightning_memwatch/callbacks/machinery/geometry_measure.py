@@ -11,10 +11,10 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_memwatch.callbacks.monitor import SPLITS
-from lightning_memwatch.callbacks.probe_latents import nearest_train_neighbours
-from lightning_memwatch.callbacks.probes import shard
-from lightning_memwatch.callbacks.spectra import spectral_head
+from lightning_memwatch.callbacks.machinery.monitor import SPLITS
+from lightning_memwatch.callbacks.machinery.probe_latents import nearest_train_neighbours
+from lightning_memwatch.callbacks.machinery.probes import shard
+from lightning_memwatch.callbacks.machinery.spectra import spectral_head
 from lightning_memwatch.functional import decay_terms, dip_terms, local_complexity
 from lightning_memwatch.functional.priors import sample_prior
 from lightning_memwatch.functional.profiles import line_profile, path_profile

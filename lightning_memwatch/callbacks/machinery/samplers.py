@@ -48,7 +48,11 @@ from torch.utils.data import (
     WeightedRandomSampler,
 )
 
-from lightning_memwatch.callbacks.probes import first_dataloader, map_style_dataset, seeded_rng
+from lightning_memwatch.callbacks.machinery.probes import (
+    first_dataloader,
+    map_style_dataset,
+    seeded_rng,
+)
 
 
 def limited_batches(loader: DataLoader, limit: int | float) -> float:

@@ -1,12 +1,12 @@
 """What every memwatch monitor shares: configuration checks, probes, schedule, budget, logging.
 
 A monitor names the module's decoder (and optional encoder) by attribute, draws a fixed train and
-validation probe when training starts, and at the end of every ``every_n_epochs``-th training
-epoch (after its validation when it validates, else at the end of its training) measures a slice
-of the probe inside :func:`~lightning_memwatch.callbacks.isolation.measurement_context`. The
+validation probe when training starts, and at the end of every ``every_n_epochs``-th training epoch
+(after its validation when it validates, else at the end of its training) measures a slice of the
+probe inside :func:`~lightning_memwatch.callbacks.machinery.isolation.measurement_context`. The
 logged statistics are taken over the latest value of every probe sample
-(:mod:`~lightning_memwatch.callbacks.rolling`), and logged with one ``pl_module.log_dict`` call.
-Subclasses implement :meth:`MemwatchMonitor.measure` and :attr:`MemwatchMonitor.families`; no
+(:mod:`~lightning_memwatch.callbacks.machinery.rolling`), and logged with one ``pl_module.log_dict``
+call. Subclasses implement :meth:`MemwatchMonitor.measure` and :attr:`MemwatchMonitor.families`; no
 maths lives here.
 """
 
@@ -21,22 +21,22 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lightning_memwatch.callbacks.adapters import (
+from lightning_memwatch.callbacks.machinery.adapters import (
     Site,
     adapt_decoder,
     adapt_encoder,
     check_name,
     resolve_attribute,
 )
-from lightning_memwatch.callbacks.attach import check_setup, prepare_probes
-from lightning_memwatch.callbacks.budget import CostBudget
-from lightning_memwatch.callbacks.measuring import Measuring
-from lightning_memwatch.callbacks.probes import InputKey
-from lightning_memwatch.callbacks.readers import (
+from lightning_memwatch.callbacks.machinery.attach import check_setup, prepare_probes
+from lightning_memwatch.callbacks.machinery.budget import CostBudget
+from lightning_memwatch.callbacks.machinery.measuring import Measuring
+from lightning_memwatch.callbacks.machinery.probes import InputKey
+from lightning_memwatch.callbacks.machinery.readers import (
     check_lightning_readers,
     silence_sync_dist_advice,
 )
-from lightning_memwatch.callbacks.rolling import RollingTable
+from lightning_memwatch.callbacks.machinery.rolling import RollingTable
 from lightning_memwatch.functional.checks import check_int
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class MemwatchMonitor(Measuring, Callback):
     """Base class of the monitors: the probe / context / schedule / budget / logging glue.
 
     Before the first training step every monitor draws its probes and runs the encoder and the
-    decoder once on them (:mod:`~lightning_memwatch.callbacks.preflight`), so that a
+    decoder once on them (:mod:`~lightning_memwatch.callbacks.machinery.preflight`), so that a
     misconfiguration fails then, with a message that names the fix. Two monitors of one class in
     one Trainer need distinct ``state_key`` (Lightning refuses the Trainer otherwise): give them
     another ``seed`` or ``probe_size`` (two ``GeometryMonitor`` of different ``families`` are
@@ -60,7 +60,7 @@ class MemwatchMonitor(Measuring, Callback):
             outputs, dotted for a submodule (``"model.decoder"``). Its output may be a tensor, a
             tuple (first element), a mapping or an object with attributes (``ModelOutput``: the
             ``decoder_output`` entry, else its only tensor) or a distribution (its mean)
-            (:mod:`~lightning_memwatch.callbacks.adapters`).
+            (:mod:`~lightning_memwatch.callbacks.machinery.adapters`).
         encoder: name of an attribute mapping inputs to latents (a tensor, a tuple whose first
             element is the latents, or a distribution whose mean is; a mapping or object is read
             by ``encoder_output``). ``None``: latents come from latent recovery.
@@ -80,7 +80,7 @@ class MemwatchMonitor(Measuring, Callback):
             monitors of the ``Trainer`` together may spend, a positive number (``0.05``: 5%); the
             smallest value among them wins, and each of ``N`` monitors gets ``1 / N`` of it.
             ``float("inf")`` turns the budget off, so that every ``every_n_epochs``-th epoch is
-            measured on the whole probe (:mod:`~lightning_memwatch.callbacks.budget`).
+            measured on the whole probe (:mod:`~lightning_memwatch.callbacks.machinery.budget`).
         seed: seeds the probe draw and every random start of the monitor (own generator), and
             the global RNGs (isolated) while the probe samples are read, so that augmentations in
             ``__getitem__`` give the same probe inputs at every gather.
