@@ -23,7 +23,7 @@ from lightning_memwatch import (
     SampleMonitor,
     kfold_memorization_scores,
 )
-from tests.conftest import digits_loaders, digits_tensors, quiet_trainer
+from tests.conftest import digits_loaders, digits_tensors, quiet_trainer, read_events
 
 MAP = (4, 2, 2)
 RADII = (0.1, 0.2)
@@ -268,3 +268,27 @@ def test_kfold_scores_of_latent_maps_equal_the_flat_twins():
     )
     assert torch.isfinite(want.scores).all()
     torch.testing.assert_close(got.log_px, want.log_px, rtol=1e-6, atol=1e-6)
+
+
+def test_density_paths_and_lines_on_latent_maps_are_the_flat_twins(tmp_path):
+    """The figures a ``validate`` draws (the dip paths through the decoder, their decoded
+    images, the decay lines, the mean spectrum) are the flat twin's, byte for byte."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    images = {}
+    for name, model_class, parts in (
+        ("map", MapAutoencoder, {"encoder": "encode"}),
+        ("flat", FlatTwin, {"decoder": "decode_flat", "encoder": "encode_flat"}),
+    ):
+        logger = TensorBoardLogger(tmp_path, name=name)
+        cb = GeometryMonitor(radii=RADII, **parts, **COMMON)
+        trainer, model = fit([cb], model_class, logger=logger)
+        trainer.validate(model, digits_loaders(shuffle=False)[1], verbose=False)
+        events = read_events(logger.log_dir)
+        images[name] = {
+            tag: events.Images(tag)[-1].encoded_image_string for tag in events.Tags()["images"]
+        }
+    assert "memwatch/density/dip_path_images" in images["map"]
+    assert images["map"].keys() == images["flat"].keys() and len(images["map"]) >= 4
+    for tag, png in images["flat"].items():
+        assert images["map"][tag] == png, tag

@@ -208,7 +208,8 @@ def output_tensor(output: Any, key: str | None, site: Site) -> Tensor:
 class Adapted:
     """``fn`` with its output read by ``read``: ``Adapted(fn, read)(*args) == read(fn(*args))``;
     with ``reshape_to`` (a latent shape), the first argument (flat latents ``(B, m)``) is
-    reshaped to ``(B, *reshape_to)`` first (:func:`~.latent_views.unflatten`).
+    reshaped to ``(B, *reshape_to)`` first
+    (:func:`~lightning_memwatch.callbacks.machinery.latent_views.unflatten`).
 
     Behaves as a bound method of the module behind ``fn`` (``__self__``), so that code that
     hooks the decoder's submodules (local complexity) finds them.
@@ -234,8 +235,9 @@ class Adapted:
 
 class FlatEncoder(Adapted):
     """``fn`` whose output's named (or only, or preferred) entry (:func:`select_output`) comes
-    out on the flat view (:func:`~.latent_views.flatten_latents`); ``latent_shape`` is the
-    per-sample shape of the latents of its latest call."""
+    out on the flat view
+    (:func:`~lightning_memwatch.callbacks.machinery.latent_views.flatten_latents`);
+    ``latent_shape`` is the per-sample shape of the latents of its latest call."""
 
     def __init__(self, fn: Callable[..., Any], key: str | None, site: Site) -> None:
         super().__init__(fn, lambda output: select_output(output, key, site))
