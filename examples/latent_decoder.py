@@ -13,13 +13,12 @@ Loss: summed squared error plus ``kl_weight`` times the KL of ``q(z|x)`` to ``N(
 weighs the KL lightly so the latent keeps detail; ``kl_weight=1e-3`` here). Digits upsampled
 to 32 x 32, a ``validation_step`` as usual.
 
-The monitors take flat ``(B, m)`` latents: the decoder is called on a ``(B, 256)`` batch and
-the encoder's output must be ``(B, m)``. A model whose latents are maps gives the monitors two
-module methods that reshape, ``decode_flat(z) = decoder(z.view(-1, 4, 8, 8))`` and
-``encode_flat(x) = encode(x).mean.flatten(1)``, and names them (``decoder="decode_flat"``,
-``encoder="encode_flat"``). Without them (``--spatial``), setup fails on the encoder's
-``(B, 4, 8, 8)`` output, naming the two reshaping methods as the fix. The fit runs twice with
-the same seed, without and with the monitors. Outputs under ``outputs/latent_decoder/``.
+The monitors attach to the module's own methods, ``encoder="encode"`` (a diagonal Gaussian over
+``(B, 4, 8, 8)`` maps) and ``decoder="decoder"`` (which takes the maps): when training starts
+they record the latent shape ``(4, 8, 8)`` from the encoder's output and measure through the
+flat view (``m = 256``), reshaping flat latents before the decoder is called; no glue method is
+needed. The fit runs twice with the same seed, without and with the monitors. Outputs under
+``outputs/latent_decoder/``.
 """
 
 from __future__ import annotations
@@ -118,14 +117,6 @@ class LatentAutoencoder(L.LightningModule):
         mean, log_var = self.encoder(x).chunk(2, dim=1)
         return Independent(Normal(mean, (0.5 * log_var.clamp(-20, 10)).exp()), 3)
 
-    def encode_flat(self, x: Tensor) -> Tensor:
-        """The posterior mean flattened to ``(B, 256)``: the latents the monitors take."""
-        return self.encode(x).mean.flatten(1)
-
-    def decode_flat(self, z: Tensor) -> Tensor:
-        """The decoder on flat ``(B, 256)`` latents, reshaped to ``(B, 4, 8, 8)`` maps."""
-        return self.decoder(z.view(len(z), *LATENT))
-
     def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         q = self.encode(x)
         noise = torch.randn(q.mean.shape, generator=generator, dtype=x.dtype).to(x.device)
@@ -148,16 +139,12 @@ class LatentAutoencoder(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
-def monitors(
-    probe_size: int, every: int, top_k: int = 32, spatial: bool = False, density: bool = False
-) -> list[Any]:
-    """Spectrum (top ``k``) and recovery (30 L-BFGS steps refining the encoder's latent) on
-    ``decode_flat`` / ``encode_flat``, same probe and seed, budget off; with ``density``, the
-    density family too (on the same top ``k``; opt-in, as it is most of the cost); with
-    ``spatial``, on the map-valued ``decoder`` / ``encode`` as they are (fails at
-    setup)."""
-    names = ("decoder", "encode") if spatial else ("decode_flat", "encode_flat")
-    common = {"decoder": names[0], "encoder": names[1], "probe_size": probe_size}
+def monitors(probe_size: int, every: int, top_k: int = 32, density: bool = False) -> list[Any]:
+    """Spectrum (top ``k``) and recovery (30 L-BFGS steps refining the encoder's latent) on the
+    module's map-valued ``decoder`` and ``encode`` as they are, same probe and seed, budget
+    off; with ``density``, the density family too (on the same top ``k``; opt-in, as it is
+    most of the cost)."""
+    common = {"decoder": "decoder", "encoder": "encode", "probe_size": probe_size}
     common.update(every_n_epochs=every, max_overhead=math.inf)
     families = ("spectrum", "density") if density else ("spectrum",)
     return [
@@ -169,7 +156,6 @@ def monitors(
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="a seconds-long smoke run")
-    parser.add_argument("--spatial", action="store_true", help="attach without the reshaping")
     parser.add_argument("--density", action="store_true", help="the density family too (slow)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-dir", default="outputs/latent_decoder")
@@ -184,20 +170,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         return LatentAutoencoder(width=width)
 
     with quiet(1):
-        watchers = monitors(probe, every, spatial=args.spatial, density=args.density)
-        if args.spatial:
-            try:
-                timed_fit(make_model, make_data, epochs, watchers, args.seed)
-            except ValueError as error:
-                print(f"setup failed, as expected without the reshaping methods: {error}")
-                return {"setup_error": str(error)}
+        watchers = monitors(probe, every, density=args.density)
         _, without = timed_fit(make_model, make_data, epochs, [], args.seed)
         logger = TensorBoardLogger(args.log_dir, name=f"latent_decoder_seed{args.seed}")
         trainer, with_ = timed_fit(make_model, make_data, epochs, watchers, args.seed, logger)
     values, table = measured_table(trainer.callback_metrics, watchers, with_, without)
     print(
-        f"\nLatent decoder, latent 4 x 8 x 8 = 256 -> 1 x 32 x 32, width {width}, {n_train} "
-        f"digits, {epochs} epochs, probe {probe} + {probe}, spectrum top_k=32; last measurement"
+        f"\nLatent decoder, latent {' x '.join(map(str, watchers[0].latent_shape))} = "
+        f"{watchers[0].latent_dim} (recorded from the encoder) -> 1 x 32 x 32, width {width}, "
+        f"{n_train} digits, {epochs} epochs, probe {probe} + {probe}, spectrum top_k=32; last "
+        "measurement"
     )
     print(table)
     return values

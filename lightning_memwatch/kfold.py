@@ -119,6 +119,10 @@ def _estimate_all(
 ) -> Tensor:
     module.eval()
     x = _model_inputs(module, dataset, monitor)
+    encoder = monitor.encoder(module)  # the decoder takes latents of the encoder's shape
+    with torch.no_grad():
+        encoder(x[:1].to(module.device))
+    monitor.latent_shape = encoder.latent_shape
     # "auto" reads the trained decoder's outputs as probabilities or logits, per fold model
     name = monitor.resolve_likelihood(module, x)
     posterior, log_likelihood = monitor.likelihood_callables(module, name)

@@ -74,6 +74,16 @@ def finite_difference_jacobian(module: nn.Module, z: torch.Tensor, h: float = 1e
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on shared cores more threads only contend (a tiny
+    model's fit took 90 s with the default threads under load, 5 s with one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 

@@ -13,6 +13,7 @@ from lightning_memwatch.callbacks.machinery.geometry_measure import (  # noqa: F
     COMPLEXITY_SEED_OFFSET,
     measure_geometry,
 )
+from lightning_memwatch.callbacks.machinery.latent_views import LatentSize
 from lightning_memwatch.callbacks.machinery.latents import LatentStore
 from lightning_memwatch.callbacks.machinery.monitor import MemwatchMonitor
 from lightning_memwatch.callbacks.machinery.probe_latents import ProbeLatents
@@ -113,7 +114,7 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
         self,
         decoder: str = "decoder",
         encoder: str | None = None,
-        latent_dim: int | None = None,
+        latent_dim: LatentSize | None = None,
         probe_size: int = 64,
         every_n_epochs: int = 1,
         families: Sequence[str] = DEFAULT_FAMILIES,

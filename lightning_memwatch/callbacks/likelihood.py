@@ -8,8 +8,10 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_memwatch.callbacks.machinery.latent_views import LatentSize
 from lightning_memwatch.callbacks.machinery.likelihood_checks import (
     BERNOULLI,
+    check_posterior,
     check_unit_inputs,
     resolve_likelihood,
 )
@@ -79,10 +81,12 @@ class LikelihoodMonitor(MemwatchMonitor):
 
     Args:
         decoder: name of the module's decoder (used by the built-in likelihoods).
-        encoder: name of the module's encoder, required: it must return a
-            ``torch.distributions.Distribution`` over ``(B, m)`` latents or a ``(mean, log_var)``
-            pair of ``(B, m)`` tensors, the diagonal Gaussian ``q(z|x)`` (checked when training
-            starts).
+        encoder: name of the module's encoder, required (``"auto"``: the first of ``encode``,
+            ``encoder`` that the module has): it must return a
+            ``torch.distributions.Distribution`` over the latents or a ``(mean, log_var)`` pair
+            of tensors, the diagonal Gaussian ``q(z|x)`` (checked first when training starts);
+            latent maps too (a diagonal Gaussian over ``(B, C, H, W)`` maps, diffusers'
+            ``latent_dist``, is one over the flat latents).
         likelihood: ``"auto"`` (Bernoulli, decoder outputs read as probabilities or logits,
             see above), ``"bernoulli"`` (decoder outputs are logits, inputs in ``[0, 1]``),
             ``"bernoulli_probs"`` (decoder outputs are probabilities, e.g. a final sigmoid),
@@ -97,12 +101,13 @@ class LikelihoodMonitor(MemwatchMonitor):
     """
 
     known_families = (FAMILY,)
+    encoder_required = True
 
     def __init__(
         self,
         decoder: str = "decoder",
         encoder: str | None = "encoder",
-        latent_dim: int | None = None,
+        latent_dim: LatentSize | None = None,
         probe_size: int = 64,
         every_n_epochs: int = 1,
         likelihood: str = "auto",
@@ -152,7 +157,7 @@ class LikelihoodMonitor(MemwatchMonitor):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(
-            decoder=self.decoder_name,
+            decoder=self.decoder_argument,
             likelihood=self.likelihood,
             probe_size=self.probe_size,
             seed=self.seed,
@@ -207,6 +212,7 @@ class LikelihoodMonitor(MemwatchMonitor):
     def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw the probes, then check the configuration on them (:meth:`resolve_likelihood`)."""
         super()._prepare_probes(trainer, pl_module)
+        check_posterior(self, pl_module, self.inputs["train"][:2])  # before advice on inputs
         if self.likelihood in BERNOULLI:
             check_unit_inputs(self._owner, self.inputs["val"], "validation")
         self.resolved_likelihood = None

@@ -9,9 +9,10 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_memwatch.callbacks.machinery.latent_views import LatentSize, latents_of
 from lightning_memwatch.callbacks.machinery.latents import CHUNK, LatentStore, recover_rows
 from lightning_memwatch.callbacks.machinery.monitor import SPLITS, MemwatchMonitor
-from lightning_memwatch.callbacks.machinery.probes import InputKey, latents_of
+from lightning_memwatch.callbacks.machinery.probes import InputKey
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.metrics import RecoveryGap
 from lightning_memwatch.viz import global_step, tensorboard_writer
@@ -97,7 +98,7 @@ class RecoveryMonitor(MemwatchMonitor):
         self,
         decoder: str = "decoder",
         encoder: str | None = None,
-        latent_dim: int | None = None,
+        latent_dim: LatentSize | None = None,
         probe_size: int = 64,
         every_n_epochs: int = 1,
         steps: int = 50,

@@ -10,7 +10,9 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_memwatch.callbacks.machinery.calling import draw_samples
 from lightning_memwatch.callbacks.machinery.isolation import measurement_context
+from lightning_memwatch.callbacks.machinery.latent_views import LatentSize
 from lightning_memwatch.callbacks.machinery.monitor import MemwatchMonitor
 from lightning_memwatch.callbacks.machinery.probes import (
     InputKey,
@@ -57,20 +59,26 @@ class SampleMonitor(MemwatchMonitor):
     With a ``TensorBoardLogger`` and image outputs: ``memwatch/samples/nearest``, the first
     generated samples each beside its nearest training sample.
 
-    Samples come from the module's ``sampler(n, generator)``, else from the decoder at ``n``
-    latents drawn once from the standard normal prior; both are seeded by ``seed`` and draw
-    the same samples every epoch, so the curve moves with the model only. The reference, the
+    Samples come from the module's ``sampler``, called ``sampler(n, generator=generator)`` when
+    it takes a ``generator`` (else ``sampler(n)`` inside an isolated global RNG seeded by
+    ``seed``; never positionally, so a sampler such as lucidrains' ``GaussianDiffusion.sample(
+    batch_size, return_all_timesteps=False)`` attaches as it is), else from the decoder at ``n``
+    latents drawn once from the standard normal prior (flat; reshaped to a latent map's shape
+    when ``latent_dim`` is one); both are seeded by ``seed`` and draw the same samples every
+    epoch, so the curve moves with the model only. The reference, the
     k-means cells (refit every measurement, seeded, so they follow a trainable ``features``)
     and the PCA projection (fitted at the first measurement) are the same on every rank; each
     rank measures its shard of the held-out and generated samples. When the budget lowers the
     held-out probe to ``s`` samples, ``ceil(num_generated * s / probe_size)`` are generated.
 
     Args:
-        sampler: name of a module method ``(n, generator) -> (n, ...)`` samples; ``None``: the
-            decoder at latents from the prior.
+        sampler: name of a module method ``(n, generator=None) -> (n, ...)`` samples (or
+            ``(n) -> (n, ...)``, seeded through the global RNG); ``None``: the decoder at
+            latents from the prior.
         decoder: name of the module's decoder (used without ``sampler``).
-        latent_dim: latent size; ``None``: the module's ``latent_dim`` attribute or
-            hyperparameter (needed without ``sampler`` only).
+        latent_dim: latent size ``m``, or a latent map's shape (``(4, 8, 8)``); ``None``: the
+            module's ``latent_dim`` attribute or hyperparameter (needed without ``sampler``
+            only).
         probe_size: held-out (validation) samples ``n``.
         reference_size: training samples in the reference ``T`` (all of them when the training
             set is smaller); drawn once, seeded, saved in the checkpoint.
@@ -97,7 +105,7 @@ class SampleMonitor(MemwatchMonitor):
         self,
         sampler: str | None = None,
         decoder: str = "decoder",
-        latent_dim: int | None = None,
+        latent_dim: LatentSize | None = None,
         probe_size: int = 64,
         reference_size: int = 1024,
         num_generated: int = 512,
@@ -136,7 +144,7 @@ class SampleMonitor(MemwatchMonitor):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(
-            sampler=self.sampler_name or self.decoder_name,
+            sampler=self.sampler_name or self.decoder_argument,
             probe_size=self.probe_size,
             reference_size=self.reference_size,
             cells=self.cells,
@@ -191,8 +199,8 @@ class SampleMonitor(MemwatchMonitor):
         """The first ``count`` of the monitor's generated samples (the same every epoch)."""
         device = pl_module.device
         if self.sampler_name is not None:
-            generator = torch.Generator(device=device).manual_seed(self.seed)
-            samples = self._attribute(pl_module, self.sampler_name, "sampler")(count, generator)
+            sampler = self._attribute(pl_module, self.sampler_name, "sampler")
+            samples = draw_samples(sampler, count, self.seed, device)
         else:
             generator = torch.Generator().manual_seed(self.seed + 1)
             z = torch.randn(self.num_generated, self.latent_dim, generator=generator)

@@ -16,6 +16,7 @@ from torch.distributions import Independent, Normal
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_memwatch.callbacks import GeometryMonitor, LikelihoodMonitor, RecoveryMonitor
+from lightning_memwatch.callbacks.machinery.adapters import Site, select_output
 from lightning_memwatch.functional import jacobian
 from tests.conftest import (
     TinyAutoencoder,
@@ -26,6 +27,7 @@ from tests.conftest import (
 )
 
 RADII = (0.1, 0.2)
+LOG_VOLUME = "memwatch/spectrum/log_volume/train"
 
 
 class ModelOutput(OrderedDict):
@@ -199,32 +201,53 @@ class MapLatents(WrappedOutputs):
 
 
 @pytest.mark.parametrize("encoder", ["encode_map", "encode_map_distribution"])
-def test_latent_maps_fail_before_training_with_the_reshaping_fix(encoder):
-    """Before: the message said to pass ``encoder_output=`` (or, for a distribution, "got
-    Independent"), which cannot fix a shape."""
-    model = MapLatents()
-    with pytest.raises(ValueError, match=r"latent maps of shape \(1, 2, 2\)") as e:
-        fit([GeometryMonitor(decoder="decode_map", encoder=encoder, probe_size=8)], model)
-    assert f"encoder `{encoder}`" in str(e.value)
-    assert "decoder(z.view(-1, 1, 2, 2))" in str(e.value) and "encoder_output" not in str(e.value)
-    assert model.losses == []
+def test_latent_maps_attach_as_they_are(encoder, plain_values):
+    """Before: "memwatch measures flat latents. Add two module methods..." at train start. The
+    maps' flat view is the plain model's latents, so the values are the plain model's."""
+    model = build(MapLatents)
+    got = memwatch_values(fit(monitors(decoder="decode_map", encoder=encoder), model))
+    assert got.keys() == plain_values.keys()
+    for name, value in plain_values.items():
+        assert got[name] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), name
 
 
-def test_a_decoder_of_latent_maps_given_flat_latents_names_the_reshaping_fix():
+def test_a_decoder_of_latent_maps_given_flat_latents_names_latent_dim_as_a_shape():
     model = MapLatents()
     cb = GeometryMonitor(decoder="decode_conv", probe_size=8, latent_dim=4)
-    with pytest.raises(ValueError, match=r"latent maps \(B, C, H, W\)") as e:
+    with pytest.raises(ValueError, match=r"could not run the decoder `decode_conv`") as e:
         fit([cb], model)
-    assert "`latent_dim=`" in str(e.value) and "z.view(-1, C, H, W)" in str(e.value)
+    assert "Pass `latent_dim=` the latent size the decoder takes (a shape such as" in str(e.value)
+    assert "conv2d" in str(e.value)  # torch's own words, as raised
+    cb = GeometryMonitor(decoder="decode_conv", probe_size=8, latent_dim=(1, 2, 2))
+    assert math.isfinite(fit([cb], MapLatents()).callback_metrics[LOG_VOLUME].item())
 
 
 def test_decoder_dict_without_a_key_fails_before_training_listing_its_entries():
     model = WrappedOutputs()
-    model.wrap = WRAPPERS["dict by key"][0]
+    model.wrap = staticmethod(lambda x, z: {"image": x, "kl": z.square().sum(1)})
     with pytest.raises(ValueError, match=r"GeometryMonitor's decoder `decode`.*'kl'") as e:
         fit([GeometryMonitor(decoder="decode", encoder="encode", probe_size=8)], model)
+    assert "'image' (tensor (2, 1, 8, 8))" in str(e.value)
     assert "pass `decoder_output=`" in str(e.value)
     assert model.losses == []
+
+
+@pytest.mark.parametrize(
+    ("role", "entries", "preferred"),
+    [
+        ("decoder", ("commit_loss", "sample"), "sample"),
+        ("decoder", ("kl", "reconstruction"), "reconstruction"),
+        ("decoder", ("x_hat", "recon"), "recon"),  # the table's order, not the output's
+        ("encoder", ("kl", "latent_dist"), "latent_dist"),
+        ("encoder", ("logits", "z"), "z"),
+    ],
+)
+def test_an_output_with_several_tensors_gives_its_entry_of_a_usual_name(role, entries, preferred):
+    output = ModelOutput((name, torch.full((2, 3), float(i))) for i, name in enumerate(entries))
+    site = Site("GeometryMonitor", role, "model.part")
+    assert select_output(output, None, site) is output[preferred]
+    other = next(name for name in entries if name != preferred)
+    assert select_output(output, other, site) is output[other]  # a named entry wins
 
 
 # ------------------------------------------------------------------------ wrapped models

@@ -6,14 +6,21 @@ callables return is read by one adapter, the same for every monitor:
 
 - a tensor is the output;
 - a ``tuple`` / ``list``: its first element (a VAE decoder's ``(mean, log_var)``);
-- a mapping (``dict``, Hugging Face / pythae ``ModelOutput``) or an object with attributes (a
-  dataclass): the entry the user names (``decoder_output=`` / ``encoder_output=``), else its only
-  tensor (or distribution), else an error that lists its entries;
-- a ``torch.distributions.Distribution``: its mean (for the decoder; an encoder's distribution
-  is read by :func:`~lightning_memwatch.callbacks.machinery.probes.latents_of`, or kept whole as the
+- a mapping (``dict``, diffusers' ``BaseOutput``, Hugging Face / pythae ``ModelOutput``) or an
+  object with attributes (a dataclass): the entry the user names (``decoder_output=`` /
+  ``encoder_output=``), else its only tensor (or distribution), else the first entry of
+  :data:`PREFERRED_ENTRIES` for the role that it has (diffusers' ``DecoderOutput.sample`` beside
+  a VQ model's ``commit_loss``), else an error that lists its entries;
+- a ``torch.distributions.Distribution`` or an object with a tensor ``mean`` (diffusers'
+  ``DiagonalGaussianDistribution``, an ``AutoencoderKLOutput``'s ``latent_dist``): its mean
+  (for the decoder; an encoder's distribution is read by
+  :func:`~lightning_memwatch.callbacks.machinery.latent_views.latents_of`, or kept whole as the
   posterior of :class:`~lightning_memwatch.callbacks.likelihood.LikelihoodMonitor`).
 
-The adapter is plain Python on the outputs, so ``torch.func.jvp`` and ``vmap`` run through it.
+The encoder's latents of any shape are then flattened, and the decoder given flat latents
+reshaped to the recorded latent shape first
+(:mod:`~lightning_memwatch.callbacks.machinery.latent_views`). The adapter is plain Python on the
+inputs and outputs, so ``torch.func.jvp`` and ``vmap`` run through it.
 """
 
 from __future__ import annotations
@@ -27,61 +34,28 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from lightning_memwatch.callbacks.machinery.latent_views import flatten_latents, unflatten
 
-def check_name(argument: str, value: Any, optional: bool = True) -> str | None:
-    """``value`` if it is a non-empty string (or ``None`` when ``optional``), else a
-    ``ValueError`` naming ``argument``.
-
-    Example::
-
-        >>> check_name("decoder", "model.decoder")
-        'model.decoder'
-    """
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value or any(not part for part in value.split(".")):
-        what = "a module attribute (dotted for a submodule: 'model.decoder')"
-        raise ValueError(
-            f"Expected `{argument}` to name {what}{' or be None' if optional else ''} but got "
-            f"{value!r}"
-        )
-    return value
-
-
-def _members(obj: Any) -> str:
-    """The submodules and public methods of ``obj`` worth naming in an error message."""
-    names = [name for name, _ in obj.named_children()] if isinstance(obj, nn.Module) else []
-    if not names:
-        return ""
-    return f" (its submodules: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})"
-
-
-def resolve_attribute(module: nn.Module, name: str, argument: str) -> Callable[..., Any]:
-    """The callable ``module.<name>``, following dots (``"model.decoder"``), that the monitor
-    argument ``argument`` (``"decoder"``, ``"encoder"``, ``"preprocess"``, ...) names.
-
-    Raises:
-        ValueError: a step of the path is missing (naming the object that lacks it and its
-            submodules), or the end is not callable.
-    """
-    role = "preprocessing" if argument == "preprocess" else argument
-    value: Any = module
-    path = type(module).__name__
-    for part in name.split("."):
-        if not hasattr(value, part):
-            raise ValueError(
-                f"Expected the LightningModule to have a `{name}` attribute for the {role} but "
-                f"{path} has no `{part}`{_members(value)}: pass `{argument}=` the name of the "
-                f"attribute (module or method, dotted for a submodule) that is the {role}"
-            )
-        value = getattr(value, part)
-        path = f"{path}.{part}"
-    if not callable(value):
-        raise ValueError(
-            f"Expected `{path}` (the {role}) to be callable but got {type(value).__name__}: name "
-            "a module or a method"
-        )
-    return value
+#: The entry read from an output with several tensors (or distributions) when no
+#: ``decoder_output=`` / ``encoder_output=`` names one: the first of these names it has.
+PREFERRED_ENTRIES = {
+    "decoder": (
+        "sample",  # diffusers' DecoderOutput (a VQ model's also holds `commit_loss`)
+        "reconstruction",
+        "recon",
+        "x_hat",
+        "x_recon",
+        "recon_x",
+        "reconstructions",
+    ),
+    "encoder": (
+        "latent_dist",  # diffusers' AutoencoderKLOutput
+        "latents",  # diffusers' VQEncoderOutput
+        "latent",
+        "z",
+        "posterior",
+    ),
+}
 
 
 def owner_module(fn: Any) -> nn.Module | None:
@@ -191,14 +165,18 @@ def select_output(output: Any, key: str | None, site: Site) -> Any:
                 f"`{site.argument}=` one of them"
             )
         return entries[key]
-    found = [v for v in entries.values() if isinstance(v, Tensor) or _distribution_like(v)]
+    found = {k: v for k, v in entries.items() if isinstance(v, Tensor) or _distribution_like(v)}
+    if len(found) > 1:
+        preferred = [name for name in PREFERRED_ENTRIES.get(site.role, ()) if name in found]
+        if preferred:
+            return found[preferred[0]]
     if len(found) != 1:
         raise OutputError(
             f"Expected {site.describe()} to return one tensor, or `{site.argument}=` to name "
             f"the entry to read, but its {type(output).__name__} has {listed or 'no entries'}: "
             f"pass `{site.argument}=` the name of the {_role_entry(site.role)}"
         )
-    return found[0]
+    return next(iter(found.values()))
 
 
 def output_tensor(output: Any, key: str | None, site: Site) -> Tensor:
@@ -228,29 +206,59 @@ def output_tensor(output: Any, key: str | None, site: Site) -> Tensor:
 
 
 class Adapted:
-    """``fn`` with its output read by ``read``: ``Adapted(fn, read)(*args) == read(fn(*args))``.
+    """``fn`` with its output read by ``read``: ``Adapted(fn, read)(*args) == read(fn(*args))``;
+    with ``reshape_to`` (a latent shape), the first argument (flat latents ``(B, m)``) is
+    reshaped to ``(B, *reshape_to)`` first
+    (:func:`~lightning_memwatch.callbacks.machinery.latent_views.unflatten`).
 
     Behaves as a bound method of the module behind ``fn`` (``__self__``), so that code that
     hooks the decoder's submodules (local complexity) finds them.
     """
 
-    def __init__(self, fn: Callable[..., Any], read: Callable[[Any], Any]) -> None:
-        self.fn, self.read = fn, read
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        read: Callable[[Any], Any],
+        reshape_to: tuple[int, ...] | None = None,
+    ) -> None:
+        self.fn, self.read, self.reshape_to = fn, read, reshape_to
         self.__self__ = owner_module(fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.reshape_to is not None and args:
+            args = (unflatten(args[0], self.reshape_to), *args[1:])
         return self.read(self.fn(*args, **kwargs))
 
     def __repr__(self) -> str:
         return f"Adapted({self.fn!r})"
 
 
-def adapt_decoder(fn: Callable[..., Any], key: str | None, site: Site) -> Adapted:
-    """``fn`` whose outputs come out as tensors (:func:`output_tensor`)."""
-    return Adapted(fn, lambda output: output_tensor(output, key, site))
+class FlatEncoder(Adapted):
+    """``fn`` whose output's named (or only, or preferred) entry (:func:`select_output`) comes
+    out on the flat view
+    (:func:`~lightning_memwatch.callbacks.machinery.latent_views.flatten_latents`);
+    ``latent_shape`` is the per-sample shape of the latents of its latest call."""
+
+    def __init__(self, fn: Callable[..., Any], key: str | None, site: Site) -> None:
+        super().__init__(fn, lambda output: select_output(output, key, site))
+        self.latent_shape: tuple[int, ...] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        value, self.latent_shape = flatten_latents(super().__call__(*args, **kwargs))
+        return value
 
 
-def adapt_encoder(fn: Callable[..., Any], key: str | None, site: Site) -> Adapted:
-    """``fn`` whose mapping / object outputs come out as the named (or only) entry
-    (:func:`select_output`); tensors, tuples and distributions pass through."""
-    return Adapted(fn, lambda output: select_output(output, key, site))
+def adapt_decoder(
+    fn: Callable[..., Any],
+    key: str | None,
+    site: Site,
+    latent_shape: tuple[int, ...] | None = None,
+) -> Adapted:
+    """``fn`` taking flat latents (reshaped to ``latent_shape``) whose outputs come out as
+    tensors (:func:`output_tensor`)."""
+    return Adapted(fn, lambda output: output_tensor(output, key, site), latent_shape)
+
+
+def adapt_encoder(fn: Callable[..., Any], key: str | None, site: Site) -> FlatEncoder:
+    """``fn`` whose outputs come out on the flat view (:class:`FlatEncoder`)."""
+    return FlatEncoder(fn, key, site)

@@ -23,8 +23,8 @@ from lightning_memwatch.functional.decoder_likelihood import (
     looks_like_probabilities,
 )
 from lightning_memwatch.functional.likelihood import (
+    as_posterior,
     importance_estimate,
-    posterior_from_encoder,
     sample_posterior,
 )
 
@@ -44,6 +44,7 @@ class LikelihoodConfiguration(Protocol):
     def likelihood_callables(
         self, pl_module: pl.LightningModule, likelihood: str | None = None
     ) -> tuple[Any, Any]: ...
+
 
 #: The Bernoulli likelihoods: ``"auto"`` reads the decoder's outputs as probabilities or logits
 #: from what they look like on the probe.
@@ -117,8 +118,48 @@ def configuration_error(owner: str, error: Exception, fix: str) -> Exception:
     )
 
 
+def check_posterior(
+    monitor: LikelihoodConfiguration, pl_module: pl.LightningModule, x: Tensor
+) -> object:
+    """The encoder's output on the probe ``x`` (flat view), checked to be a distribution or a
+    ``(mean, log_var)`` pair: first, before any advice on inputs or likelihoods, which cannot
+    help a model without ``q(z|x)``. Runs in the measurement context."""
+    with measurement_context(pl_module, pl_module.device), torch.no_grad():
+        try:
+            output = monitor.encoder(pl_module)(x.to(pl_module.device))
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise configuration_error(monitor._owner, error, _fix(monitor)) from error
+    try:
+        as_posterior(output)
+    except ValueError:
+        parts = output if isinstance(output, (tuple, list)) else [output]
+        got = ", ".join(
+            f"a tensor of shape {tuple(part.shape)}"
+            if isinstance(part, Tensor)
+            else type(part).__name__
+            for part in parts
+        )
+        raise ValueError(
+            f"{monitor._owner} needs a probabilistic encoder q(z|x), but the encoder "
+            f"`{monitor.encoder_name}` gives {got}: name an encoder that returns a torch "
+            "Distribution or a (mean, log_var) pair (a VAE's `encode`; diffusers' `vae.encode`, "
+            "whose `latent_dist` is read); a deterministic autoencoder has no q(z|x): watch it "
+            "with GeometryMonitor and RecoveryMonitor"
+        ) from None
+    return output
+
+
+def _fix(monitor: LikelihoodConfiguration) -> str:
+    return (
+        f"`encoder={monitor.encoder_name!r}` (x -> a Distribution or (mean, log_var)), "
+        f"`decoder={monitor.decoder_name!r}` (latents alone -> outputs the size of x) "
+        f"and `likelihood={monitor.likelihood!r}`"
+    )
+
+
 def resolve_likelihood(
-    monitor: LikelihoodConfiguration, pl_module: pl.LightningModule, x: Tensor) -> str:
+    monitor: LikelihoodConfiguration, pl_module: pl.LightningModule, x: Tensor
+) -> str:
     """Check the configuration on the probe ``x`` and return the likelihood to measure with.
 
     Runs the posterior, the decoder and the likelihood on ``x`` with one importance sample
@@ -128,18 +169,14 @@ def resolve_likelihood(
     (:func:`bernoulli_reading`): ``"auto"``
     gives ``"bernoulli_probs"`` or ``"bernoulli"``. Other likelihoods are returned as they are.
     """
-    name, owner = monitor.likelihood, monitor._owner
-    fix = (
-        f"`encoder={monitor.encoder_name!r}` (x -> a Distribution or (mean, log_var)), "
-        f"`decoder={monitor.decoder_name!r}` ((B, m) latents alone -> outputs the size of x) "
-        f"and `likelihood={name!r}`"
-    )
+    name, owner, fix = monitor.likelihood, monitor._owner, _fix(monitor)
+    output = check_posterior(monitor, pl_module, x)  # first: no advice helps without q(z|x)
     if name in BERNOULLI:
         check_unit_inputs(owner, x, "training")
     with measurement_context(pl_module, pl_module.device), torch.no_grad():
         x = x.to(pl_module.device)
         try:
-            q = posterior_from_encoder(monitor.encoder(pl_module))(x)
+            q = as_posterior(output)
             z = sample_posterior(q, 1, generator=torch.Generator().manual_seed(monitor.seed))
             out = monitor.decoder(pl_module)(z[0]) if name in BERNOULLI else None
             if name in BERNOULLI and not isinstance(out, Tensor):

@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from lightning_memwatch.callbacks.machinery.adapters import (
-    Site,
-    adapt_decoder,
-    adapt_encoder,
-    check_name,
-    resolve_attribute,
-)
 from lightning_memwatch.callbacks.machinery.attach import check_setup, prepare_probes
 from lightning_memwatch.callbacks.machinery.budget import CostBudget
+from lightning_memwatch.callbacks.machinery.latent_views import LatentSize, latent_shape, numel
 from lightning_memwatch.callbacks.machinery.measuring import Measuring
+from lightning_memwatch.callbacks.machinery.naming import check_name
+from lightning_memwatch.callbacks.machinery.parts import ModelParts
 from lightning_memwatch.callbacks.machinery.probes import InputKey
 from lightning_memwatch.callbacks.machinery.readers import (
     check_lightning_readers,
@@ -45,7 +40,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 
 
-class MemwatchMonitor(Measuring, Callback):
+class MemwatchMonitor(Measuring, ModelParts, Callback):
     """Base class of the monitors: the probe / context / schedule / budget / logging glue.
 
     Before the first training step every monitor draws its probes and runs the encoder and the
@@ -56,16 +51,24 @@ class MemwatchMonitor(Measuring, Callback):
     distinct already); and disjoint ``logged_keys`` (checked at setup).
 
     Args:
-        decoder: name of the module's attribute (module or method) mapping ``(B, m)`` latents to
-            outputs, dotted for a submodule (``"model.decoder"``). Its output may be a tensor, a
-            tuple (first element), a mapping or an object with attributes (``ModelOutput``: the
-            ``decoder_output`` entry, else its only tensor) or a distribution (its mean)
+        decoder: name of the module's attribute (module or method) mapping latents to outputs,
+            dotted for a submodule (``"model.decoder"``); ``"auto"``: the first of ``decode``,
+            ``decoder``, ``generator`` that the module has (logged at info level). It takes
+            latents of the shape the encoder gives (or ``latent_dim``): flat ``(B, m)`` or
+            latent maps such as ``(B, 4, 8, 8)``, measured through their flat view
+            (:mod:`~lightning_memwatch.callbacks.machinery.latent_views`). Its output may be a
+            tensor, a tuple (first element), a mapping or an object with attributes
+            (``ModelOutput``, diffusers' ``DecoderOutput``: the ``decoder_output`` entry, else
+            its only tensor, else a usual name such as ``sample``) or a distribution (its mean)
             (:mod:`~lightning_memwatch.callbacks.machinery.adapters`).
-        encoder: name of an attribute mapping inputs to latents (a tensor, a tuple whose first
-            element is the latents, or a distribution whose mean is; a mapping or object is read
-            by ``encoder_output``). ``None``: latents come from latent recovery.
-        latent_dim: latent size ``m``; ``None``: inferred from the encoder's output, else from a
-            ``latent_dim`` attribute or hyperparameter of the module.
+        encoder: name of an attribute mapping inputs to latents of any shape (a tensor, a tuple
+            whose first element is the latents, or a distribution whose mean is, diffusers'
+            ``latent_dist`` too; a mapping or object is read by ``encoder_output``). ``None``:
+            latents come from latent recovery. ``"auto"``: the first of ``encode``, ``encoder``
+            that the module has, else none (logged at info level).
+        latent_dim: latent size: ``m`` for flat latents, or the shape of one sample's latent
+            map (``(4, 8, 8)``); ``None``: the encoder's output, else a ``latent_dim``
+            attribute or hyperparameter of the module (an integer or a tuple).
         probe_size: samples per split (train and validation) in the probe. A measurement covers
             a slice of it (the cost budget sizes the slice, at least 16 samples) and the logged
             statistics are over the latest value of every sample measured so far;
@@ -102,7 +105,7 @@ class MemwatchMonitor(Measuring, Callback):
         self,
         decoder: str = "decoder",
         encoder: str | None = None,
-        latent_dim: int | None = None,
+        latent_dim: LatentSize | None = None,
         probe_size: int = 64,
         every_n_epochs: int = 1,
         input_key: InputKey = 0,
@@ -121,8 +124,9 @@ class MemwatchMonitor(Measuring, Callback):
             if key is not None and (not isinstance(key, str) or not key):
                 raise ValueError(f"Expected `{name}` to be an output's key or None but got {key!r}")
         self.decoder_output, self.encoder_output = decoder_output, encoder_output
-        if latent_dim is not None:
-            check_int("latent_dim", latent_dim)
+        #: the per-sample latent shape (``(m,)`` for flat latents), recorded when training
+        #: starts from the encoder's output, else from ``latent_dim``
+        self.latent_shape = None if latent_dim is None else latent_shape(latent_dim)
         check_int("probe_size", probe_size)
         check_int("every_n_epochs", every_n_epochs)
         if input_key is not None and (
@@ -143,7 +147,10 @@ class MemwatchMonitor(Measuring, Callback):
             )
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"Expected `seed` to be an integer but got {seed!r}")
-        self.decoder_name, self.encoder_name, self.latent_dim = decoder, encoder, latent_dim
+        #: the arguments as given (``"auto"`` too), and the attributes they name (at setup)
+        self.decoder_argument, self.encoder_argument = decoder, encoder
+        self.decoder_name, self.encoder_name = decoder, encoder
+        self.latent_dim = None if self.latent_shape is None else numel(self.latent_shape)
         self.probe_size, self.every_n_epochs, self.input_key = probe_size, every_n_epochs, input_key
         self.max_overhead, self.seed = float(max_overhead), seed
         self.budget = CostBudget(self.max_overhead, probe_size)
@@ -161,14 +168,9 @@ class MemwatchMonitor(Measuring, Callback):
 
     # ----------------------------------------------------------------- configuration
     @property
-    def uses_decoder(self) -> bool:
-        """Whether this monitor calls the decoder (checked at setup and on the probe)."""
-        return True
-
-    @property
     def state_key(self) -> str:
         return self._generate_state_key(
-            decoder=self.decoder_name, probe_size=self.probe_size, seed=self.seed
+            decoder=self.decoder_argument, probe_size=self.probe_size, seed=self.seed
         )
 
     @property
@@ -176,42 +178,13 @@ class MemwatchMonitor(Measuring, Callback):
         """Every key this monitor can log (used by ``MemorizationEarlyStopping`` at setup)."""
         raise NotImplementedError
 
-    def _attribute(self, pl_module: pl.LightningModule, name: str, role: str) -> Callable[..., Any]:
-        return resolve_attribute(pl_module, name, role)
-
-    def decoder(self, pl_module: pl.LightningModule) -> Callable[[Tensor], Tensor]:
-        """The decoder, its outputs read as one tensor batch (``decoder_output``)."""
-        site = Site(type(self).__name__, "decoder", self.decoder_name)
-        fn = self._attribute(pl_module, self.decoder_name, "decoder")
-        return adapt_decoder(fn, self.decoder_output, site)
-
-    def encoder(self, pl_module: pl.LightningModule) -> Callable[[Tensor], Any] | None:
-        """The encoder (``None`` without one), a mapping output read by ``encoder_output``."""
-        if self.encoder_name is None:
-            return None
-        site = Site(type(self).__name__, "encoder", self.encoder_name)
-        fn = self._attribute(pl_module, self.encoder_name, "encoder")
-        return adapt_encoder(fn, self.encoder_output, site)
-
-    def _module_latent_dim(self, pl_module: pl.LightningModule) -> int | None:
-        for value in (getattr(pl_module, "latent_dim", None), pl_module.hparams.get("latent_dim")):
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value
-        return None
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._resolve_names(pl_module)
         check_setup(self, trainer, pl_module, stage)
         self.budget.attach(trainer, self.state_key)
         check_lightning_readers(self, trainer)
         silence_sync_dist_advice()
-        if self.latent_dim is None and self.encoder_name is None and self.uses_decoder:
-            self.latent_dim = self._module_latent_dim(pl_module)
-            if self.latent_dim is None:
-                raise ValueError(
-                    f"Expected a latent size for {type(self).__name__} but there is no encoder to "
-                    "infer it from and the module has no `latent_dim` attribute or hyperparameter: "
-                    "pass `latent_dim=`"
-                )
+        self._resolve_latent_shape(pl_module)
 
     # ----------------------------------------------------------------------- probes
     def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -248,6 +221,7 @@ class MemwatchMonitor(Measuring, Callback):
             "budget": self.budget.state_dict(),
             "last_logged_epoch": self.last_logged_epoch,
             "latent_dim": self.latent_dim,
+            "latent_shape": self.latent_shape,
             "cursor": self.cursor,
             "measurements": self.measurements,
             "tables": {family: table.state_dict() for family, table in self.tables.items()},
@@ -259,6 +233,10 @@ class MemwatchMonitor(Measuring, Callback):
         self.budget.load_state_dict(state_dict["budget"])
         self.last_logged_epoch = state_dict["last_logged_epoch"]
         self.latent_dim = state_dict["latent_dim"]
+        shape = state_dict.get("latent_shape")
+        if shape is None and self.latent_dim is not None:  # a checkpoint of flat latents
+            shape = (self.latent_dim,)
+        self.latent_shape = None if shape is None else tuple(shape)
         self.cursor = state_dict.get("cursor", 0)
         self.measurements = state_dict.get("measurements", 0)
         self.tables = {}

@@ -10,17 +10,27 @@ failure is a ``ValueError`` that names the monitor, the argument, what was found
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_memwatch.callbacks.machinery.adapters import OutputError
+from lightning_memwatch.callbacks.machinery.calling import (
+    check_signature,
+    is_latent_shape_error,
+    is_shape_error,
+    raised,
+)
 from lightning_memwatch.callbacks.machinery.isolation import measurement_context
-from lightning_memwatch.callbacks.machinery.probes import latent_candidate, latents_of
+from lightning_memwatch.callbacks.machinery.latent_views import (
+    describe,
+    latent_candidate,
+    latents_of,
+    numel,
+)
 from lightning_memwatch.functional.jacobian import differentiable_context
 
 #: Families that differentiate the decoder in forward mode (``torch.func.jvp``).
@@ -59,39 +69,6 @@ def model_inputs(x: Tensor, dtype: torch.dtype | None, monitor: str, what: str) 
     return x if dtype is None or x.dtype == dtype else x.to(dtype)
 
 
-def _extra_required(fn: Callable[..., Any]) -> list[str] | None:
-    """Required parameters of ``fn`` besides its first (the batch); ``None`` if it takes no
-    positional argument at all; ``[]`` when its signature cannot be read."""
-    target = fn.forward if isinstance(fn, nn.Module) else getattr(fn, "fn", fn)
-    if isinstance(target, nn.Module):
-        target = target.forward
-    try:
-        params = list(inspect.signature(target).parameters.values())
-    except (TypeError, ValueError):
-        return []
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return []
-    positional = [p for p in params if p.kind in kinds]
-    if not positional:
-        return None
-    rest = params[params.index(positional[0]) + 1 :]
-    required = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
-    return [p.name for p in rest if p.default is p.empty and p.kind not in required]
-
-
-def _check_signature(fn: Callable[..., Any], monitor: str, role: str, name: str) -> None:
-    extra = _extra_required(fn)
-    batch = "latent batch" if role == "decoder" else "batch of inputs"
-    if extra is None or extra:
-        found = "takes no argument" if extra is None else f"also requires {', '.join(extra)}"
-        raise ValueError(
-            f"Expected {monitor}'s {role} `{name}` to take the {batch} alone, as memwatch calls "
-            f"it, but it {found}: pass `{role}=` a module attribute that does (e.g. a method "
-            f"that calls `{name}` with the other arguments fixed)"
-        )
-
-
 def _run_encoder(monitor: Any, encoder: Callable[..., Any], x: Tensor) -> Tensor:
     name, attribute = type(monitor).__name__, monitor.encoder_name
     try:
@@ -101,27 +78,18 @@ def _run_encoder(monitor: Any, encoder: Callable[..., Any], x: Tensor) -> Tensor
     except Exception as error:
         raise _encoder_error(name, attribute, x, error) from error
     try:
-        return latents_of(output)
+        latents = latents_of(output)
     except ValueError:
-        pass
-    candidate = latent_candidate(output)
-    if candidate is not None and candidate.ndim > 2 and candidate.shape[0] == len(x):
-        shape = tuple(candidate.shape[1:])
+        latents = None
+    if latents is None or latents.shape[0] != len(x):
         raise ValueError(
-            f"Expected {name}'s encoder `{attribute}` to give flat (B, m) latents but it gives "
-            f"latent maps of shape {shape} per sample: memwatch measures flat latents. Add two "
-            f"module methods and name them: `encoder=` one that returns the latents flattened "
-            f"(e.g. `{attribute}(x).mean.flatten(1)`) and `decoder=` one that reshapes (B, "
-            f"{candidate[0].numel()}) latents back before decoding (e.g. "
-            f"`decoder(z.view(-1, {', '.join(map(str, shape))}))`)"
-        ) from None
-    got = _describe_output(output)
-    raise ValueError(
-        f"Expected {name}'s encoder `{attribute}` to give a (B, m) latent batch (a tensor, "
-        f"a tuple's first element, a distribution's mean) for {len(x)} probe samples but got "
-        f"{got}: pass `encoder_output=` the entry of its output that holds the latents, or "
-        "point `encoder=` at the map from inputs to latents"
-    )
+            f"Expected {name}'s encoder `{attribute}` to give a latent batch of {len(x)} (flat "
+            f"(B, m) latents or (B, ...) latent maps: a tensor, a tuple's first element, a "
+            f"distribution's mean) for {len(x)} probe samples but got {_describe_output(output)}"
+            ": pass `encoder_output=` the entry of its output that holds the latents, or "
+            "point `encoder=` at the map from inputs to latents"
+        )
+    return latents
 
 
 def _describe_output(output: Any) -> str:
@@ -134,29 +102,46 @@ def _describe_output(output: Any) -> str:
 
 
 def _encoder_error(name: str, attribute: str, x: Tensor, error: Exception) -> ValueError:
+    if is_shape_error(error):
+        fix = (
+            "If the module reshapes or converts its batch before the encoder (as a "
+            "`_prepare_batch` method does), pass `preprocess=` the name of that method; if a "
+            "sample holds more than the input, pass `input_key=` the index or key of the input; "
+            "else point `encoder=` at the map from inputs to latents"
+        )
+    else:
+        fix = (
+            "The error is raised in the encoder's own code, not by the probe's shape: fix it "
+            "there, or point `encoder=` at the map from inputs to latents"
+        )
     return ValueError(
         f"{name} could not run the encoder `{attribute}` on {len(x)} training probe samples of "
-        f"shape {tuple(x.shape[1:])} ({x.dtype}): {type(error).__name__}: {error}. If the module "
-        "reshapes or converts its batch before the encoder (as a `_prepare_batch` method does), "
-        "pass `preprocess=` the name of that method; if a sample holds more than the input, pass "
-        "`input_key=` the index or key of the input; else point `encoder=` at the map from "
-        "inputs to latents"
+        f"shape {tuple(x.shape[1:])} ({x.dtype}): {raised(error)}. {fix}"
     )
 
 
-def _run_decoder(monitor: Any, decoder: Callable[..., Any], z: Tensor, source: str) -> Tensor:
+def _run_decoder(monitor: Any, decoder: Any, z: Tensor, source: str) -> Tensor:
     try:
         return decoder(z)
     except OutputError:
         raise
     except Exception as error:
+        shape = decoder.reshape_to or tuple(z.shape[1:])
+        if is_latent_shape_error(error, z, shape):
+            fix = (
+                "Pass `latent_dim=` the latent size the decoder takes (a shape such as (4, 8, 8) "
+                "for a decoder of latent maps), or point `decoder=` at the map from latents to "
+                "outputs"
+            )
+        else:
+            fix = (
+                "The error is raised in the decoder's own code, not by the latent size: fix it "
+                "there, or point `decoder=` at the map from latents to outputs"
+            )
         raise ValueError(
             f"{type(monitor).__name__} could not run the decoder `{monitor.decoder_name}` on a "
-            f"{tuple(z.shape)} latent batch (latent_dim={z.shape[1]}, {source}): "
-            f"{type(error).__name__}: {error}. Pass `latent_dim=` the latent size the decoder "
-            "takes, or point `decoder=` at the map from latents to outputs; a decoder of latent "
-            "maps (B, C, H, W) needs a module method that reshapes flat latents first (e.g. "
-            "`decoder(z.view(-1, C, H, W))`), named by `decoder=`"
+            f"{(len(z), *shape)} latent batch (latent_dim={describe(shape)}, {source}): "
+            f"{raised(error)}. {fix}"
         ) from error
 
 
@@ -218,33 +203,46 @@ def _check_reverse_mode(monitor: Any, decoder: Callable[..., Any], z: Tensor) ->
         ) from error
 
 
+def _latent_shape(monitor: Any, found: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape the decoder takes: the encoder's ``found``, checked against ``latent_dim`` when
+    one was given. An integer must be the latents' count; a shape must be the encoder's, or,
+    for an encoder of flat latents, hold as many values (the decoder takes them as a map)."""
+    wanted = monitor.latent_shape
+    if wanted is None or wanted == found:
+        return found
+    if numel(wanted) == numel(found) and 1 in (len(wanted), len(found)):
+        return wanted if len(found) == 1 else found
+    raise ValueError(
+        f"Expected {type(monitor).__name__}'s `latent_dim={describe(wanted)}` to be the size of "
+        f"the latents of the encoder `{monitor.encoder_name}` but it gives {describe(found)}: "
+        f"pass `latent_dim={describe(found)}` or none"
+    )
+
+
 def check_attachment(monitor: Any, pl_module: pl.LightningModule) -> int:
-    """Run the encoder and the decoder once on the training probe as the measurements will,
-    and return the latent size (the encoder's, else ``monitor.latent_dim``)."""
+    """Run the encoder and the decoder once on the training probe as the measurements will, set
+    ``monitor.latent_shape`` (the encoder's, else the one of ``monitor.latent_dim``;
+    :func:`_latent_shape`) and return the flat latent size ``m``."""
     if not monitor.uses_decoder:
         return monitor.latent_dim
-    device = pl_module.device
+    device, name = pl_module.device, type(monitor).__name__
     x = monitor.inputs["train"][:2].to(device)
-    latent_dim, source = monitor.latent_dim, "from `latent_dim=` or the module's `latent_dim`"
+    source = "from `latent_dim=` or the module's `latent_dim`"
     with measurement_context(pl_module, device):
         encoder = monitor.encoder(pl_module)
         with torch.no_grad():
             if encoder is not None:
-                _check_signature(encoder, type(monitor).__name__, "encoder", monitor.encoder_name)
-                latents = _run_encoder(monitor, encoder, x)
-                if latent_dim is not None and latents.shape[1] != latent_dim:
-                    raise ValueError(
-                        f"Expected {type(monitor).__name__}'s `latent_dim={latent_dim}` to be the "
-                        f"size of the latents of the encoder `{monitor.encoder_name}` but it "
-                        f"gives {latents.shape[1]}: pass `latent_dim={latents.shape[1]}` or none"
-                    )
-                latent_dim, source = latents.shape[1], "from the encoder's output"
+                check_signature(encoder, name, "encoder", monitor.encoder_name)
+                _run_encoder(monitor, encoder, x)
+                monitor.latent_shape = _latent_shape(monitor, encoder.latent_shape)
+                source = "from the encoder's output"
+            monitor.latent_dim = numel(monitor.latent_shape)
             decoder = monitor.decoder(pl_module)
-            _check_signature(decoder, type(monitor).__name__, "decoder", monitor.decoder_name)
-            z = torch.zeros(len(x), latent_dim, dtype=x.dtype, device=device)
+            check_signature(decoder, name, "decoder", monitor.decoder_name)
+            z = torch.zeros(len(x), monitor.latent_dim, dtype=x.dtype, device=device)
             _check_output(monitor, _run_decoder(monitor, decoder, z, source), x)
         if any(f in FORWARD_MODE_FAMILIES for f in monitor.families):
             _check_forward_mode(monitor, decoder, z[:1])
         if "recovery" in monitor.families or encoder is None:
             _check_reverse_mode(monitor, decoder, z[:1])
-    return latent_dim
+    return monitor.latent_dim

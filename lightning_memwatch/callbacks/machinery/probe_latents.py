@@ -19,8 +19,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_memwatch.callbacks.machinery.latent_views import latents_of
 from lightning_memwatch.callbacks.machinery.latents import CHUNK, LatentStore, recover_rows
-from lightning_memwatch.callbacks.machinery.probes import latents_of
 from lightning_memwatch.functional.priors import project_to_typical_set
 
 

@@ -1,5 +1,4 @@
-"""Fixed probe samples drawn from what the trainer's dataloaders yield, and the latents an
-encoder gives them.
+"""Fixed probe samples drawn from what the trainer's dataloaders yield.
 
 A probe is ``probe_size`` samples drawn once, with a seeded generator of its own, from the
 indices the training and the validation loader yield within the trainer's batch limits
@@ -229,26 +228,3 @@ def val_loader(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
         if owner is not None and is_overridden("val_dataloader", owner):
             return owner.val_dataloader()
     return None
-
-
-def latent_candidate(output: Any) -> Tensor | None:
-    """The tensor that holds the latents in an encoder's output, whatever its shape: a
-    distribution's mean, a tuple's first element, the tensor itself; ``None`` if there is none."""
-    mean = getattr(output, "mean", None) if not isinstance(output, Tensor) else None
-    if isinstance(mean, Tensor):
-        return mean
-    if isinstance(output, (tuple, list)) and output:
-        output = output[0]
-    return output if isinstance(output, Tensor) else None
-
-
-def latents_of(output: Any) -> Tensor:
-    """The latent batch in an encoder's output: a tensor, a tuple's first element, a
-    distribution's mean (:func:`latent_candidate`), of shape ``(B, m)``."""
-    latents = latent_candidate(output)
-    if latents is None or latents.ndim != 2:
-        raise ValueError(
-            "Expected the encoder to return a (B, m) latent batch, a tuple whose first element is "
-            f"one, or a distribution with such a mean, but got {type(output).__name__}"
-        )
-    return latents
