@@ -14,11 +14,7 @@ from lightning_memwatch.callbacks.machinery.isolation import measurement_context
 from lightning_memwatch.callbacks.machinery.monitor import MemwatchMonitor
 from lightning_memwatch.callbacks.machinery.probes import (
     InputKey,
-    draw_indices,
-    first_dataloader,
-    map_style_dataset,
     shard,
-    train_loader,
 )
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.data_copying import copied
@@ -73,8 +69,9 @@ class SampleMonitor(MemwatchMonitor):
         latent_dim: latent size; ``None``: the module's ``latent_dim`` attribute or
             hyperparameter (needed without ``sampler`` only).
         probe_size: held-out (validation) samples ``n``.
-        reference_size: training samples in the reference ``T`` (all of them when the training
-            set is smaller); drawn once, seeded, saved in the checkpoint.
+        reference_size: training samples in the reference ``T``, distinct in content (all the
+            distinct ones the training loader yields when it yields fewer); drawn once, seeded,
+            saved in the checkpoint.
         num_generated: generated samples ``m``. A cell enters ``C_T`` with more than 20
             generated samples (Meehan et al.'s ``tau``, taken as ``20 / m``); when none has that
             many, ``ct`` is NaN: generate more or use fewer cells.
@@ -97,6 +94,8 @@ class SampleMonitor(MemwatchMonitor):
     """
 
     known_families = (FAMILY,)
+    #: the reference has its own size; only the held-out probe is the probe
+    tied_splits = ("val",)
 
     def __init__(
         self,
@@ -169,14 +168,15 @@ class SampleMonitor(MemwatchMonitor):
         if self.features_name is not None:
             self._attribute(pl_module, self.features_name, "features")
 
+    def probe_requests(self) -> dict[str, tuple[str, int]]:
+        """The training reference is the base's training probe, of ``reference_size``."""
+        return {
+            "train": ("reference_size", self.reference_size),
+            "val": ("probe_size", self.probe_size),
+        }
+
     def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The training reference is the base's training probe, of ``reference_size``; check
-        that samples and data compare."""
-        if "train" not in self.indices:
-            loader = first_dataloader(train_loader(trainer, pl_module), "train")
-            size = len(map_style_dataset(loader, "training"))
-            count = min(self.reference_size, size)
-            self.indices["train"] = draw_indices(size, count, self.seed, "training")
+        """Draw the reference and the held-out probe; check that samples and data compare."""
         super()._prepare_probes(trainer, pl_module)
         self.reference = self.inputs["train"]
         with measurement_context(pl_module, pl_module.device), torch.no_grad():
@@ -233,7 +233,7 @@ class SampleMonitor(MemwatchMonitor):
         # C_T is a statistic of whole samples (cells), not of probe rows: it is taken over this
         # measurement's slice of the held-out probe and as many generated samples, not rolled
         size = len(inputs["val"])
-        count = math.ceil(self.num_generated * size / self.probe_size)
+        count = math.ceil(self.num_generated * size / self.effective_probe_size)
         rank, world = trainer.global_rank, trainer.world_size
         writer = tensorboard_writer(trainer)
         shown: list[Tensor] = []
