@@ -32,7 +32,7 @@ only where distances tie, i.e. exact copies (distance 0 to a training sample): m
 authors' moons setting (2,000 training, 1,000 held-out, 5 k-means cells) with 1,000 exact
 copies as the generated samples, ``C_T`` is -17.43 by default and -18.63 tie-corrected; with
 500 copies and 500 fresh draws, -8.711 and -8.782; on 297 exact copies of 1,000 training digits
-(``load_digits``, 4 cells) -12.14 and -12.47; on fresh draws the two agree to 1e-15 (moons) and
+(``load_digits``, 4 cells) -12.14 and -12.47; on fresh draws the two are equal (moons) or within
 2e-5 (digits, whose integer pixels give a few tied distances).
 """
 
