@@ -304,3 +304,51 @@ def read_events(folder):
 
     keep_all = {kind: 0 for kind in (ea.SCALARS, ea.HISTOGRAMS, ea.IMAGES, ea.TENSORS)}
     return ea.EventAccumulator(str(folder), size_guidance=keep_all).Reload()
+
+
+# ------------------------------------------------------------- Meehan et al.'s C_T, written out
+def meehan_z(q: np.ndarray, p: np.ndarray, tie_correction: bool = False) -> float:
+    """``Z_U`` of generated distances ``q`` against held-out distances ``p``, transcribed from
+    Meehan, Chaudhuri & Dasgupta (AISTATS 2020, arXiv:2004.05675), sec. 3: the Mann-Whitney
+    ``U = sum_ij 1[q_i > p_j] + 1/2 1[q_i = p_j]`` counted pair by pair, z-scored under the null
+    with mean ``mn / 2`` and variance ``mn (m + n + 1) / 12``, and the half-unit continuity
+    correction of their reference implementation. ``tie_correction``: scipy's tie-corrected
+    asymptotic z instead (``Phi^-1`` of its one-sided p-value)."""
+    from scipy import stats
+
+    q, p = np.asarray(q, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    if tie_correction:
+        pvalue = stats.mannwhitneyu(q, p, alternative="less", method="asymptotic").pvalue
+        return float(stats.norm.ppf(pvalue))
+    m, n = len(q), len(p)
+    u = (q[:, None] > p[None, :]).sum() + 0.5 * (q[:, None] == p[None, :]).sum()
+    return float((u - m * n / 2 + 0.5) / np.sqrt(m * n * (m + n + 1) / 12))
+
+
+def meehan_ct(p_d, p_c, q_d, q_c, cells: int, tau=None, tie_correction: bool = False) -> float:
+    """``C_T = sum_{pi in Pi_tau} P_n(pi) Z_U(pi) / sum_{pi in Pi_tau} P_n(pi)`` (Meehan et al.
+    (2020), sec. 3) from per-sample distances and cells: ``P_n(pi)`` the held-out share of cell
+    ``pi``, ``Pi_tau`` the cells whose generated share ``Q_m(pi)`` is more than ``tau`` (the
+    authors' experiments: ``tau = 20 / m``, i.e. more than 20 generated samples), ``Z_U`` from
+    :func:`meehan_z`. NaN distances are left out first."""
+    p_keep, q_keep = ~np.isnan(p_d), ~np.isnan(q_d)
+    p_d, p_c, q_d, q_c = p_d[p_keep], p_c[p_keep], q_d[q_keep], q_c[q_keep]
+    m, n = len(q_d), len(p_d)
+    tau = 20 / m if tau is None else tau
+    total = weight = 0.0
+    for cell in range(cells):
+        p, q = p_d[p_c == cell], q_d[q_c == cell]
+        if len(q) / m > tau and len(p) > 0:
+            share = len(p) / n
+            total += share * meehan_z(q, p, tie_correction)
+            weight += share
+    return total / weight if weight else float("nan")
+
+
+def numpy_distinct_radii(x: np.ndarray, fractions=(0.25, 0.5)) -> np.ndarray:
+    """``fractions`` times numpy's median, over the distinct samples of ``x`` (equal in every
+    value: one), of the L2 distance to the nearest other distinct sample; flattened, float64."""
+    flat = np.unique(np.asarray(x, dtype=np.float64).reshape(len(x), -1), axis=0)
+    dist = np.sqrt(((flat[:, None] - flat[None]) ** 2).sum(-1))
+    np.fill_diagonal(dist, np.inf)
+    return np.array(fractions) * np.median(dist.min(axis=1))

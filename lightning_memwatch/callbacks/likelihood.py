@@ -250,6 +250,8 @@ class LikelihoodMonitor(MemwatchMonitor):
             z = sample_posterior(q, self.num_samples, generator=generator)
             if world_size > 1:
                 x = shard(x, rank, world_size)
+                if len(x) == 0:  # a probe smaller than the ranks: nothing of this rank's own
+                    return torch.empty(0, dtype=torch.float64, device=x.device)
                 z, q = z[:, rank::world_size], posterior(x)
             return importance_estimate(x, q, z, log_likelihood)
 

@@ -16,11 +16,7 @@ from lightning_memwatch.callbacks.machinery.latent_views import LatentSize
 from lightning_memwatch.callbacks.machinery.monitor import MemwatchMonitor
 from lightning_memwatch.callbacks.machinery.probes import (
     InputKey,
-    draw_indices,
-    first_dataloader,
-    map_style_dataset,
     shard,
-    train_loader,
 )
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.data_copying import copied
@@ -44,9 +40,10 @@ class SampleMonitor(MemwatchMonitor):
     and the validation probe as the held-out sample ``P_n``:
 
     - ``memwatch/samples/ct``: ``C_T = sum_pi P_n(pi) Z_U(pi) / sum_pi P_n(pi)`` over the
-      ``cells`` k-means cells of ``T`` holding at least 20 generated samples, ``Z_U(pi)`` the
+      ``cells`` k-means cells of ``T`` holding more than 20 generated samples, ``Z_U(pi)`` the
       Mann-Whitney z-score of the generated samples' distances to their nearest training
-      sample against the held-out samples' (:mod:`~lightning_memwatch.functional.data_copying`).
+      sample against the held-out samples' (:mod:`~lightning_memwatch.functional.data_copying`;
+      as the authors define it, without a tie correction unless ``tie_correction=True``).
       **Strongly negative = data copying**, strongly positive = underfitting, near 0 (null
       spread about ``1 / sqrt(cells)``) = neither;
     - ``memwatch/samples/copy_fraction``: the share of generated samples closer to their nearest
@@ -80,17 +77,22 @@ class SampleMonitor(MemwatchMonitor):
             module's ``latent_dim`` attribute or hyperparameter (needed without ``sampler``
             only).
         probe_size: held-out (validation) samples ``n``.
-        reference_size: training samples in the reference ``T`` (all of them when the training
-            set is smaller); drawn once, seeded, saved in the checkpoint.
-        num_generated: generated samples ``m``. A cell enters ``C_T`` with 20 generated samples
-            or more (Meehan et al.'s ``tau``, taken as ``20 / m``); when none has that many,
-            ``ct`` is NaN: generate more or use fewer cells.
+        reference_size: training samples in the reference ``T``, distinct in content (all the
+            distinct ones the training loader yields when it yields fewer); drawn once, seeded,
+            saved in the checkpoint.
+        num_generated: generated samples ``m``. A cell enters ``C_T`` with more than 20
+            generated samples (Meehan et al.'s ``tau``, taken as ``20 / m``); when none has that
+            many, ``ct`` is NaN: generate more or use fewer cells.
         cells: k-means cells of the reference (Meehan et al. (2020), sec. 3); every cell should get
             enough held-out samples (about 10 or more) and 20 generated samples.
         features: name of a module attribute applied to samples and data before distances
             (e.g. a fixed feature extractor for images); ``None``: the raw flattened values.
         pca_dim: project the (feature) vectors on the top ``pca_dim`` principal directions of
             the reference, fitted at the first measurement; ``None``: no projection.
+        tie_correction: ``True``: the Mann-Whitney z-scores of ``C_T`` use the tie-corrected
+            variance (scipy's), which makes exact copies (tied distances 0) score more negative;
+            ``False`` (default): Meehan et al.'s untied variance
+            (:func:`~lightning_memwatch.functional.stats.mann_whitney_z`).
         Others: see :class:`~lightning_memwatch.callbacks.machinery.monitor.MemwatchMonitor`.
 
     Example::
@@ -100,6 +102,8 @@ class SampleMonitor(MemwatchMonitor):
     """
 
     known_families = (FAMILY,)
+    #: the reference has its own size; only the held-out probe is the probe
+    tied_splits = ("val",)
 
     def __init__(
         self,
@@ -116,6 +120,7 @@ class SampleMonitor(MemwatchMonitor):
         seed: int = 0,
         features: str | None = None,
         pca_dim: int | None = None,
+        tie_correction: bool = False,
     ) -> None:
         super().__init__(
             decoder, None, latent_dim, probe_size, every_n_epochs, input_key, max_overhead, seed
@@ -133,7 +138,11 @@ class SampleMonitor(MemwatchMonitor):
         self.sampler_name, self.features_name = sampler, features
         self.reference_size, self.num_generated = reference_size, num_generated
         self.cells, self.pca_dim = cells, pca_dim
-        self.metric = DataCopying(cells)
+        if not isinstance(tie_correction, bool):
+            raise ValueError(
+                f"Expected `tie_correction` to be True or False but got {tie_correction!r}"
+            )
+        self.metric = DataCopying(cells, tie_correction=tie_correction)
         self.projection: tuple[Tensor, Tensor] | None = None
         self.reference: Tensor | None = None
 
@@ -167,14 +176,15 @@ class SampleMonitor(MemwatchMonitor):
         if self.features_name is not None:
             self._attribute(pl_module, self.features_name, "features")
 
+    def probe_requests(self) -> dict[str, tuple[str, int]]:
+        """The training reference is the base's training probe, of ``reference_size``."""
+        return {
+            "train": ("reference_size", self.reference_size),
+            "val": ("probe_size", self.probe_size),
+        }
+
     def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """The training reference is the base's training probe, of ``reference_size``; check
-        that samples and data compare."""
-        if "train" not in self.indices:
-            loader = first_dataloader(train_loader(trainer, pl_module), "train")
-            size = len(map_style_dataset(loader, "training"))
-            count = min(self.reference_size, size)
-            self.indices["train"] = draw_indices(size, count, self.seed, "training")
+        """Draw the reference and the held-out probe; check that samples and data compare."""
         super()._prepare_probes(trainer, pl_module)
         self.reference = self.inputs["train"]
         with measurement_context(pl_module, pl_module.device), torch.no_grad():
@@ -231,7 +241,7 @@ class SampleMonitor(MemwatchMonitor):
         # C_T is a statistic of whole samples (cells), not of probe rows: it is taken over this
         # measurement's slice of the held-out probe and as many generated samples, not rolled
         size = len(inputs["val"])
-        count = math.ceil(self.num_generated * size / self.probe_size)
+        count = math.ceil(self.num_generated * size / self.effective_probe_size)
         rank, world = trainer.global_rank, trainer.world_size
         writer = tensorboard_writer(trainer)
         shown: list[Tensor] = []

@@ -11,7 +11,6 @@ from lightning_memwatch.functional.data_copying import (
     data_copying_cells,
     data_copying_from_distances,
     data_copying_statistic,
-    mann_whitney_z,
 )
 from lightning_memwatch.functional.decay import decay_scores, decay_terms, nearest_neighbour_radii
 from lightning_memwatch.functional.decoder_likelihood import (
@@ -35,7 +34,7 @@ from lightning_memwatch.functional.spectrum import (
     log_condition,
     singular_values,
 )
-from lightning_memwatch.functional.stats import ks_pvalue, mre_gap
+from lightning_memwatch.functional.stats import ks_pvalue, mann_whitney_z, mre_gap
 from lightning_memwatch.functional.topk import top_singular_values, top_singular_values_and_vector
 
 __all__ = [

@@ -42,36 +42,48 @@ AUTO_RADII_FRACTIONS = (0.25, 0.5)
 def nearest_neighbour_radii(
     x: Tensor, fractions: Sequence[float] = AUTO_RADII_FRACTIONS
 ) -> tuple[float, ...]:
-    """Decay radii on the data's scale: ``r_j = fractions_j * median_i min_{k != i} |x_i - x_k|``.
+    """Decay radii on the data's scale: ``r_j = fractions_j * median_i min_{k != i} |x_i - x_k|``
+    over the distinct samples ``x_i``.
 
-    ``x``: ``(N, ...)`` training samples (in output space, flattened, L2, float64), ``N >= 2``;
-    the median is numpy's (the mean of the two middle values for even ``N``). Feiszli (2017)
-    sec. 5.3 take 0.5 and 1 for MNIST in ``[-1, 1]``; on other data those miss the distances at
-    which a memorizer's output moves, so the radii are set as fractions of the typical distance
-    from a training sample to the next one. Raises ``ValueError`` when that distance is not a
-    positive number (duplicated samples).
+    ``x``: ``(N, ...)`` training samples (in output space, flattened, L2, float64). Samples equal
+    in every value count once (a training set that repeats its samples, as small-data
+    fine-tuning does, has the radii of its distinct samples): the median is over the distinct
+    samples of the distance to the nearest other distinct one, numpy's median (the mean of the
+    two middle values for an even count). Feiszli (2017) sec. 5.3 take 0.5 and 1 for MNIST in
+    ``[-1, 1]``; on other data those miss the distances at which a memorizer's output moves, so
+    the radii are set as fractions of the typical distance from a training sample to the next
+    one. Raises ``ValueError`` when there are fewer than two distinct samples.
 
     Example::
 
         >>> import torch
-        >>> nearest_neighbour_radii(torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 6.0]]))
+        >>> x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [3.0, 6.0]])
+        >>> nearest_neighbour_radii(x)  # median of 5, 2, 2
+        (0.5, 1.0)
+        >>> nearest_neighbour_radii(x.repeat(16, 1))  # the same: repeats count once
         (0.5, 1.0)
     """
     r = check_radii(fractions)
-    if not isinstance(x, Tensor) or x.ndim < 2 or len(x) < 2:
+    if not isinstance(x, Tensor) or x.ndim < 2:
         got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(
             f"Expected at least two samples (N, ...) to set the radii from but got {got}"
         )
-    flat = x.detach().reshape(len(x), -1).to(torch.float64)
+    flat = torch.unique(x.detach().reshape(len(x), -1).to(torch.float64), dim=0)
+    if len(flat) < 2:
+        raise ValueError(
+            "Expected at least two distinct training samples to set the decay radii from "
+            f"(radii='auto') but got {len(x)} samples with {len(flat)} distinct: every sample "
+            "equals the others. Give the probe distinct samples, or pass explicit `radii=`"
+        )
     dist = torch.cdist(flat, flat)
     dist.fill_diagonal_(torch.inf)
     typical = float(torch.quantile(dist.min(dim=1).values.cpu(), 0.5))
     if not (math.isfinite(typical) and typical > 0):
         raise ValueError(
-            "Expected the median nearest-neighbour distance of the training samples to be a "
-            f"positive number (radii='auto') but got {typical}: most samples have a duplicate. "
-            "Pass explicit `radii=`"
+            "Expected the median nearest-neighbour distance of the distinct training samples to "
+            f"be a positive finite number (radii='auto') but got {typical}: the samples are not "
+            "finite. Pass explicit `radii=`"
         )
     return tuple(float(v) * typical for v in r)
 

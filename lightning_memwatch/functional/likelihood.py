@@ -178,6 +178,8 @@ def importance_estimate(
         raise ValueError(f"Expected `z` to be (N, {x.shape[0]}, m) latents but got {got}")
     _check_chunk_size(chunk_size)
     num, batch, dim = z.shape
+    if batch == 0:  # an empty DDP shard: torch's Independent.log_prob cannot reshape 0 rows
+        return torch.empty(0, dtype=torch.float64, device=x.device)
     log_q = _sum_event(q.log_prob(z), z, "posterior")
     log_p = _log_prior(z.reshape(num * batch, dim), prior).reshape(num, batch)
     size = chunk_size or _default_chunk(x, num)

@@ -38,8 +38,11 @@ class DataCopying(Metric):
 
     Args:
         cells: the number of cells of the partition the ``cells`` ids index.
-        tau: the share of the generated samples a cell needs to count in ``C_T``; ``None``:
-            20 samples (``tau = 20 / m``).
+        tau: a cell counts in ``C_T`` when it holds more than this share of the generated
+            samples; ``None``: more than 20 samples (``tau = 20 / m``).
+        tie_correction: the tie-corrected Mann-Whitney variance in ``C_T``; ``False`` (default):
+            Meehan et al.'s untied variance
+            (:func:`~lightning_memwatch.functional.stats.mann_whitney_z`).
 
     Example::
 
@@ -58,12 +61,23 @@ class DataCopying(Metric):
     higher_is_better = None
     full_state_update = False
 
-    def __init__(self, cells: int, *, tau: float | None = None, **kwargs: object) -> None:
+    def __init__(
+        self,
+        cells: int,
+        *,
+        tau: float | None = None,
+        tie_correction: bool = False,
+        **kwargs: object,
+    ) -> None:
         super().__init__(**kwargs)
         self.cells = check_int("cells", cells)
         if tau is not None and (isinstance(tau, bool) or not 0 <= tau <= 1):
             raise ValueError(f"Expected `tau` to be None or a share in [0, 1] but got {tau!r}")
-        self.tau = tau
+        if not isinstance(tie_correction, bool):
+            raise ValueError(
+                f"Expected `tie_correction` to be True or False but got {tie_correction!r}"
+            )
+        self.tau, self.tie_correction = tau, tie_correction
         for sample in SAMPLES:
             for field in _FIELDS:
                 self.add_state(f"{sample}_{field}", default=[], dist_reduce_fx="cat")
@@ -101,6 +115,7 @@ class DataCopying(Metric):
                 got["generated", "cells"],
                 cells=self.cells,
                 tau=self.tau,
+                tie_correction=self.tie_correction,
             )
         }
         for sample, key in (("generated", "copy_fraction"), ("heldout", "heldout_copy_fraction")):

@@ -10,6 +10,7 @@ import pytest
 
 from lightning_memwatch.callbacks import (
     GeometryMonitor,
+    LikelihoodMonitor,
     MemorizationEarlyStopping,
     RecoveryMonitor,
     SampleMonitor,
@@ -132,13 +133,20 @@ def test_ddp_metrics_equal_a_single_process_run_and_both_ranks_stop_together(nam
         assert distributed[key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
 
 
-def test_a_probe_smaller_than_the_number_of_ranks_leaves_a_rank_empty_and_measures():
-    """Probe 1 on 2 ranks: rank 1 has no sample of its own; the metrics still equal one
-    process's, and nobody waits alone in a collective."""
-    monitors = [
+def probe_of_one() -> list:
+    """Every monitor that shards its probe, on a probe of one sample per split."""
+    return [
         GeometryMonitor(encoder="encode", probe_size=1, max_overhead=math.inf, radii=(0.1, 0.2)),
         RecoveryMonitor(encoder="encode", probe_size=1, steps=5, max_overhead=math.inf),
+        LikelihoodMonitor(encoder="encode", probe_size=1, max_overhead=math.inf),
     ]
+
+
+def test_a_probe_smaller_than_the_number_of_ranks_leaves_a_rank_empty_and_measures():
+    """Probe 1 on 2 ranks: rank 1 has no sample of its own; the metrics still equal one
+    process's, and nobody waits alone in a collective. Before: LikelihoodMonitor failed on the
+    empty rank (``cannot reshape tensor of 0 elements into shape [8, 0, -1]``)."""
+    monitors = probe_of_one()
     L.seed_everything(0, verbose=False)
     model = make_autoencoder(dropout=0.0)
     ddp = quiet_trainer(
@@ -146,18 +154,16 @@ def test_a_probe_smaller_than_the_number_of_ranks_leaves_a_rank_empty_and_measur
     )
     ddp.fit(model, datamodule=DigitsDataModule())
     distributed = memwatch_metrics(ddp)
-    single = quiet_trainer(
-        callbacks=[
-            GeometryMonitor(
-                encoder="encode", probe_size=1, max_overhead=math.inf, radii=(0.1, 0.2)
-            ),
-            RecoveryMonitor(encoder="encode", probe_size=1, steps=5, max_overhead=math.inf),
-        ]
-    )
+    single = quiet_trainer(callbacks=probe_of_one())
     single.validate(model, datamodule=DigitsDataModule(), verbose=False)
     reference = memwatch_metrics(single)
     assert distributed.keys() == reference.keys()
-    for key in ("memwatch/spectrum/log_volume/train", "memwatch/recovery/mre/val"):
+    for key in (
+        "memwatch/spectrum/log_volume/train",
+        "memwatch/recovery/mre/val",
+        "memwatch/likelihood/train",
+        "memwatch/likelihood/val",
+    ):
         assert math.isfinite(reference[key])
     for key, value in reference.items():
         if key.endswith(("/seconds", "/prior", "/staleness")):

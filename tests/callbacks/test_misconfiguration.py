@@ -63,9 +63,15 @@ def test_unknown_latent_size():
         fit(GeometryMonitor(), model=model)
 
 
-def test_probe_larger_than_the_dataset():
-    with pytest.raises(ValueError, match=r"at most the training dataset's size \(96\).*smaller"):
-        fit(GeometryMonitor(encoder="encode", probe_size=500))
+def test_fewer_than_two_distinct_training_samples():
+    """A probe larger than the data takes what there is (tests/callbacks/test_small_data.py);
+    below two distinct samples per split there is nothing to compare."""
+    one = digits_tensors()[0][:1]
+    train = DataLoader(TensorDataset(one.repeat(8, 1, 1, 1)), batch_size=4)
+    with pytest.raises(
+        ValueError, match=r"at least 2 distinct training samples for Geom.*hold only 1"
+    ):
+        fit(GeometryMonitor(encoder="encode"), train=train)
 
 
 def test_iterable_dataset():
@@ -81,7 +87,7 @@ def test_no_validation_data():
 @pytest.mark.parametrize(
     ("val", "match"),
     [
-        (digits_loaders(n_val=8)[1], r"at most the validation dataset's size \(8\)"),
+        (digits_loaders(n_val=1)[1], r"at least 2 distinct validation samples.*yields 1 sample:"),
         (DataLoader(Stream(), batch_size=16), r"validation dataloader to wrap a map-style"),
     ],
 )

@@ -91,12 +91,14 @@ def test_batch_limits_bound_the_probes(trainer_kwargs, shuffle, train_allowed, v
     assert len(as_set(cb.indices["train"])) == 16
 
 
-def test_a_probe_larger_than_what_the_limit_yields_names_the_limit():
+def test_a_probe_larger_than_what_the_limit_yields_takes_what_there_is_naming_the_limit():
     train_images, val_images = digits_tensors(64, 64)
     train = DataLoader(TensorDataset(train_images), batch_size=16)
     val = DataLoader(TensorDataset(val_images), batch_size=16)
-    with pytest.raises(ValueError, match=r"yields \(16 within `limit_train_batches=1`\).*got 32"):
-        fit([monitor(probe_size=32)], train, val, limit_train_batches=1)
+    cb = monitor(probe_size=32)
+    with pytest.warns(UserWarning, match=r"yields 16 within `limit_train_batches=1`.*holds 16"):
+        fit([cb], train, val, limit_train_batches=1)
+    assert as_set(cb.indices["train"]) == set(range(16)) and len(cb.indices["val"]) == 16
 
 
 def test_a_shuffled_loader_under_a_limit_warns_that_each_epoch_trains_on_another_part():

@@ -16,7 +16,6 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -27,6 +26,7 @@ from tests.conftest import (
     digits_loaders,
     digits_tensors,
     make_autoencoder,
+    meehan_ct,
     quiet_trainer,
     read_events,
 )
@@ -80,7 +80,8 @@ def fit(callbacks, model, train, val, max_epochs=1, **kwargs):
 def reference_values(
     cb: SampleMonitor, generated: torch.Tensor, heldout: torch.Tensor | None = None
 ) -> dict[str, float]:
-    """C_T (Meehan et al. (2020), sec. 3) and the copy fractions in numpy / scipy from the monitor's
+    """C_T (Meehan et al. (2020), sec. 3, written out in ``tests/conftest.py``; tie-corrected by
+    scipy when the monitor's ``tie_correction``) and the copy fractions in numpy from the monitor's
     reference, its held-out probe (or ``heldout``) and the given samples, on the k-means cells
     of the functional (seeded as the monitor seeds it)."""
     heldout = cb.inputs["val"] if heldout is None else heldout
@@ -96,15 +97,9 @@ def reference_values(
         d = np.sqrt(((x.numpy()[:, None] - t[None]) ** 2).sum(-1))
         in_cell = np.where(cells[:, None] == t_c[None], d, np.inf).min(1)
         found[name] = (in_cell, cells, d.min(1) < own[d.argmin(1)])
-    total = weight = 0.0
-    for cell in range(cb.cells):
-        p = found["p"][0][found["p"][1] == cell]
-        q = found["q"][0][found["q"][1] == cell]
-        if len(q) >= 20 and len(p):
-            pvalue = stats.mannwhitneyu(q, p, alternative="less", method="asymptotic").pvalue
-            total, weight = total + len(p) * stats.norm.ppf(pvalue), weight + len(p)
+    ct = meehan_ct(*found["p"][:2], *found["q"][:2], cb.cells, None, cb.metric.tie_correction)
     return {
-        "ct": total / weight,
+        "ct": ct,
         "copy_fraction": found["q"][2].mean(),
         "heldout_copy_fraction": found["p"][2].mean(),
     }
@@ -182,14 +177,22 @@ def test_copying_sampler_is_caught_and_fresh_draws_are_not():
     assert fresh["copy_fraction"] == pytest.approx(fresh["heldout_copy_fraction"], abs=0.1)
 
 
-def test_a_smaller_budget_probe_generates_proportionally_fewer_samples():
+@pytest.mark.parametrize("tie_correction", [False, True])
+def test_a_smaller_budget_probe_generates_proportionally_fewer_samples(tie_correction):
     """When the budget lowers the held-out probe from 64 to 16, a quarter of the generated
-    samples (the first 25 of the 100) are compared with it."""
+    samples (the first 25 of the 100) are compared with it; with exact copies among them,
+    ``tie_correction`` reaches C_T."""
     digits = torch.cat(digits_tensors(n_train=400, n_val=100))
     train, val = digits[:300], digits[400:]
     # exact copies (distance 0, tied) among fresh digits: a C_T that depends on the samples
     module = SamplerModule(torch.cat([train[:50], digits[300:400]]))
-    cb = SampleMonitor(sampler="sample", num_generated=100, cells=1, max_overhead=math.inf)
+    cb = SampleMonitor(
+        sampler="sample",
+        num_generated=100,
+        cells=1,
+        max_overhead=math.inf,
+        tie_correction=tie_correction,
+    )
     cb.budget.next_probe_size = lambda: 16
     got = logged(fit([cb], module, train, val))
     assert got["probe_size"] == 16
@@ -267,6 +270,7 @@ def test_tensorboard_strip_of_samples_beside_their_nearest_training_digits(tmp_p
         ({"num_generated": 0}, "`num_generated`"),
         ({"cells": 0}, "`cells`"),
         ({"pca_dim": 0}, "`pca_dim`"),
+        ({"tie_correction": 1}, "`tie_correction`"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, match):

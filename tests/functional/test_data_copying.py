@@ -1,7 +1,9 @@
 """Meehan et al.'s data-copying statistic C_T, its k-means cells, nearest neighbours, PCA and the
-copy fraction, against float64 numpy / scipy / scikit-learn references written here, and the
-paper's sanity cases on a Gaussian mixture generated here (copies, fresh draws, a wider
-generator)."""
+copy fraction, against float64 numpy / scipy / scikit-learn references written here (C_T: the
+paper's formulas written out in ``tests/conftest.py``, and scipy's tie-corrected z for the
+variant), the paper's sanity cases on a Gaussian mixture generated here (copies, fresh draws, a
+wider generator), and the authors' moons setting with exact copies (ties) and a cell of exactly
+``tau m`` generated samples."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 from scipy import stats
 from sklearn.cluster import KMeans
+from sklearn.datasets import load_digits, make_moons
 
 from lightning_memwatch.functional import (
     assign_cells,
@@ -25,7 +28,7 @@ from lightning_memwatch.functional import (
     project,
 )
 from lightning_memwatch.functional import neighbours as neighbours_module
-from lightning_memwatch.functional.data_copying import MIN_GENERATED
+from tests.conftest import meehan_ct, meehan_z
 
 DIM, COMPONENTS = 10, 5
 #: Fixed centres of the Gaussian mixture every sanity case draws from (unit spread).
@@ -53,35 +56,36 @@ def reference_nearest(x: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = 
     return d.min(1), d.argmin(1)
 
 
-def reference_ct(p_d, p_c, q_d, q_c, k, tau=None) -> float:
-    """Meehan et al.'s C_T in numpy + scipy: P_n-weighted mean of the per-cell Z_U over the
-    cells with at least tau * m generated samples (20 when tau is None)."""
-    m, total, weight = len(q_d), 0.0, 0.0
-    for cell in range(k):
-        p, q = p_d[p_c == cell], q_d[q_c == cell]
-        enough = len(q) >= (MIN_GENERATED if tau is None else tau * m) and len(q) > 0
-        if enough and len(p) > 0:
-            total += len(p) * reference_z(q, p)
-            weight += len(p)
-    return total / weight
-
-
 # ------------------------------------------------------------------------ Mann-Whitney
 @pytest.mark.parametrize("sizes", [(30, 25), (5, 40), (60, 3)])
-def test_mann_whitney_z_equals_scipy_with_ties(sizes, rng):
+def test_mann_whitney_z_equals_the_paper_and_its_tie_corrected_variant_scipy(sizes, rng):
     a = rng.normal(size=sizes[0]).round(1)  # rounding makes ties
     b = rng.normal(0.4, size=sizes[1]).round(1)
-    got = mann_whitney_z(torch.from_numpy(a), torch.from_numpy(b)).item()
-    assert got == pytest.approx(reference_z(a, b), rel=1e-9, abs=1e-12)
-    swapped = mann_whitney_z(torch.from_numpy(b), torch.from_numpy(a)).item()
-    assert swapped == pytest.approx(reference_z(b, a), rel=1e-9, abs=1e-12)
+    for x, y in ((a, b), (b, a)):
+        got = mann_whitney_z(torch.from_numpy(x), torch.from_numpy(y)).item()
+        assert got == pytest.approx(meehan_z(x, y), rel=1e-12, abs=1e-12)
+        tied = mann_whitney_z(torch.from_numpy(x), torch.from_numpy(y), tie_correction=True)
+        assert tied.item() == pytest.approx(reference_z(x, y), rel=1e-9, abs=1e-12)
+        # ties shrink the variance: the tie-corrected z is larger in size, same sign
+        assert abs(tied.item()) > abs(got) and np.sign(tied.item()) == np.sign(got)
+    continuous_a, continuous_b = rng.normal(size=20), rng.normal(size=30)
+    plain = mann_whitney_z(torch.from_numpy(continuous_a), torch.from_numpy(continuous_b))
+    corrected = mann_whitney_z(
+        torch.from_numpy(continuous_a), torch.from_numpy(continuous_b), tie_correction=True
+    )
+    assert plain.item() == pytest.approx(corrected.item(), rel=1e-12)  # no ties: one number
 
 
 def test_mann_whitney_z_drops_nan_and_is_zero_without_evidence():
     a, b = torch.tensor([1.0, float("nan"), 2.0]), torch.tensor([3.0, 4.0])
-    assert mann_whitney_z(a, b).item() == pytest.approx(reference_z(np.r_[1.0, 2.0], np.r_[3, 4]))
+    assert mann_whitney_z(a, b).item() == pytest.approx(meehan_z(np.r_[1.0, 2.0], np.r_[3, 4]))
     assert mann_whitney_z(torch.tensor([]), b).item() == 0.0
-    assert mann_whitney_z(torch.ones(3), torch.ones(4)).item() == 0.0
+    # all tied: U = mn / 2, so only the continuity correction is left; zero variance when
+    # the ties are corrected for
+    assert mann_whitney_z(torch.ones(3), torch.ones(4)).item() == pytest.approx(
+        meehan_z(np.ones(3), np.ones(4)), rel=1e-12
+    )
+    assert mann_whitney_z(torch.ones(3), torch.ones(4), tie_correction=True).item() == 0.0
 
 
 # ----------------------------------------------------------------------------- k-means
@@ -181,14 +185,22 @@ def test_pca_projection_spans_the_top_principal_subspace(rng):
 
 
 # --------------------------------------------------------------------------- the statistic
+@pytest.mark.parametrize("tie_correction", [False, True])
 @pytest.mark.parametrize("within_cell", [True, False])
 @pytest.mark.parametrize("tau", [None, 0.3])
-def test_statistic_equals_numpy_and_scipy_on_the_same_cells(within_cell, tau, rng):
+def test_statistic_equals_numpy_and_scipy_on_the_same_cells(within_cell, tau, tie_correction, rng):
     train, heldout = mixture(400, rng), mixture(150, rng)
     noise = torch.from_numpy(rng.standard_normal((60, DIM)))
-    generated = torch.cat([train[:60] + 0.1 * noise, mixture(140, rng)])
+    # noisy copies, exact copies (distance 0: ties) and fresh draws
+    generated = torch.cat([train[:60] + 0.1 * noise, train[100:130], mixture(110, rng)])
     got = data_copying_statistic(
-        train, heldout, generated, cells=4, tau=tau, within_cell=within_cell
+        train,
+        heldout,
+        generated,
+        cells=4,
+        tau=tau,
+        within_cell=within_cell,
+        tie_correction=tie_correction,
     ).item()
     centroids, train_cells = kmeans(train, 4)
     t, t_c = train.numpy(), train_cells.numpy()
@@ -197,27 +209,123 @@ def test_statistic_equals_numpy_and_scipy_on_the_same_cells(within_cell, tau, rn
         cells = assign_cells(x, centroids).numpy()
         mask = cells[:, None] == t_c[None, :] if within_cell else None
         found[name] = (reference_nearest(x.numpy(), t, mask)[0], cells)
-    want = reference_ct(*found["p"], *found["q"], 4, tau)
+    want = meehan_ct(*found["p"], *found["q"], 4, tau, tie_correction)
     assert got == pytest.approx(want, rel=1e-9)
     if tau is not None:  # the rule leaves at least one cell out here
         assert np.bincount(found["q"][1], minlength=4).min() < tau * len(generated)
 
 
 def test_from_distances_applies_the_generated_count_rule():
-    # cell 0: 20 generated, below the held-out; cell 1: 19 generated, far above: left out
+    # cell 0: 21 generated, below the held-out; cell 1: 20 generated, far above: left out (a
+    # cell needs more than 20); cell 2: none
     p_d = torch.cat([torch.linspace(1, 2, 10), torch.linspace(1, 2, 30)])
     p_c = torch.cat([torch.zeros(10), torch.ones(30)]).long()
-    q_d = torch.cat([torch.linspace(0, 0.5, 20), torch.linspace(5, 6, 19)])
-    q_c = torch.cat([torch.zeros(20), torch.ones(19)]).long()
+    q_d = torch.cat([torch.linspace(0, 0.5, 21), torch.linspace(5, 6, 20)])
+    q_c = torch.cat([torch.zeros(21), torch.ones(20)]).long()
     z, n, m = data_copying_cells(p_d, p_c, q_d, q_c, cells=3)
-    assert n.tolist() == [10, 30, 0] and m.tolist() == [20, 19, 0] and z[2] == 0
+    assert n.tolist() == [10, 30, 0] and m.tolist() == [21, 20, 0] and z[2] == 0
     got = data_copying_from_distances(p_d, p_c, q_d, q_c, cells=3).item()
-    assert got == pytest.approx(reference_z(q_d[:20].numpy(), p_d[:10].numpy()), rel=1e-12)
+    assert got == pytest.approx(meehan_z(q_d[:21].numpy(), p_d[:10].numpy()), rel=1e-12)
     both = data_copying_from_distances(p_d, p_c, q_d, q_c, cells=3, tau=0.0).item()
     want = (10 * z[0] + 30 * z[1]) / 40
     assert both == pytest.approx(want.item(), rel=1e-12)
+    # tau as a share: cell 1 holds 20 / 41 of the generated samples, kept only below that
+    share = 20 / 41
+    kept = data_copying_from_distances(p_d, p_c, q_d, q_c, cells=3, tau=share - 1e-9).item()
+    assert kept == pytest.approx(both, rel=1e-12)
+    left = data_copying_from_distances(p_d, p_c, q_d, q_c, cells=3, tau=share).item()
+    assert left == pytest.approx(got, rel=1e-12)
     nothing = data_copying_from_distances(p_d, p_c, q_d, q_c, cells=3, tau=0.9)
     assert nothing.isnan()
+
+
+def test_a_cell_of_exactly_tau_generated_samples_is_left_out():
+    """Constructed so that the cell rule decides the sign: cell 0 copies (21 generated samples
+    at distance 0 against 10 held-out), cell 1 (exactly 20 generated samples, 30 held-out)
+    underfits. The authors' ``Q_m(pi) > tau`` keeps cell 0 only; keeping cells of at least
+    ``tau m`` samples (``>=``) would weigh cell 1 in and flip the sign."""
+    p_d = torch.cat([torch.linspace(1, 2, 10), torch.linspace(1, 2, 30)]).double()
+    p_c = torch.cat([torch.zeros(10), torch.ones(30)]).long()
+    q_d = torch.cat([torch.zeros(21), torch.linspace(1.5, 3, 20)]).double()
+    q_c = torch.cat([torch.zeros(21), torch.ones(20)]).long()
+    got = data_copying_from_distances(p_d, p_c, q_d, q_c, cells=2).item()
+    want = meehan_ct(p_d.numpy(), p_c.numpy(), q_d.numpy(), q_c.numpy(), 2)
+    assert got == pytest.approx(want, rel=1e-12)
+    z0, z1 = (meehan_z(q_d[q_c == c].numpy(), p_d[p_c == c].numpy()) for c in range(2))
+    assert got == pytest.approx(z0, rel=1e-12)  # cell 1 left out
+    with_tau_cell = (10 * z0 + 30 * z1) / 40  # what the ">=" rule gave
+    # Observed: -4.42 (authors' rule) against +2.51 (">="; +2.29 tie-corrected, as before)
+    assert got < -4 and with_tau_cell > 0
+    tied = data_copying_from_distances(p_d, p_c, q_d, q_c, cells=2, tie_correction=True).item()
+    assert tied == pytest.approx(
+        meehan_ct(p_d.numpy(), p_c.numpy(), q_d.numpy(), q_c.numpy(), 2, tie_correction=True),
+        rel=1e-12,
+    )
+    assert tied < got  # 21 tied zeros: a smaller variance, a more negative z
+
+
+def _moons(n: int, seed: int) -> torch.Tensor:
+    return torch.from_numpy(make_moons(n_samples=n, noise=0.2, random_state=seed)[0])
+
+
+def _digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = load_digits().data.astype(np.float64)
+    order = np.random.default_rng(0).permutation(len(x))
+    return tuple(
+        torch.from_numpy(x[order[a:b]]) for a, b in ((0, 1000), (1000, 1500), (1500, None))
+    )
+
+
+def _fresh_and_copies(name: str) -> tuple[torch.Tensor, torch.Tensor, dict, int]:
+    """(train, held-out, {case: generated}, cells): the authors' moons setting (2,000 training,
+    1,000 held-out, 1,000 generated, 5 cells, noise 0.2) and 1,000 / 500 / 297 digits, 4 cells."""
+    rng = np.random.default_rng(1)
+    if name == "moons":
+        train, heldout, fresh, cells = _moons(2000, 1), _moons(1000, 2), _moons(1000, 3), 5
+        copies = train[torch.from_numpy(rng.choice(2000, 1000, replace=False))]
+    else:
+        (train, heldout, fresh), cells = _digits(), 4
+        copies = train[torch.from_numpy(rng.choice(1000, len(fresh), replace=False))]
+    half = len(fresh) // 2
+    cases = {"fresh": fresh, "copies": copies, "half": torch.cat([copies[:half], fresh[half:]])}
+    return train, heldout, cases, cells
+
+
+@pytest.mark.parametrize("name", ["moons", "digits"])
+def test_authors_setting_with_exact_copies_equals_the_paper_and_the_tie_corrected_scipy(name):
+    """On the authors' moons setting (and on digits) C_T equals the paper's formulas written out
+    (``tests/conftest.py``), on fresh draws, on exact copies of training samples (distance 0:
+    ties) and on half of each; the tie-corrected variant equals scipy's z, and is more negative
+    where the copies tie, the same where nothing ties (moons)."""
+    train, heldout, cases, cells = _fresh_and_copies(name)
+    centroids, train_cells = kmeans(train, cells, generator=torch.Generator().manual_seed(0))
+    t, t_c = train.numpy(), train_cells.numpy()
+    got = {}
+    for case, generated in cases.items():
+        found = {}
+        for key, x in (("p", heldout), ("q", generated)):
+            x_cells = assign_cells(x, centroids).numpy()
+            found[key] = (reference_nearest(x.numpy(), t, x_cells[:, None] == t_c)[0], x_cells)
+        for tie_correction in (False, True):
+            value = data_copying_statistic(
+                train,
+                heldout,
+                generated,
+                cells=cells,
+                generator=torch.Generator().manual_seed(0),
+                tie_correction=tie_correction,
+            ).item()
+            want = meehan_ct(*found["p"], *found["q"], cells, None, tie_correction)
+            assert value == pytest.approx(want, rel=1e-12, abs=1e-12), (case, tie_correction)
+            got[case, tie_correction] = value
+    # Observed, default / tie-corrected: moons fresh -0.317 / -0.317, copies -17.48 / -18.68,
+    # half -9.095 / -9.166; digits fresh -0.49521 / -0.49522, copies -12.14 / -12.47,
+    # half -6.550 / -6.572
+    if name == "moons":  # continuous: no ties among the fresh draws
+        assert got["fresh", True] == pytest.approx(got["fresh", False], rel=1e-12)
+    assert got["copies", True] < got["copies", False] - 0.2
+    assert got["half", True] < got["half", False]
+    assert got["copies", False] < -8 and abs(got["fresh", False]) < 2
 
 
 def test_paper_sanity_cases_copies_fresh_draws_and_a_wider_generator():

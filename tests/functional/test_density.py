@@ -23,10 +23,11 @@ from lightning_memwatch.functional import (
     dip_scores,
     dip_terms,
     induced_log_density,
+    nearest_neighbour_radii,
 )
 from lightning_memwatch.functional.paths import LATENT_LIMIT
 from lightning_memwatch.functional.priors import search_bound
-from tests.conftest import finite_difference_jacobian, linear_map
+from tests.conftest import finite_difference_jacobian, linear_map, numpy_distinct_radii
 
 LINEAR_CASES = [  # (n, m, singular values)
     (7, 3, [2.0, 1.0, 0.5]),
@@ -669,3 +670,33 @@ def test_unreached_count_on_separated_centres_equals_a_dense_float64_count():
     assert 0 < expected.sum() < expected.size and expected[:, 2].sum() > expected[:, 0].sum()
     assert not expected[1, :2].any(), "the middle centre is measured below its crossfade"
     print(f"unreached {expected.sum()} of {expected.size}, per radius {expected.sum(0)}")
+
+
+# ------------------------------------------------------------------- radii="auto"
+def test_auto_radii_of_a_repeated_training_set_are_those_of_its_distinct_samples(rng):
+    """A training set that repeats its 32 samples 16 times (as small-data fine-tuning scripts
+    do) has the radii of its 32 distinct samples, against numpy; a few repeats among distinct
+    samples count once too."""
+    distinct = rng.standard_normal((32, 1, 4, 4))
+    repeated = np.tile(distinct, (16, 1, 1, 1))[rng.permutation(512)]
+    want = numpy_distinct_radii(distinct)
+    got = nearest_neighbour_radii(torch.from_numpy(repeated))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got == nearest_neighbour_radii(torch.from_numpy(distinct))
+    some = np.concatenate([distinct, distinct[:5]])  # 5 repeats: the median is the distinct one
+    np.testing.assert_allclose(nearest_neighbour_radii(torch.from_numpy(some)), want, rtol=1e-12)
+    fractions = (0.1, 0.2, 0.3)
+    np.testing.assert_allclose(
+        nearest_neighbour_radii(torch.from_numpy(repeated), fractions),
+        numpy_distinct_radii(distinct, fractions),
+        rtol=1e-12,
+    )
+
+
+def test_auto_radii_need_two_distinct_samples():
+    one = torch.ones(1, 3)
+    with pytest.raises(ValueError, match=r"two distinct training samples.*16 samples with 1"):
+        nearest_neighbour_radii(one.repeat(16, 1))
+    assert nearest_neighbour_radii(torch.cat([one.repeat(15, 1), 2 * one])) == pytest.approx(
+        (0.25 * math.sqrt(3), 0.5 * math.sqrt(3))
+    )

@@ -172,6 +172,27 @@ def test_chunking_and_generator_make_the_result_reproducible(tanh_mlp, chunk_siz
     assert not torch.equal(other, whole)  # the generator, not a constant, drew the samples
 
 
+def test_a_shard_of_the_drawn_samples_equals_the_whole_and_an_empty_one_is_empty(tanh_mlp):
+    """What a DDP rank computes (its rows of the probe and of the latents drawn for the whole
+    probe) is its rows of the one-process estimate; a rank with no row gets an empty result
+    (before: torch's ``Independent.log_prob`` failed to reshape 0 rows)."""
+    from lightning_memwatch.functional.likelihood import importance_estimate, sample_posterior
+
+    torch.manual_seed(3)
+    x = torch.rand(3, 12)
+    encoder = TanhMLP(m=12, n=10)
+    posterior = posterior_from_encoder(lambda x: encoder(x).chunk(2, dim=1))
+    lik = gaussian_log_likelihood(tanh_mlp, 0.3)
+    with torch.no_grad():
+        z = sample_posterior(posterior(x), 16, generator=torch.Generator().manual_seed(5))
+        whole = importance_estimate(x, posterior(x), z, lik)
+        for rank in range(5):  # 5 ranks for 3 rows: ranks 3 and 4 hold none
+            mine = x[rank::5]
+            got = importance_estimate(mine, posterior(mine), z[:, rank::5], lik)
+            torch.testing.assert_close(got, whole[rank::5], rtol=1e-12, atol=0)
+            assert got.dtype == torch.float64 and len(got) == len(mine)
+
+
 def test_non_gaussian_posterior_with_a_generator_leaves_the_global_rng_alone():
     """A Laplace posterior is sampled inside a forked RNG seeded from the generator; the
     estimate is still exact-in-expectation: here p(x) for x = z + N(0, 1), z ~ N(0, 1)."""

@@ -1,39 +1,31 @@
 """DataCopying: what it holds gives C_T and the copy fractions of the pooled samples, whatever
-the batches (ranks) they came in, against numpy / scipy references written here."""
+the batches (ranks) they came in, against the paper's C_T written out in ``tests/conftest.py``
+(scipy's tie-corrected z for the variant) and numpy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from lightning_memwatch.metrics import DataCopying
+from tests.conftest import meehan_ct
 
 
-def reference_ct(p_d, p_c, q_d, q_c, cells: int) -> float:
-    total = weight = 0.0
-    for cell in range(cells):
-        p, q = p_d[p_c == cell], q_d[q_c == cell]
-        if len(q) >= 20 and len(p):
-            pvalue = stats.mannwhitneyu(q, p, alternative="less", method="asymptotic").pvalue
-            total += len(p) * stats.norm.ppf(pvalue)
-            weight += len(p)
-    return total / weight
-
-
-def test_compute_equals_the_pooled_reference_in_any_batching(rng):
+@pytest.mark.parametrize("tie_correction", [False, True])
+def test_compute_equals_the_pooled_reference_in_any_batching(tie_correction, rng):
     cells = 3
     p_d, p_c = rng.gamma(2.0, size=90), rng.integers(cells, size=90)
     q_d, q_c = rng.gamma(1.6, size=150), rng.integers(cells, size=150)
-    q_c[:5] = 0  # cell 0 has at least 20 generated samples ...
+    q_d[:40] = 0.0  # exact copies: tied distances
+    q_c[:25] = 0  # cell 0 has more than 20 generated samples ...
     q_c[q_c == 2] = 1  # ... cell 2 none
     p_copy, q_copy = rng.random(90) < 0.3, rng.random(150) < 0.6
     q_d[7] = np.nan  # a non-finite sample: counted, left out
-    want = reference_ct(p_d, p_c, np.delete(q_d, 7), np.delete(q_c, 7), cells)
+    want = meehan_ct(p_d, p_c, np.delete(q_d, 7), np.delete(q_c, 7), cells, None, tie_correction)
     results = []
     for shards in (1, 2, 3):  # as many "ranks", each a strided share, in reversed order
-        metric = DataCopying(cells)
+        metric = DataCopying(cells, tie_correction=tie_correction)
         for rank in reversed(range(shards)):
             for name, d, c, k in (("heldout", p_d, p_c, p_copy), ("generated", q_d, q_c, q_copy)):
                 part = slice(rank, None, shards)
@@ -63,7 +55,11 @@ def test_scalars_reset_and_an_empty_metric_is_nan():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"cells": 0}, "`cells`"), ({"cells": 2, "tau": 1.5}, "`tau`")],
+    [
+        ({"cells": 0}, "`cells`"),
+        ({"cells": 2, "tau": 1.5}, "`tau`"),
+        ({"cells": 2, "tie_correction": None}, "`tie_correction`"),
+    ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -39,7 +39,7 @@ class Measuring:
 
     # set by MemwatchMonitor.__init__
     every_n_epochs: int
-    probe_size: int
+    effective_probe_size: int
     inputs: dict[str, Tensor]
     tables: dict[str, RollingTable]
     cursor: int
@@ -92,13 +92,13 @@ class Measuring:
             self._prepare_probes(trainer, pl_module)
         # the budget is a share of training time: outside fit (validate) the whole probe
         fitting = self._fitting = trainer.state.fn == TrainerFn.FITTING
-        size = self.budget.next_probe_size() if fitting else self.probe_size
+        size = self.budget.next_probe_size() if fitting else self.effective_probe_size
         size = int(trainer.strategy.broadcast(size, src=0))
         scalars: dict[str, Any] = {}
         start = time.perf_counter()
         if size > 0:
             device = pl_module.device
-            rows = slice_indices(self.cursor, size, self.probe_size)
+            rows = slice_indices(self.cursor, size, self.effective_probe_size)
             self.progress = MeasurementProgress(trainer)
             try:
                 with measurement_context(pl_module, device):
@@ -109,7 +109,7 @@ class Measuring:
             finally:
                 self.progress.close()
                 self.progress = NO_PROGRESS
-            self.cursor = (self.cursor + size) % self.probe_size
+            self.cursor = (self.cursor + size) % self.effective_probe_size
             self.measurements += 1
             self.last_logged_epoch = epoch  # fresh values (MemorizationEarlyStopping reads this)
         else:
@@ -148,7 +148,7 @@ class Measuring:
         """The scalars of ``metric`` over the rolling table of ``family``, after moving into it
         what ``metric`` was just updated with (this rank's probe ``rows``, per split or the same
         for both), plus the table's ``staleness``."""
-        table = self.tables.setdefault(family, RollingTable(self.probe_size))
+        table = self.tables.setdefault(family, RollingTable(self.effective_probe_size))
         rows_by_split = rows if isinstance(rows, dict) else {split: rows for split in SPLITS}
         out = roll(metric, table, rows_by_split, trainer.strategy, trainer.current_epoch)
         out["staleness"] = torch.tensor(table.staleness(trainer.current_epoch))

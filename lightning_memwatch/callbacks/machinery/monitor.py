@@ -72,7 +72,11 @@ class MemwatchMonitor(Measuring, ModelParts, Callback):
         probe_size: samples per split (train and validation) in the probe. A measurement covers
             a slice of it (the cost budget sizes the slice, at least 16 samples) and the logged
             statistics are over the latest value of every sample measured so far;
-            ``memwatch/<family>/staleness`` is the age in epochs of the oldest one.
+            ``memwatch/<family>/staleness`` is the age in epochs of the oldest one. The probe
+            holds distinct samples (equal inputs count once); when a loader yields fewer (or
+            fewer distinct ones), both splits hold as many as the smaller allows
+            (``effective_probe_size``), with one warning; fewer than 2 is an error
+            (:mod:`~lightning_memwatch.callbacks.machinery.drawing`).
         every_n_epochs: measure at the end of every n-th training epoch (epochs ``n - 1``,
             ``2n - 1``, ... counted from 0), after its validation if it validates, else at the
             end of its training (a module without ``validation_step``, ``limit_val_batches=0``,
@@ -100,6 +104,8 @@ class MemwatchMonitor(Measuring, ModelParts, Callback):
 
     #: Families this monitor can measure; subclasses set it.
     known_families: tuple[str, ...] = ()
+    #: The splits whose probes are cut to one size, ``effective_probe_size``.
+    tied_splits: tuple[str, ...] = SPLITS
 
     def __init__(
         self,
@@ -154,6 +160,9 @@ class MemwatchMonitor(Measuring, ModelParts, Callback):
         self.probe_size, self.every_n_epochs, self.input_key = probe_size, every_n_epochs, input_key
         self.max_overhead, self.seed = float(max_overhead), seed
         self.budget = CostBudget(self.max_overhead, probe_size)
+        #: samples per split in the probe as drawn: ``probe_size``, or fewer when the loaders
+        #: yield fewer distinct samples (set when training starts, saved in the state)
+        self.effective_probe_size = probe_size
         self.indices: dict[str, Tensor] = {}
         self.inputs: dict[str, Tensor] = {}
         self.tables: dict[str, RollingTable] = {}
@@ -187,6 +196,10 @@ class MemwatchMonitor(Measuring, ModelParts, Callback):
         self._resolve_latent_shape(pl_module)
 
     # ----------------------------------------------------------------------- probes
+    def probe_requests(self) -> dict[str, tuple[str, int]]:
+        """Per split, the argument that sizes its probe and the size it asks for."""
+        return {split: ("probe_size", self.probe_size) for split in SPLITS}
+
     def _prepare_probes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Draw (or, after a resume, re-gather) the probes and run the model once on them."""
         prepare_probes(self, trainer, pl_module)
@@ -226,6 +239,7 @@ class MemwatchMonitor(Measuring, ModelParts, Callback):
             "measurements": self.measurements,
             "tables": {family: table.state_dict() for family, table in self.tables.items()},
             "dataset_sizes": dict(self.dataset_sizes),
+            "effective_probe_size": self.effective_probe_size,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -244,4 +258,5 @@ class MemwatchMonitor(Measuring, ModelParts, Callback):
             self.tables[family] = RollingTable(self.probe_size)
             self.tables[family].load_state_dict(table)
         self.dataset_sizes = dict(state_dict.get("dataset_sizes", {}))
+        self.effective_probe_size = state_dict.get("effective_probe_size", self.probe_size)
         self.inputs = {}

@@ -2,12 +2,13 @@
 
 A probe is ``probe_size`` samples drawn once, with a seeded generator of its own, from the
 indices the training and the validation loader yield within the trainer's batch limits
-(:mod:`~lightning_memwatch.callbacks.machinery.samplers`); the indices are saved in the callback's
-``state_dict`` so a resumed run watches the same points. The samples are read under an isolated
-RNG seeded by the monitor's seed, so that a dataset that augments in ``__getitem__`` gives the
-same probe inputs at every gather (before and after a resume) and training draws what it would
-draw without a monitor. Under DDP every rank draws the same indices and measures its own shard
-``indices[rank::world_size]``.
+(:mod:`~lightning_memwatch.callbacks.machinery.samplers`), distinct in content and as many as
+the loaders allow (:mod:`~lightning_memwatch.callbacks.machinery.drawing`); the indices are
+saved in the callback's ``state_dict`` so a resumed run watches the same points. The samples are
+read under an isolated RNG seeded by the monitor's seed, so that a dataset that augments in
+``__getitem__`` gives the same probe inputs at every gather (before and after a resume) and
+training draws what it would draw without a monitor. Under DDP every rank draws the same indices
+and measures its own shard ``indices[rank::world_size]``.
 """
 
 from __future__ import annotations
@@ -59,23 +60,19 @@ def map_style_dataset(loader: DataLoader, what: str) -> Dataset:
     return dataset
 
 
-def draw_indices(
-    dataset_size: int | Tensor, probe_size: int, seed: int, what: str, *, limit: str = ""
-) -> Tensor:
-    """``probe_size`` distinct indices drawn, with a generator seeded by ``seed``, from
-    ``range(dataset_size)`` or from the candidate indices ``dataset_size`` (a tensor); ``limit``
-    says, in the error message, what bounds the candidates."""
+def draw_indices(dataset_size: int | Tensor, probe_size: int, seed: int) -> Tensor:
+    """Up to ``probe_size`` distinct indices drawn, with a generator seeded by ``seed``, from
+    ``range(dataset_size)`` or from the candidate indices ``dataset_size`` (a tensor): the first
+    ``probe_size`` of a seeded permutation, all of them when there are fewer.
+
+    Example::
+
+        >>> draw_indices(torch.tensor([7, 3, 5]), 8, seed=0).sort().values
+        tensor([3, 5, 7])
+    """
     candidates = (
         torch.arange(dataset_size) if isinstance(dataset_size, int) else dataset_size.flatten()
     )
-    if probe_size > len(candidates):
-        where = f"the {what} dataset's size ({len(candidates)})"
-        if limit:
-            where = f"the number of {what} samples the {what} dataloader yields ({limit})"
-        raise ValueError(
-            f"Expected `probe_size` to be at most {where} but got {probe_size}: pass a smaller "
-            "`probe_size`"
-        )
     generator = torch.Generator().manual_seed(seed)
     return candidates[torch.randperm(len(candidates), generator=generator)[:probe_size]]
 
