@@ -20,7 +20,6 @@ from digits_vae import DigitsDataModule, DigitsVAE
 
 #: ``--long``: generalizing runs trained 3x and 9x longer (the harmless gap grows with training).
 LONG, LONGER = "generalize_long", "generalize_9x"
-LONG_LABELS = {LONG: "3x", LONGER: "9x"}
 
 PLANS = {
     "memorize": Plan(N_MEMORIZE, 8, 8, 60, 6),

@@ -10,7 +10,6 @@ per-sample value of its rolling tables.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path
@@ -103,7 +102,3 @@ def train(model_class: ModelClass, kind: str, options: Options) -> dict[str, Any
         "truth_seconds": recorder.truth_seconds,
         "measurements": {type(m).__name__: m.measurements for m in watched},
     }
-
-
-def finite(value: Any) -> bool:
-    return value is not None and isinstance(value, float | int) and math.isfinite(value)

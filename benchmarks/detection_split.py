@@ -7,7 +7,8 @@ on the odd seeds (the evaluation half), with exact 95 % bounds, beside its rates
 half, so that a threshold fitted to its own runs shows as such. Every false alarm of the
 evaluation half is listed with its class, seed, epoch and ground truth.
 
-Time to detection, on the evaluation half at the pooled threshold: the epoch the rule fires at
+Time to detection, at the pooled threshold on the evaluation half and at the rule's default
+threshold (set before these runs) on every seed: the epoch the rule fires at
 and its wall time (training and monitors since the start of the fit), against the epoch of the
 best held-out loss and, for the classes with a copy-share ground truth, against the generator
 step at which the share of near-copies first exceeds 10 %.
@@ -53,52 +54,70 @@ def _rates(c: Counts) -> str:
     return f"{rate(c.detected, c.memorizing, False)}, {rate(c.alarms, c.generalizing, True)}"
 
 
+def all_tunables(classes: dict[str, ModelClass]) -> list[Tunable]:
+    """The common one-threshold rules, then each class's own (once)."""
+    out = tunables()
+    for model_class in classes.values():
+        out += [t for t in model_class.tunables() if t.name not in {u.name for u in out}]
+    return out
+
+
 def split_table(results: Sequence[Run], classes: dict[str, ModelClass]) -> tuple[str, dict]:
-    """The split-half table and ``{tunable name: pooled threshold}``."""
+    """The split-half table and ``{tunable name: pooled threshold}``. Rows per rule: the
+    threshold tuned on the even seeds of every class it applies to (rates on both halves, and
+    per class on the odd seeds); tuned per class; and the rule's default threshold (fixed
+    before these runs) on every seed."""
     tuning, evaluation = halves(results)
     lines = [
-        "| rule | scope | t (tuned on even seeds) | tuning half det, FA | evaluation half (odd "
-        "seeds) det, FA | per class on the evaluation half (det, FA) |",
+        "| rule | scope | t | tuning half (even seeds) det, FA | evaluation half (odd seeds) "
+        "det, FA | per class (det, FA) |",
         "|---|---|---:|---|---|---|",
     ]
     thresholds = {}
-    for tunable in tunables():
+    for tunable in all_tunables(classes):
         names = applicable(tunable, results, classes)
         if not names:
             continue
         t = chosen(tunable, tuning, names)
         thresholds[tunable.name] = t
         rule = tunable.make(t)
-        per_class = "; ".join(f"{n} {_short(counts(rule, evaluation, [n]))}" for n in names)
+        per_class = "; ".join(f"{n} {_rates(counts(rule, evaluation, [n]))}" for n in names)
         lines.append(
-            f"| {tunable.name} | pooled ({', '.join(names)}) | {t:g} | "
+            f"| {tunable.name} | pooled ({', '.join(names)}), t tuned | {t:g} | "
             f"{_rates(counts(rule, tuning, names))} | {_rates(counts(rule, evaluation, names))} "
-            f"| {per_class} |"
+            f"| odd seeds: {per_class} |"
         )
         for name in names:
             t_class = chosen(tunable, tuning, [name])
             rule = tunable.make(t_class)
             lines.append(
-                f"| {tunable.name} | {name} only | {t_class:g} | "
+                f"| {tunable.name} | {name} only, t tuned | {t_class:g} | "
                 f"{_rates(counts(rule, tuning, [name]))} | "
                 f"{_rates(counts(rule, evaluation, [name]))} | |"
             )
+        rule = tunable.make(tunable.default)
+        per_class = "; ".join(f"{n} {_rates(counts(rule, results, [n]))}" for n in names)
+        lines.append(
+            f"| {tunable.name} | pooled, default t (set before these runs) | "
+            f"{tunable.default:g} | {_rates(counts(rule, tuning, names))} | "
+            f"{_rates(counts(rule, evaluation, names))} | every seed: all "
+            f"{_rates(counts(rule, results, names))}; {per_class} |"
+        )
     return "\n".join(lines), thresholds
-
-
-def _short(c: Counts) -> str:
-    return f"{c.detected}/{c.memorizing}, {c.alarms}/{c.generalizing}"
 
 
 def alarms(
     results: Sequence[Run], classes: dict[str, ModelClass], thresholds: dict[str, float]
 ) -> list[str]:
-    """Every false alarm of each tuned rule at its pooled threshold, on every seed."""
+    """Every false alarm, on every seed, of each one-threshold rule at its pooled threshold and
+    at its default threshold (once where the two are the same)."""
     out = []
-    for tunable in tunables():
-        if tunable.name not in thresholds:
-            continue
-        rule = tunable.make(thresholds[tunable.name])
+    rules = {}
+    for tunable in all_tunables(classes):
+        if tunable.name in thresholds:
+            for t in (thresholds[tunable.name], tunable.default):
+                rules.setdefault(tunable.make(t).name, tunable.make(t))
+    for rule in rules.values():
         for run in results:
             if run["kind"] == "memorize" or (epoch := fired(rule, run)) is None:
                 continue
@@ -127,37 +146,47 @@ def copy_epoch(run: Run, key: str) -> int | None:
 def timing_table(
     results: Sequence[Run], classes: dict[str, ModelClass], thresholds: dict[str, float]
 ) -> str:
-    """Time to detection on the evaluation half (median [range] over its detected runs)."""
+    """Time to detection (median [range] over the detected runs): at the tuned threshold on
+    the evaluation half, and at the default threshold (set before these runs) on every seed."""
     _, evaluation = halves(results)
     lines = [
-        "| rule | class | detected | fire epoch | best val epoch | fire - best (epochs) | fire "
-        "(s) | best val (s) | ground truth at fire | copy > 10 % (step) | fire - copy (steps) |",
-        "|---|---|---:|---|---|---|---|---|---|---|---|",
+        "| rule | runs | class | detected | fire epoch | best val epoch | fire - best (epochs) | "
+        "fire (s) | best val (s) | ground truth at fire | copy > 10 % (step) | fire - copy "
+        "(steps) |",
+        "|---|---|---|---:|---|---|---|---|---|---|---|---|",
     ]
-    for tunable in tunables():
+    for tunable in all_tunables(classes):
         if tunable.name not in thresholds:
             continue
-        rule = tunable.make(thresholds[tunable.name])
-        for name, model_class in classes.items():
-            runs = runs_of(evaluation, name, "memorize")
-            if not runs or not applies(rule, runs):
-                continue
-            hits = [(r, fired(rule, r)) for r in runs if fired(rule, r) is not None]
-            best = [(r, best_epoch(r)) for r, _ in hits]
-            row: list[Any] = [
-                rule.name,
-                name,
-                f"{len(hits)}/{len(runs)}",
-                spread([e for _, e in hits], "g"),
-                spread([b for _, b in best if b is not None], "g"),
-                spread([e - b for (_, e), (_, b) in zip(hits, best, strict=True) if b is not None]),
-                spread([_at(r, e, "seconds") for r, e in hits], ".0f"),
-                spread([_at(r, b, "seconds") for r, b in best if b is not None], ".0f"),
-                spread([truth_at(r, e, model_class.truth_key) for r, e in hits], ".3g"),
-            ]
-            row += _copy_cells(runs, hits, model_class.copy_key)
-            lines.append("| " + " | ".join(str(c) for c in row) + " |")
+        plans = [(tunable.make(thresholds[tunable.name]), "tuned t, odd seeds", evaluation)]
+        plans.append((tunable.make(tunable.default), "default t, every seed", results))
+        for rule, label, pool in plans:
+            for name, model_class in classes.items():
+                runs = runs_of(pool, name, "memorize")
+                if runs and applies(rule, runs):
+                    lines.append(_timing_row(rule.name, label, name, model_class, runs, rule))
     return "\n".join(lines)
+
+
+def _timing_row(
+    rule_name: str, label: str, name: str, model_class: ModelClass, runs: list[Run], rule: Rule
+) -> str:
+    hits = [(r, fired(rule, r)) for r in runs if fired(rule, r) is not None]
+    best = [(r, best_epoch(r)) for r, _ in hits]
+    row: list[Any] = [
+        rule_name,
+        label,
+        name,
+        f"{len(hits)}/{len(runs)}",
+        spread([e for _, e in hits], "g"),
+        spread([b for _, b in best if b is not None], "g"),
+        spread([e - b for (_, e), (_, b) in zip(hits, best, strict=True) if b is not None]),
+        spread([_at(r, e, "seconds") for r, e in hits], ".0f"),
+        spread([_at(r, b, "seconds") for r, b in best if b is not None], ".0f"),
+        spread([truth_at(r, e, model_class.truth_key) for r, e in hits], ".3g"),
+    ]
+    row += _copy_cells(runs, hits, model_class.copy_key)
+    return "| " + " | ".join(str(c) for c in row) + " |"
 
 
 def _copy_cells(runs: list[Run], hits: list[tuple[Run, int]], key: str | None) -> list[str]:

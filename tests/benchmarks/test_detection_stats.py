@@ -125,26 +125,32 @@ def test_split_half_tunes_on_even_seeds_and_reports_the_odd_ones(bench, syntheti
     text, thresholds = bench["split"].split_table(runs, classes)
     # even seeds: no alarm from t = 0.4 up, all detected to 0.8: the middle of 0.4-0.8
     assert thresholds == {"x > t": 0.6}
-    pooled = next(line for line in text.splitlines() if "| pooled (a) |" in line)
+    pooled = next(line for line in text.splitlines() if "| pooled (a), t tuned |" in line)
     tuning, evaluation = pooled.split(" | ")[3:5]
     assert tuning == "2/2 (>= 22%), 0/2 (<= 78%)"
     # the odd seeds' alarm is reported: 1 of 2, upper bound sqrt(0.95)
     assert evaluation == "2/2 (>= 22%), 1/2 (<= 97%)"
     alarms = bench["split"].alarms(runs, classes, thresholds)
-    assert alarms == ["- x > 0.6: a generalize seed 1 (evaluation half) at epoch 3, share 0 there"]
+    assert alarms == [  # at the tuned t, then at the default t (0.5)
+        f"- x > {t}: a generalize seed 1 (evaluation half) at epoch 3, share 0 there"
+        for t in (0.6, 0.5)
+    ]
 
 
 def test_time_to_detection_against_best_validation_and_copy_step(bench, synthetic):
     runs, classes = synthetic
     text = bench["split"].timing_table(runs, classes, {"x > t": 0.6})
-    row = next(line for line in text.splitlines() if line.startswith("| x > 0.6 | a |"))
-    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    row = next(line for line in text.splitlines() if line.startswith("| x > 0.6 | tuned t"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")][1:]
     # fires at epoch 3 (step 400, 40 s), best validation at epoch 2 (30 s), copies from
     # epoch 2 (step 300)
     assert cells[2:] == [
         "2/2", "3 [3, 3]", "2 [2, 2]", "+1 [+1, +1]", "40 [40, 40]", "30 [30, 30]",
         "0.15 [0.15, 0.15]", "300 [300, 300]", "+100 [+100, +100]",
     ]  # fmt: skip
+    # the default t (0.5) on every seed: the four memorizing runs, fired at epoch 3
+    row = next(line for line in text.splitlines() if line.startswith("| x > 0.5 | default t"))
+    assert "| a | 4/4 | 3 [3, 3] |" in row
 
 
 def _loop_nearest(samples, pool):
