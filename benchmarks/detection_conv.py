@@ -7,9 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from conv_models import ConvVAE, UpsampledDigitsDataModule
-from detection_classes import N_GENERALIZE, N_MEMORIZE, N_VAL, ModelClass, Options, Plan
-from detection_mlp import encoder_truth
-from detection_monitors import autoencoder_monitors
+from detection_classes import N_GENERALIZE, N_MEMORIZE, N_VAL, ModelClass, Plan
+from detection_mlp import ENCODER_TRUTH, monitors
 
 PLANS = {
     "memorize": Plan(N_MEMORIZE, 8, 16, 25, 5),
@@ -22,16 +21,4 @@ def model_and_data(plan: Plan, seed: int) -> tuple[Any, Any]:
     return ConvVAE(latent_dim=32), data
 
 
-def monitors(plan: Plan, options: Options) -> list[Any]:
-    return autoencoder_monitors("encode", plan, options)
-
-
-CLASS = ModelClass(
-    name="conv",
-    plans=PLANS,
-    model_and_data=model_and_data,
-    monitors=monitors,
-    truth=encoder_truth,
-    truth_key="recon_ratio",
-    truth_label="held-out / train median reconstruction error",
-)
+CLASS = ModelClass("conv", PLANS, model_and_data, monitors, **ENCODER_TRUTH)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
@@ -21,7 +20,7 @@ import lightning as L
 from detection_classes import N_GENERALIZE, N_MEMORIZE, N_VAL, ModelClass, Options, Plan
 from detection_mlp import LONG, LONGER
 from detection_monitors import autoencoder_monitors
-from detection_truth import evaluating, ratio_of_medians, recovered_errors
+from detection_truth import evaluating, ratio_truth, recovered_errors
 from digits_vae import DigitsDataModule
 from glo_recovery import GLO
 
@@ -87,11 +86,7 @@ def recovery_truth(model: Any, data: Any, fast: bool) -> dict[str, float]:
             )
             for images in (data.train_images, data.val_images)
         ]
-        return {
-            "recon_ratio": ratio_of_medians(*errors),
-            "recon_train": float(np.median(errors[0])),
-            "recon_val": float(np.median(errors[1])),
-        }
+        return ratio_truth(*errors)
 
     return evaluating(model)(compute)
 

@@ -9,13 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 
 from detection_classes import N_GENERALIZE, N_MEMORIZE, N_VAL, ModelClass, Options, Plan
 from detection_monitors import autoencoder_monitors
-from detection_truth import MAX_TRAIN, evaluating, ratio_of_medians, reconstruction_errors
+from detection_truth import MAX_TRAIN, evaluating, ratio_truth, reconstruction_errors
 from digits_vae import DigitsDataModule, DigitsVAE
 
 #: ``--long``: generalizing runs trained 3x and 9x longer (the harmless gap grows with training).
@@ -49,23 +47,18 @@ def encoder_truth(model: Any, data: Any, fast: bool) -> dict[str, float]:
             return model.decoder(model.encode(x.to(device))[0]).cpu()
 
         train = reconstruction_errors(reconstruct, data.train_images[:MAX_TRAIN])
-        val = reconstruction_errors(reconstruct, data.val_images)
-        return {
-            "recon_ratio": ratio_of_medians(train, val),
-            "recon_train": float(np.median(train)),
-            "recon_val": float(np.median(val)),
-        }
+        return ratio_truth(train, reconstruction_errors(reconstruct, data.val_images))
 
     return evaluating(model)(compute)
 
 
+#: The ground truth of the classes with an encoder (mlp, conv).
+ENCODER_TRUTH: dict[str, Any] = {
+    "truth": encoder_truth,
+    "truth_key": "recon_ratio",
+    "truth_label": "held-out / train median reconstruction error",
+}
+
 CLASS = ModelClass(
-    name="mlp",
-    plans=PLANS,
-    model_and_data=model_and_data,
-    monitors=monitors,
-    truth=encoder_truth,
-    truth_key="recon_ratio",
-    truth_label="held-out / train median reconstruction error",
-    long_kinds=(LONG, LONGER),
+    "mlp", PLANS, model_and_data, monitors, **ENCODER_TRUTH, long_kinds=(LONG, LONGER)
 )

@@ -71,6 +71,16 @@ def ratio_of_medians(train_errors: np.ndarray, val_errors: np.ndarray) -> float:
     return float(np.median(val_errors) / max(float(np.median(train_errors)), 1e-12))
 
 
+def ratio_truth(train_errors: np.ndarray, val_errors: np.ndarray) -> dict[str, float]:
+    """The autoencoder classes' ground truth: ``recon_ratio`` (:func:`ratio_of_medians`) and
+    the two medians ``recon_train``, ``recon_val``."""
+    return {
+        "recon_ratio": ratio_of_medians(train_errors, val_errors),
+        "recon_train": float(np.median(train_errors)),
+        "recon_val": float(np.median(val_errors)),
+    }
+
+
 def reconstruction_errors(reconstruct: Callable[[Tensor], Tensor], images: Tensor) -> np.ndarray:
     """Per-image ``mean((reconstruct(x) - x)^2)``, float64, without gradients."""
     with torch.no_grad():
