@@ -1,66 +1,38 @@
 """How often each memwatch key and rule is right: detection, false alarms and how early it fires.
 
-    python benchmarks/detection.py               # train every run, cache it, print the tables
-    python benchmarks/detection.py --from-cache  # the tables again from the cache, no training
-    python benchmarks/detection.py --fast        # a seconds-long smoke run (the tests use it)
+    python benchmarks/detection.py --budgets inf --long --gan-probes 32,64,128  # the full table
+    python benchmarks/detection.py --from-cache ...  # the tables again from the cache
+    python benchmarks/detection.py --classes gan     # one class (trains what the cache lacks)
+    python benchmarks/detection.py --fast            # a seconds-long smoke run (the tests)
 
-Runs (``benchmarks/detection_runs.py``): for each of ``--seeds`` seeds and each model class
-(the demo's MLP VAE, a conv VAE on digits upsampled to 28 x 28, a GLO without encoder), one
-memorizing run on 32 digits and one generalizing run on 1,400, the same 256 held-out digits; the
-seed sets the split, the model's initialisation, the training shuffle and the monitors' probes.
-Every monitor at its defaults except ``probe_size=32``, ``every_n_epochs`` (about 10 checks a
-run) and ``max_overhead`` (``--budgets``: ``inf``, every check on the whole probe, and the
-default ``0.05``). Each run is cached as JSON under ``--out`` (gitignored ``outputs/``): per
-check, the logged ``memwatch/`` scalars and the per-sample train / val values of every
-descriptor; the rules (``benchmarks/detection_rules.py``) are evaluated on the cache.
+Runs: for each of ``--seeds`` seeds (default 12: 0-11) and each model class of the registry
+(``detection_classes.py``: mlp VAE, conv VAE, GLO, GAN without encoder; one module per class),
+one memorizing run on 32 digits and one generalizing run on 1,400, the same 256 held-out
+digits; the seed sets the split, the model's initialisation, the training shuffle and the
+monitors' probes. Monitors at their defaults except ``probe_size=32``, ``every_n_epochs`` (about
+10 checks a run, 5 for conv) and ``max_overhead`` (``--budgets``). Each run is cached as JSON
+under ``--out`` (gitignored ``outputs/``) as soon as it is trained, so an interrupted invocation
+resumes where it stopped: per epoch its generator steps, wall time, held-out loss and
+independent ground truth (``detection_truth.py``: no memwatch code), per check the logged
+``memwatch/`` scalars and per-sample values; the rules (``detection_rules.py``) are evaluated
+on the cache.
 
-Printed per rule and model class: detection (memorizing runs where the rule fired at any
-check), false alarms (generalizing runs where it fired at any check), and the detection epoch
-minus the epoch of the run's best validation loss (median and range over the detected runs;
-the GLO's validation loss is the held-out probe's median recovery error at the checks).
-``--long`` adds generalizing runs trained 3x and 9x longer (mlp, glo); ``--radii auto
---geometry-only`` repeats the geometry with ``radii="auto"`` (cached apart).
+Printed: the runs with their ground truth at the first and last check; per rule and class,
+detection and false alarms over every seed with exact 95 % Clopper-Pearson bounds
+(``detection_stats.py``); the one-threshold rules with their threshold chosen on the even seeds
+and their rates on the odd seeds, every false alarm listed (``detection_split.py``); the time
+to detection on the odd seeds, in epochs, seconds and generator steps against the best
+validation epoch and the step at which the copy share passes 10 %; with ``--gan-probes``, the
+GAN's recovery, psi and C_T keys by probe size (``detection_probes.py``).
 
-Measured (seeds 0-4, 2 CPU cores shared with four other jobs, load average 4-8):
-``--budgets inf`` 1,015 s for its 30 runs (conv 40-158 s a run, mlp 6-39 s, glo 4-11 s);
-``--long`` 62 s (3x) + 125 s (9x) more; ``--radii auto --geometry-only`` 423 s; ``--budgets
-0.05`` 208 s.
-
-- Recommended rule: ``EffectAgreement()`` (recovery errors and psi) with
-  ``MemorizationEarlyStopping("memwatch/agreement/bound", threshold=0.3, mode="above")``, the
-  upper 95 % bounds of Cliff's delta of both families' train against validation values below
-  -0.3 at one check (row "2 of 2 (recovery+spectrum) effects past 0.3"). At
-  ``max_overhead=inf``: detected 5/5 on every class, false alarms 0/5 on every class and 0/10
-  on the 3x- and on the 9x-long generalizing runs; epoch minus best-validation epoch: mlp +6
-  [-7, +14], conv -6 [-14, -4], glo -30 [-54, -18]. 0/15 false alarms bound the rate below 18 %
-  at 95 % confidence (0/5 per class: 45 %); the margins are the stronger case.
-- The recovery key alone, ``MemorizationEarlyStopping("memwatch/recovery/effect_upper",
-  threshold=-0.5, mode="below")``: detected 15/15 at the first check of every memorizing run
-  (mlp -6 [-7, +3], conv -6 [-14, -4], glo -30 [-54, -18]), false alarms 0/15 and 0/10 on the
-  3x-long runs, but 2/5 on the 9x-long glo runs (a GLO's train-versus-validation gap grows
-  with training: its closest bound -0.14 / -0.15 / -0.23 on mlp / conv / glo, -0.40 at 3x and
-  -0.70 at 9x on glo; memorizing first checks -0.63 or lower). ``patience=1`` keeps the rates
-  and costs one check.
-- The papers' signs: KS p < 0.01 on recovery 15/15, false alarms 2/15 (glo 2/5; 3/5 on the
-  3x-long glo runs); MRE-gap > 0.10 10/15; psi gap < 0 12/15; decay (train) < 0 15/15; decay gap
-  < 0 12/15; likelihood gap > 0 7/10; dip > 0 1/15 false alarms but 10/15 detected; C_T < -3
-  0/15 false alarms, 7/15 detected.
-- ``max_overhead=0.05`` (the default): a run of 1-21 s leaves the geometry, recovery and
-  likelihood monitors 1-2 measurements each (``SampleMonitor``, cheaper, up to 8); the
-  recommended rule detects 12/15 (mlp 3/5, conv 4/5), the recovery key alone 13/15 (mlp 3/5:
-  its one recovery measurement, at epoch 5, covers 16 + 16 of the 32 + 32 probe, and the bound
-  widens), both 0/15 false alarms; ``patience=1`` cannot fire (5/15).
-- ``radii="auto"``: 0.46 / 0.92 on the 8 x 8 digits (the defaults 0.5 / 1.0: the same rates),
-  1.2 / 2.4 on the 28 x 28 conv digits, where the decay separates (generalizing runs' closest
-  bound -0.16, memorizing first checks -0.44 or lower) while the defaults overlap (-0.07 against
-  +0.03); no decay line was unreached in any run with either radii (unreached share 0).
+Runtime (2 CPU cores shared with other jobs; per run, training with the monitors at
+``max_overhead=inf``): see ``docs/detection.md``, which holds the measured tables.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -70,7 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
 
 import detection_runs
-from detection_runs import CLASSES, KINDS, LONG_CLASSES, LONG_KINDS
+from detection_classes import KINDS, PROBE, ModelClass, Options, load
+from detection_probes import probe_table
+from detection_split import alarms, split_table, timing_table
 from detection_tables import evaluate, margins, runs_summary, table
 from digits_vae import quiet
 
@@ -78,10 +52,17 @@ OUT = Path("outputs/detection")
 
 
 def cache_path(
-    out: Path, budget: float, model_class: str, kind: str, seed: int, radii: str | None = None
+    out: Path,
+    budget: float,
+    name: str,
+    kind: str,
+    seed: int,
+    radii: str | None = None,
+    probe: int = PROBE,
 ) -> Path:
     folder = f"budget_{budget:g}" + ("" if radii is None else f"_radii_{radii}")
-    return out / folder / f"{model_class}_{kind}_{seed}.json"
+    suffix = "" if probe == PROBE else f"_probe{probe}"
+    return out / folder / f"{name}_{kind}_{seed}{suffix}.json"
 
 
 def parse_radii(text: str | None) -> Any:
@@ -91,97 +72,121 @@ def parse_radii(text: str | None) -> Any:
     return tuple(float(r) for r in text.split(","))
 
 
-def borrow_val_loss(run: dict[str, Any], args: argparse.Namespace, path: Path) -> dict[str, Any]:
-    """A ``--geometry-only`` GLO run has no held-out recovery error (its validation loss): take
-    it from the same seed's run with every monitor, trained identically (the monitors leave the
-    global RNG alone), when that run is cached."""
-    if any(v is not None and math.isfinite(v) for v in run["val_loss"]):
-        return run
-    budget = run["budget"]
-    full = cache_path(args.out, budget, run["model_class"], run["kind"], run["seed"])
-    if full != path and full.exists():
-        run = {**run, "val_loss": json.loads(full.read_text())["val_loss"]}
+def run_one(
+    args: argparse.Namespace, model_class: ModelClass, kind: str, options: Options
+) -> dict[str, Any]:
+    """A run from the cache, or trained (and cached) when missing or of an older version."""
+    path = cache_path(
+        args.out, options.budget, model_class.name, kind, options.seed, args.radii, options.probe
+    )
+    if path.exists() and not args.fast:
+        run = json.loads(path.read_text())
+        if run.get("version") == detection_runs.VERSION:
+            return run
+    if args.from_cache:
+        raise SystemExit(f"--from-cache: {path} is missing or stale; run without --from-cache")
+    with quiet(args.threads):
+        run = detection_runs.train(model_class, kind, options)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run))
+    print(
+        f"  trained {model_class.name} {kind} seed {options.seed} probe {options.probe} "
+        f"(budget {options.budget:g}): {run['seconds']:.0f} s, {len(run['checks'])} checks, "
+        f"ground truth {run['truth_seconds']:.0f} s",
+        flush=True,
+    )
     return run
 
 
-def collect(args: argparse.Namespace, budget: float) -> list[dict[str, Any]]:
-    """Every run at ``budget``: read from the cache, trained (and cached) when missing."""
+def collect(
+    args: argparse.Namespace, classes: dict[str, ModelClass], budget: float, probe: int = PROBE
+) -> list[dict[str, Any]]:
+    """Every run at ``budget`` (seed-major, so an interrupted run leaves whole seeds); at a
+    probe other than the default, the GAN's generalizing runs only."""
     results = []
-    plan = [(c, k) for c in CLASSES for k in KINDS]
-    if args.long:
-        plan += [(c, k) for k in LONG_KINDS for c in LONG_CLASSES]
+    radii = parse_radii(args.radii)
     for seed in range(args.seeds):
-        for model_class, kind in plan:
-            path = cache_path(args.out, budget, model_class, kind, seed, args.radii)
-            if path.exists() and not args.fast:
-                results.append(borrow_val_loss(json.loads(path.read_text()), args, path))
-                continue
-            if args.from_cache:
-                raise SystemExit(f"--from-cache: {path} is missing; run without --from-cache")
-            with quiet(args.threads):
-                run = detection_runs.train(
-                    model_class,
-                    kind,
-                    seed,
-                    budget,
-                    args.fast,
-                    parse_radii(args.radii),
-                    args.geometry_only,
-                )
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(run))
-            run = borrow_val_loss(run, args, path)
-            print(
-                f"  trained {model_class} {kind} seed {seed} (budget {budget:g}): "
-                f"{run['seconds']:.0f} s, {len(run['checks'])} checks",
-                flush=True,
-            )
-            results.append(run)
+        for model_class in classes.values():
+            kinds = list(KINDS) + (list(model_class.long_kinds) if args.long else [])
+            if probe != PROBE:
+                kinds = ["generalize"]
+            for kind in kinds:
+                options = Options(budget, seed, args.fast, probe, radii, args.geometry_only)
+                results.append(run_one(args, model_class, kind, options))
     return results
+
+
+def report(args: argparse.Namespace, classes: dict[str, ModelClass], budget: float) -> list:
+    results = collect(args, classes, budget)
+    rows = evaluate(results, classes)
+    shown = [r for r in rows if args.family is None or r["family"] == args.family]
+    per_class = ", ".join(
+        f"{n} {sum(r['seconds'] for r in results if r['model_class'] == n):.0f} s" for n in classes
+    )
+    print(
+        f"\nmax_overhead={budget:g}: seeds 0-{args.seeds - 1} x {len(classes)} classes x "
+        f"(memorize, generalize); training with the monitors, all runs of a class: {per_class}\n"
+    )
+    print(runs_summary(results, classes) + "\n")
+    print("Every rule, every seed (det, FA per class; pooled with exact one-sided 95 % bounds):\n")
+    print(table(shown, classes))
+    split, thresholds = split_table(results, classes)
+    print("\nOne-threshold rules: t chosen on the even seeds, rates on the odd seeds:\n")
+    print(split)
+    print("\nFalse alarms of the one-threshold rules at their pooled and default t (every seed):")
+    print("\n".join(alarms(results, classes, thresholds)) or "- none")
+    print("\nTime to detection (median [range] over the detected runs; seconds: training and")
+    print("monitors since the start of the fit, ground truth left out):\n")
+    print(timing_table(results, classes, thresholds))
+    print("\nEffect margins (sign x bound: the rule 'bound past t' fires when this exceeds t):\n")
+    print(margins(results, classes))
+    probes = [int(p) for p in args.gan_probes.split(",")] if args.gan_probes else []
+    if "gan" in classes and probes:
+        gan = {"gan": classes["gan"]}
+        by_probe = {
+            p: [
+                r
+                for r in (results if p == PROBE else collect(args, gan, budget, p))
+                if r["model_class"] == "gan" and r["kind"] == "generalize"
+            ]
+            for p in probes
+        }
+        memorizing = [r for r in results if r["model_class"] == "gan" and r["kind"] == "memorize"]
+        print("\nGAN without encoder, by probe size of the generalizing runs:\n")
+        print(probe_table(memorizing, by_probe))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast", action="store_true", help="a seconds-long smoke run")
     parser.add_argument("--from-cache", action="store_true", help="read every run from --out")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per class and kind")
+    parser.add_argument("--seeds", type=int, default=12, help="seeds 0..N-1 per class and kind")
     parser.add_argument(
         "--budgets", default="inf,0.05", help="max_overhead values, comma-separated"
     )
+    parser.add_argument("--classes", default=None, help="comma-separated subset of the classes")
     parser.add_argument("--out", type=Path, default=OUT, help="cache folder")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--family", default=None, help="print only rules of this family")
-    parser.add_argument(
-        "--long", action="store_true", help="add generalizing runs 3x longer (mlp, glo)"
-    )
+    parser.add_argument("--long", action="store_true", help="add generalizing runs 3x, 9x longer")
     parser.add_argument("--radii", default=None, help="decay radii: auto or r1,r2 (cached apart)")
+    parser.add_argument("--geometry-only", action="store_true", help="GeometryMonitor alone")
     parser.add_argument(
-        "--geometry-only", action="store_true", help="GeometryMonitor alone (with --radii)"
+        "--gan-probes", default=None, help="probe sizes of the GAN table, e.g. 32,64,128"
     )
     args = parser.parse_args(argv)
+    classes = load()
+    if args.classes:
+        wanted = args.classes.split(",")
+        unknown = sorted(set(wanted) - set(classes))
+        if unknown:
+            raise SystemExit(f"--classes: unknown {unknown}; known: {sorted(classes)}")
+        classes = {n: c for n, c in classes.items() if n in wanted}
     if args.fast:
-        args.seeds, args.budgets = min(args.seeds, 1), args.budgets.split(",")[0]
-    budgets = [float(b) for b in args.budgets.split(",")]
+        args.seeds, args.budgets = min(args.seeds, 2), args.budgets.split(",")[0]
     start = time.perf_counter()
-    out: dict[str, Any] = {}
-    for budget in budgets:
-        results = collect(args, budget)
-        rows = evaluate(results)
-        if args.family:
-            rows = [r for r in rows if r["family"] == args.family]
-        trained = sum(r["seconds"] for r in results)
-        print(
-            f"\nmax_overhead={budget:g}: {args.seeds} seeds x {len(CLASSES)} classes x "
-            f"(memorize, generalize); training with the monitors {trained:.0f} s in all "
-            f"(cached runs count their own time)\n"
-        )
-        print(runs_summary(results) + "\n")
-        print(table(rows))
-        print(
-            "\nEffect margins (sign x bound: the rule 'bound past t' fires when this exceeds t):\n"
-        )
-        print(margins(results))
-        out[f"{budget:g}"] = rows
+    out = {f"{float(b):g}": report(args, classes, float(b)) for b in args.budgets.split(",")}
     print(f"\n{time.perf_counter() - start:.0f} s for this invocation")
     if args.fast:
         print("--fast: a smoke run, too short for any run to memorize; the rates mean nothing.")

@@ -17,6 +17,10 @@ Families of rules:
 - ``drift``: the same effect minus the effect at the run's first check (a reference from the
   same run, before the model had time to memorize), past ``t``;
 - ``k_of_n``: at least ``k`` of a set of effect rules hold at the same check.
+
+:func:`tunables`: the rules a user sets with one threshold ``t`` (the package callbacks that
+express each are in its label), each with a grid of ``t`` from liberal to conservative, for the
+split-half choice of ``detection_split.py``.
 """
 
 from __future__ import annotations
@@ -195,4 +199,70 @@ def rules() -> list[Rule]:
             out.append(Rule(label, "k_of_n", k_of_n(conds, 2)))
     conds = [effect_rule(d, 0.5, SIGNS[d]) for d in HEADLINE]
     out.append(Rule("2 of 4 headline effects past 0.5", "k_of_n", k_of_n(conds, 2)))
+    for margin in (0.3, 0.5):  # what a scalar family in EffectAgreement would give (not today)
+        conds = [effect_rule("spectrum/log_volume", margin, -1), scalar_rule(CT, -3.0, "below")]
+        label = f"psi effect past {margin:g} and C_T < -3 (not expressible by one stopper)"
+        out.append(Rule(label, "k_of_n", k_of_n(conds, 2)))
     return out
+
+
+CT = "memwatch/samples/ct"
+EFFECT_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
+class Tunable(NamedTuple):
+    """A rule with one threshold: ``make(t)`` for each ``t`` of ``grid`` (liberal first);
+    ``config`` is the package's callbacks for it, ``{t}`` standing for the threshold."""
+
+    name: str
+    config: str
+    make: Callable[[float], Rule]
+    grid: tuple[float, ...]
+    default: float
+
+
+def _agreement(t: float) -> Rule:
+    conds = [effect_rule(d, t, -1) for d in ("recovery/errors", "spectrum/log_volume")]
+    return Rule(f"agreement (recovery + psi) bound > {t:g}", "tuned", k_of_n(conds, 2))
+
+
+def tunables() -> list[Tunable]:
+    """The one-threshold rules of the split-half table; the first is the recommended one."""
+    stop = "MemorizationEarlyStopping"
+    return [
+        Tunable(
+            "agreement (recovery + psi) bound > t",
+            f'EffectAgreement() + {stop}("memwatch/agreement/bound", threshold={{t}}, '
+            'mode="above")',
+            _agreement,
+            EFFECT_GRID,
+            0.3,
+        ),
+        Tunable(
+            "recovery effect_upper < -t",
+            f'{stop}("memwatch/recovery/effect_upper", threshold=-{{t}}, mode="below")',
+            lambda t: Rule(
+                f"recovery effect_upper < -{t:g}",
+                "tuned",
+                effect_rule("recovery/errors", t, -1),
+            ),
+            EFFECT_GRID,
+            0.5,
+        ),
+        Tunable(
+            "psi effect_upper < -t",
+            f'{stop}("memwatch/spectrum/log_volume/effect_upper", threshold=-{{t}}, mode="below")',
+            lambda t: Rule(
+                f"psi effect_upper < -{t:g}", "tuned", effect_rule("spectrum/log_volume", t, -1)
+            ),
+            EFFECT_GRID,
+            0.5,
+        ),
+        Tunable(
+            "C_T < -t",
+            f'{stop}("memwatch/samples/ct", threshold=-{{t}}, mode="below")',
+            lambda t: Rule(f"C_T < -{t:g}", "tuned", scalar_rule(CT, -t, "below")),
+            (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0),
+            3.0,
+        ),
+    ]
