@@ -105,24 +105,39 @@ def _check_batch(images: Tensor, name: str) -> None:
 
 
 def image_strip(
-    images: Tensor, *, pad: int = 2, pad_value: float = 1.0, min_side: int = MIN_SIDE
+    images: Tensor,
+    *,
+    pad: int = 2,
+    pad_value: float = 1.0,
+    min_side: int = MIN_SIDE,
+    max_columns: int = 8,
 ) -> Tensor:
-    """``(T, C, H, W)`` images side by side in one row: ``(C, kH, T * (kW + pad) - pad)``.
+    """``(T, C, H, W)`` images side by side, in reading order, at most ``max_columns`` a row.
 
     E.g. the decoded points of an interpolation path, in order. Each image is first enlarged
     ``k`` times (:func:`upscale` to ``min_side``, nearest neighbour; ``min_side=1`` keeps
-    them as they are); ``pad`` columns of ``pad_value`` (default white) separate neighbours.
+    them as they are); ``pad`` pixels of ``pad_value`` (default white) separate neighbours.
+    More than ``max_columns`` images wrap onto ``rows = ceil(T / max_columns)`` rows of
+    ``columns = ceil(T / rows)`` (17 images: 3 rows of 6, 6 and 5), so that a long path is not
+    a sliver once TensorBoard fits it to the width of its card.
+
+    Returns:
+        ``(C, rows * (kH + pad) - pad, columns * (kW + pad) - pad)``.
 
     Example::
 
-        >>> image_strip(torch.zeros(5, 1, 8, 8)).shape  # k = 8
+        >>> image_strip(torch.zeros(5, 1, 8, 8)).shape  # k = 8, one row
         torch.Size([1, 64, 328])
+        >>> image_strip(torch.zeros(17, 1, 8, 8)).shape  # 3 rows of at most 6
+        torch.Size([1, 196, 394])
         >>> image_strip(torch.zeros(5, 1, 8, 8), pad=1, min_side=1).shape
         torch.Size([1, 8, 44])
     """
-    if pad < 0:
-        raise ValueError(f"Expected pad >= 0 but got {pad}")
-    return _tile(upscale(images, min_side), len(images), pad, 0, pad_value)
+    if pad < 0 or max_columns < 1:
+        raise ValueError(f"Expected pad >= 0, max_columns >= 1 but got {pad}, {max_columns}")
+    rows = math.ceil(len(images) / max_columns)
+    columns = math.ceil(len(images) / rows) if rows else 1
+    return _tile(upscale(images, min_side), columns, pad, pad, pad_value)
 
 
 def pairs_grid(

@@ -240,7 +240,7 @@ def test_tensorboard_event_file_has_scalars_histograms_images_figures_and_layout
         "memwatch/density/dip_path_images",
     } <= set(tags["images"])
     strip = events.Images("memwatch/density/dip_path_images")[-1]
-    assert (strip.height, strip.width) == (64, 17 * 66 - 2)  # 8 x 8 digits enlarged to 64
+    assert (strip.height, strip.width) == (3 * 66 - 2, 6 * 66 - 2)  # 17 digits of 64 px, 6 a row
     # images line up with the scalars' steps
     # the figures come at every FIGURE_EVERY-th measurement only, the histograms at each
     scalar_steps = [e.step for e in events.Scalars("memwatch/spectrum/log_volume/train")]

@@ -134,3 +134,20 @@ def test_strip_and_grid_of_digits_hold_the_numpy_upscaled_digits() -> None:
     np.testing.assert_array_equal(grid[:, :, :64].numpy(), expected[0])
     np.testing.assert_array_equal(grid[:, :, 66:130].numpy(), expected[2])
     np.testing.assert_array_equal(grid[:, :, 136:200].numpy(), expected[1])
+
+
+def test_a_long_strip_wraps_into_balanced_rows_in_reading_order() -> None:
+    """17 path points: 3 rows of 6, 6 and 5 (not 8, 8 and 1), the empty cell left white."""
+    images = torch.rand(17, 1, 8, 8) * 0.5
+    expected = numpy_nearest(images.numpy(), (64, 64))
+    strip = image_strip(images)
+    assert strip.shape == (1, 3 * 66 - 2, 6 * 66 - 2)
+    for index in range(17):
+        top, left = (index // 6) * 66, (index % 6) * 66
+        np.testing.assert_array_equal(
+            strip[:, top : top + 64, left : left + 64].numpy(), expected[index]
+        )
+    assert (strip[:, 132:, 5 * 66 :] == 1.0).all()
+    assert image_strip(images[:8]).shape == (1, 64, 8 * 66 - 2)  # up to 8: one row
+    with pytest.raises(ValueError, match="max_columns >= 1"):
+        image_strip(images, max_columns=0)
