@@ -10,7 +10,7 @@ Train is drawn black and solid, val grey and dashed (:data:`SPLIT_STYLES`), neve
 TensorBoard gives each run a colour of its own palette (orange, blue, red, cyan, ... in the
 order the runs start), which a figure cannot know, so a blue train line would read as the
 blue run's. Axes carry at most :data:`MAX_TICKS` ticks with short labels (a common power of
-ten moves to the axis end), so that they stay apart at the figure's 360 x 240 pixels.
+ten goes into the axis label), so that they stay apart at the figure's 360 x 240 pixels.
 """
 
 from __future__ import annotations
