@@ -280,7 +280,7 @@ class SampleMonitor(MemwatchMonitor):
                 return
             images = as_images(torch.cat([x.reshape_as(nearest), nearest]))
             if images is not None:
-                grid = pairs_grid(*images.chunk(2), pairs_per_row=PAIRS)
+                grid = pairs_grid(*images.chunk(2))  # 4 pairs a row: readable in a card
                 writer.add_image(f"memwatch/{FAMILY}/nearest", grid, global_step(trainer))
 
         return {FAMILY: self.timed(FAMILY, size, samples, write if writer else None)}

@@ -5,6 +5,12 @@ never at module import, and without it every figure function returns ``None`` af
 warning per process. Figures are ``matplotlib.figure.Figure`` objects with an Agg canvas,
 made without ``pyplot``: the user's backend is never switched and no figure is registered
 with pyplot's figure manager.
+
+Train is drawn black and solid, val grey and dashed (:data:`SPLIT_STYLES`), never in a hue:
+TensorBoard gives each run a colour of its own palette (orange, blue, red, cyan, ... in the
+order the runs start), which a figure cannot know, so a blue train line would read as the
+blue run's. Axes carry at most :data:`MAX_TICKS` ticks with short labels (a common power of
+ten goes into the axis label), so that they stay apart at the figure's 360 x 240 pixels.
 """
 
 from __future__ import annotations
@@ -27,11 +33,58 @@ if TYPE_CHECKING:
 #: Set once the missing-matplotlib warning has been given (once per process).
 _warned_missing_matplotlib = False
 
+#: Line style per split; other names take :data:`OTHER_STYLES` in turn.
+SPLIT_STYLES: dict[str, dict[str, str]] = {
+    "train": {"color": "black", "linestyle": "-"},
+    "val": {"color": "0.5", "linestyle": "--"},
+}
+OTHER_STYLES: tuple[dict[str, str], ...] = (
+    {"color": "0.3", "linestyle": ":"},
+    {"color": "0.3", "linestyle": "-."},
+)
+#: At most this many ticks on an axis (``MaxNLocator(nbins=MAX_TICKS - 1)``).
+MAX_TICKS = 6
+#: Font sizes in points at :data:`DPI` (a point is 75/72 pixels): title, axis labels, ticks.
+FONT_SIZES = {"title": 11, "label": 10, "ticks": 9}
+#: 4.8 x 3.2 inches at 75 dpi: 360 x 240 pixels, about the width of a TensorBoard image card.
+FIGSIZE, DPI = (4.8, 3.2), 75
+
+
+def split_style(name: str, index: int) -> dict[str, str]:
+    """The line style of split ``name``, the ``index``-th of its figure."""
+    return SPLIT_STYLES.get(name, OTHER_STYLES[index % len(OTHER_STYLES)])
+
+
+def _readable_axes(ax: Axes) -> None:
+    """At most :data:`MAX_TICKS` ticks per axis with labels of a few digits: values below 1e-2
+    or from 1e4 are labelled in units of a power of ten (:func:`_scale_into_labels`)."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=MAX_TICKS - 1))
+        formatter = ScalarFormatter(useOffset=False)
+        formatter.set_powerlimits((-3, 4))
+        axis.set_major_formatter(formatter)
+    ax.tick_params(labelsize=FONT_SIZES["ticks"])
+
+
+def _scale_into_labels(ax: Axes) -> None:
+    """Move the power of ten the tick labels are in (matplotlib's offset text, drawn at the
+    axis end where it can collide with a long axis label) into the axis label: ``e [x 1e-5]``
+    means a tick label ``2`` is ``2e-5``."""
+    for axis in (ax.xaxis, ax.yaxis):
+        formatter = axis.get_major_formatter()
+        formatter.set_locs(axis.get_majorticklocs())
+        if offset := formatter.get_offset():
+            axis.set_label_text(f"{axis.get_label_text()} [x {offset}]")
+            axis.get_offset_text().set_visible(False)
+
 
 def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes] | None:
-    """A 6 x 4 inch, 60 dpi ``Figure`` on an Agg canvas and its axes; ``None`` without
-    matplotlib (warning once per process). No constrained layout: it was about half of a
-    figure's cost (0.34-0.52 s for the four figures of a measurement at 100 dpi)."""
+    """A 360 x 240 pixel ``Figure`` (:data:`FIGSIZE` at :data:`DPI`) on an Agg canvas and its
+    axes; ``None`` without matplotlib (warning once per process). No constrained layout: it
+    was about half of a figure's cost (0.34-0.52 s for the four figures of a measurement at
+    100 dpi)."""
     global _warned_missing_matplotlib
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -45,11 +98,14 @@ def _new_axes(title: str, xlabel: str, ylabel: str) -> tuple[Figure, Axes] | Non
                 stacklevel=3,  # the caller of the public function that called this one
             )
         return None
-    fig = Figure(figsize=(6, 4), dpi=60)
-    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.14, top=0.9)
+    fig = Figure(figsize=FIGSIZE, dpi=DPI)
+    fig.subplots_adjust(left=0.17, right=0.95, bottom=0.17, top=0.89)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.set_title(title, fontsize=FONT_SIZES["title"])
+    ax.set_xlabel(xlabel, fontsize=FONT_SIZES["label"])
+    ax.set_ylabel(ylabel, fontsize=FONT_SIZES["label"])
+    _readable_axes(ax)
     return fig, ax
 
 
@@ -108,13 +164,16 @@ def profile_figure(
 
 
 def _plot_curves(fig: Figure, ax: Axes, curves: Mapping[str, tuple[Tensor, Tensor]]) -> Figure:
-    """Draw checked :func:`profile_figure` curves on ``ax``, one colour and label per split."""
+    """Draw checked :func:`profile_figure` curves on ``ax``, one style and label per split."""
     for index, (name, (x, y)) in enumerate(curves.items()):
         xs, ys = np.atleast_2d(_numpy(x)), np.atleast_2d(_numpy(y))
-        alpha = 1.0 if len(xs) == 1 else max(0.2, 1.0 / math.sqrt(len(xs)))
+        alpha = 1.0 if len(xs) == 1 else max(0.35, 1.0 / math.sqrt(len(xs)))
+        style = split_style(name, index)
         for row, (xr, yr) in enumerate(zip(xs, ys, strict=True)):
-            ax.plot(xr, yr, color=f"C{index}", alpha=alpha, label=name if row == 0 else None)
-    ax.legend()
+            label = name if row == 0 else None
+            ax.plot(xr, yr, **style, linewidth=1.6, alpha=alpha, label=label)
+    ax.legend(fontsize=FONT_SIZES["ticks"])
+    _scale_into_labels(ax)
     return fig
 
 
@@ -152,8 +211,15 @@ def histogram_figure(samples: Mapping[str, Tensor], *, xlabel: str, title: str) 
     fig, ax = made
     for index, (name, values) in enumerate(finite.items()):
         label = f"{name} (n={values.size})"
-        ax.hist(values, bins=edges, density=True, alpha=0.5, color=f"C{index}", label=label)
-    ax.legend()
+        if index == 0:  # the first split filled, the others as outlines in their line style
+            color = split_style(name, index)["color"]
+            ax.hist(values, bins=edges, density=True, color=color, alpha=0.35, label=label)
+        else:
+            style = split_style(name, index)
+            ax.hist(values, bins=edges, density=True, histtype="step", linewidth=1.8,
+                    label=label, **style)  # fmt: skip
+    ax.legend(fontsize=FONT_SIZES["ticks"])
+    _scale_into_labels(ax)
     return fig
 
 

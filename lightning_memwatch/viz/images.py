@@ -2,6 +2,9 @@
 
 Everything here is torch only (no matplotlib). The results are ``(C, H, W)`` tensors in
 ``[0, 1]`` for ``SummaryWriter.add_image(tag, image, step)`` (its default ``"CHW"`` format).
+Small images are enlarged by an integer factor with nearest-neighbour sampling
+(:func:`upscale`) before they are laid out, so an 8 x 8 digit shows as 64 x 64 sharp pixels
+instead of a strip 8 pixels high.
 """
 
 from __future__ import annotations
@@ -54,6 +57,34 @@ def as_images(outputs: Tensor, image_shape: tuple[int, ...] | None = None) -> Te
     return images
 
 
+#: The side, in pixels, below which :func:`image_strip` and :func:`pairs_grid` enlarge an image.
+MIN_SIDE = 64
+
+
+def upscale(images: Tensor, min_side: int = MIN_SIDE) -> Tensor:
+    """``(N, C, H, W)`` images enlarged by the smallest integer factor ``k`` that makes their
+    shorter side at least ``min_side``, ``k = max(1, ceil(min_side / min(H, W)))``, by
+    nearest-neighbour sampling: pixel ``(i, j)`` of the result is pixel ``(i // k, j // k)`` of
+    the input, so every input pixel becomes a sharp ``k x k`` block. Images already that large
+    are returned as they are (never shrunk).
+
+    Example::
+
+        >>> upscale(torch.tensor([[[[0.0, 1.0]]]]), min_side=2)
+        tensor([[[[0., 0., 1., 1.],
+                  [0., 0., 1., 1.]]]])
+        >>> upscale(torch.zeros(3, 1, 8, 8)).shape
+        torch.Size([3, 1, 64, 64])
+    """
+    _check_batch(images, "images")
+    if min_side < 1:
+        raise ValueError(f"Expected min_side >= 1 but got {min_side}")
+    factor = max(1, math.ceil(min_side / min(images.shape[-2:])))
+    if factor == 1:
+        return images
+    return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
 def _tile(images: Tensor, columns: int, hpad: int, vpad: int, pad_value: float) -> Tensor:
     """``(N, C, H, W)`` laid out row-major, ``columns`` per row, into one ``(C, H', W')``
     canvas; ``hpad`` / ``vpad`` pixels of ``pad_value`` between columns / rows, none outside."""
@@ -73,21 +104,40 @@ def _check_batch(images: Tensor, name: str) -> None:
         raise ValueError(f"Expected `{name}` of shape (T, C, H, W), T >= 1, but got {images.shape}")
 
 
-def image_strip(images: Tensor, *, pad: int = 1, pad_value: float = 1.0) -> Tensor:
-    """``(T, C, H, W)`` images side by side in one row: ``(C, H, T * (W + pad) - pad)``.
+def image_strip(
+    images: Tensor,
+    *,
+    pad: int = 2,
+    pad_value: float = 1.0,
+    min_side: int = MIN_SIDE,
+    max_columns: int = 8,
+) -> Tensor:
+    """``(T, C, H, W)`` images side by side, in reading order, at most ``max_columns`` a row.
 
-    E.g. the decoded points of an interpolation path, in order. ``pad`` columns of
-    ``pad_value`` (default white) separate neighbours.
+    E.g. the decoded points of an interpolation path, in order. Each image is first enlarged
+    ``k`` times (:func:`upscale` to ``min_side``, nearest neighbour; ``min_side=1`` keeps
+    them as they are); ``pad`` pixels of ``pad_value`` (default white) separate neighbours.
+    More than ``max_columns`` images wrap onto ``rows = ceil(T / max_columns)`` rows of
+    ``columns = ceil(T / rows)`` (17 images: 3 rows of 6, 6 and 5), so that a long path is not
+    a sliver once TensorBoard fits it to the width of its card.
+
+    Returns:
+        ``(C, rows * (kH + pad) - pad, columns * (kW + pad) - pad)``.
 
     Example::
 
-        >>> image_strip(torch.zeros(5, 1, 8, 8)).shape
+        >>> image_strip(torch.zeros(5, 1, 8, 8)).shape  # k = 8, one row
+        torch.Size([1, 64, 328])
+        >>> image_strip(torch.zeros(17, 1, 8, 8)).shape  # 3 rows of at most 6
+        torch.Size([1, 196, 394])
+        >>> image_strip(torch.zeros(5, 1, 8, 8), pad=1, min_side=1).shape
         torch.Size([1, 8, 44])
     """
-    _check_batch(images, "images")
-    if pad < 0:
-        raise ValueError(f"Expected pad >= 0 but got {pad}")
-    return _tile(images, len(images), pad, 0, pad_value)
+    if pad < 0 or max_columns < 1:
+        raise ValueError(f"Expected pad >= 0, max_columns >= 1 but got {pad}, {max_columns}")
+    rows = math.ceil(len(images) / max_columns)
+    columns = math.ceil(len(images) / rows) if rows else 1
+    return _tile(upscale(images, min_side), columns, pad, pad, pad_value)
 
 
 def pairs_grid(
@@ -95,15 +145,18 @@ def pairs_grid(
     recovered: Tensor,
     *,
     pairs_per_row: int = 4,
-    pad: int = 1,
+    pad: int = 2,
     pad_value: float = 1.0,
+    min_side: int = MIN_SIDE,
 ) -> Tensor:
     """Target | recovered pairs in a grid, ``pairs_per_row`` pairs per row (Webster et al. (2019),
     fig. 2).
 
     Webster et al. (2019): a memorized training image is recovered almost
-    exactly, a validation image is not. Within a pair ``pad`` columns separate target and
-    recovery; pairs are ``3 * pad`` apart, rows ``pad`` apart. Scale the two batches together
+    exactly, a validation image is not. Each image is first enlarged ``k`` times
+    (:func:`upscale` to ``min_side``, nearest neighbour; ``min_side=1`` keeps them as they
+    are). Within a pair ``pad`` columns separate target and recovery; pairs are ``3 * pad``
+    apart, rows ``pad`` apart. Scale the two batches together
     so their brightness compares, e.g. ``pairs_grid(*as_images(torch.cat([x, x_hat])).chunk(2))``.
 
     Args:
@@ -111,12 +164,14 @@ def pairs_grid(
         recovered: ``(N, C, H, W)`` images, ``recovered[i]`` the recovery of ``targets[i]``.
 
     Returns:
-        ``(C, rows * (H + pad) - pad, k * (2 W + 4 pad) - 3 pad)`` with ``k =
-        min(pairs_per_row, N)`` and ``rows = ceil(N / k)``.
+        ``(C, rows * (kH + pad) - pad, n * (2 kW + 4 pad) - 3 pad)`` with ``n =
+        min(pairs_per_row, N)`` and ``rows = ceil(N / n)``.
 
     Example::
 
-        >>> pairs_grid(torch.zeros(6, 1, 8, 8), torch.ones(6, 1, 8, 8)).shape
+        >>> pairs_grid(torch.zeros(6, 1, 8, 8), torch.ones(6, 1, 8, 8)).shape  # k = 8
+        torch.Size([1, 130, 538])
+        >>> pairs_grid(torch.zeros(6, 1, 8, 8), torch.ones(6, 1, 8, 8), pad=1, min_side=1).shape
         torch.Size([1, 17, 77])
     """
     _check_batch(targets, "targets")
@@ -127,6 +182,7 @@ def pairs_grid(
         )
     if pairs_per_row < 1 or pad < 0:
         raise ValueError(f"Expected pairs_per_row >= 1, pad >= 0 but got {pairs_per_row}, {pad}")
+    targets, recovered = upscale(targets, min_side), upscale(recovered, min_side)
     pairs = torch.stack(
         [
             _tile(torch.stack([t, r]), 2, pad, 0, pad_value)

@@ -1,11 +1,17 @@
 """One TensorBoard custom-scalars layout that puts each train/val pair on one chart.
 
-``SummaryWriter.add_scalars`` would make a separate run per key; instead the scalars are
-logged one by one (``pl_module.log`` -> ``add_scalar``) and a single ``add_custom_scalars``
-layout groups them. TensorBoard's custom-scalars plugin reads each chart's tags as Python
-regular expressions applied with ``re.match`` (``custom_scalars_plugin.scalars_impl``), which
-anchors only the start; tags are therefore written as ``^re.escape(key)$`` so that a key
-matches itself only (``.../train`` not ``.../train_ema``, ``.`` or ``(`` literally).
+The public keys are logged one by one (``pl_module.log`` -> ``add_scalar``) into the logger's
+run; their ``/train`` and ``/val`` values are also written into the runs ``train`` and ``val``
+as the tag ``<stem>`` (:mod:`~lightning_memwatch.viz.splits`), and a single
+``add_custom_scalars`` layout groups the keys. A train-vs-val chart shows the tag ``<stem>``:
+TensorBoard colours a series by its run, so train and val are two colours, named by their
+runs (``version_0/train``, ``version_0/val``); the two keys of the logger's own run would be
+one colour with two markers.
+
+TensorBoard's custom-scalars plugin reads each chart's tags as Python regular expressions
+applied with ``re.match`` (``custom_scalars_plugin.scalars_impl``), which anchors only the
+start; tags are therefore written as ``^re.escape(key)$`` so that a key matches itself only
+(``.../mre`` not ``.../mre_gap``, ``.`` or ``(`` literally).
 
 The layout is in reading order, the same whichever callback wrote its keys first: the families
 in :data:`CATEGORY_ORDER`; in each, the signal first (the train-vs-val chart of its leading
@@ -109,7 +115,8 @@ def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list]]:
     """The layout for ``SummaryWriter.add_custom_scalars``, one category per family.
 
     Keys ``<stem>/train`` and ``<stem>/val`` that are both present share one ``"Multiline"``
-    chart ``"<descriptor>: train vs val"``; every other key (``gap``, ``ks_pvalue``,
+    chart ``"<descriptor>: train vs val"`` of the tag ``<stem>`` of the split runs
+    (:mod:`~lightning_memwatch.viz.splits`); every other key (``gap``, ``ks_pvalue``,
     ``mre_gap``, ``seconds``, ``probe_size``, ``nonfinite``, a lone ``train``) has a chart of
     its own titled by the key below its family. Categories are ``"memwatch/<family>"``
     (a key's first two components), in reading order (module docstring).
@@ -123,7 +130,7 @@ def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list]]:
         >>> list(layout["memwatch/recovery"])
         ['mre: train vs val', 'mre_gap', 'ks_pvalue', 'seconds']
         >>> layout["memwatch/recovery"]["mre: train vs val"]
-        ['Multiline', ['^memwatch/recovery/mre/train$', '^memwatch/recovery/mre/val$']]
+        ['Multiline', ['^memwatch/recovery/mre$']]
     """
     keys = list(dict.fromkeys(keys))
     present = set(keys)
@@ -134,7 +141,7 @@ def custom_scalars_layout(keys: Iterable[str]) -> dict[str, dict[str, list]]:
         path = key[len(category) + 1 :] if key.startswith(f"{category}/") else ""
         if split in ("train", "val") and {f"{stem}/train", f"{stem}/val"} <= present:
             if split == "train":
-                tags = [_literal(f"{stem}/train"), _literal(f"{stem}/val")]
+                tags = [_literal(stem)]  # the split runs' tag: one colour per split
                 title = f"{_relative(stem, category)}: train vs val"
                 stem_path = path.rpartition("/")[0]
                 rank = _chart_rank(category, f"{stem_path}/train" if stem_path else "train")

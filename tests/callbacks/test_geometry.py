@@ -240,7 +240,7 @@ def test_tensorboard_event_file_has_scalars_histograms_images_figures_and_layout
         "memwatch/density/dip_path_images",
     } <= set(tags["images"])
     strip = events.Images("memwatch/density/dip_path_images")[-1]
-    assert (strip.height, strip.width) == (8, 17 * 9 - 1)
+    assert (strip.height, strip.width) == (3 * 66 - 2, 6 * 66 - 2)  # 17 digits of 64 px, 6 a row
     # images line up with the scalars' steps
     # the figures come at every FIGURE_EVERY-th measurement only, the histograms at each
     scalar_steps = [e.step for e in events.Scalars("memwatch/spectrum/log_volume/train")]
@@ -248,11 +248,17 @@ def test_tensorboard_event_file_has_scalars_histograms_images_figures_and_layout
     assert len(scalar_steps) == 2 and image_steps == scalar_steps[1:]
     histogram_steps = [e.step for e in events.Histograms("memwatch/spectrum/log_s/train")]
     assert histogram_steps == scalar_steps
-    # the custom-scalars layout puts train and val of one descriptor on one chart
+    # the custom-scalars layout puts train and val of one descriptor on one chart: the tag of
+    # the runs `train` and `val` (two colours), which hold the keys' values at the same steps
     layout = layout_pb2.Layout()
     layout.ParseFromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
-    charts = [c for cat in layout.category for c in cat.chart if c.title.startswith("log_volume")]
-    assert any(len(c.multiline.tag) == 2 for c in charts)
+    charts = {c.title: list(c.multiline.tag) for cat in layout.category for c in cat.chart}
+    assert charts["log_volume: train vs val"] == ["^memwatch/spectrum/log_volume$"]
+    for split in ("train", "val"):
+        run = read_events(tmp_path / "run" / "version_0" / split)
+        logged = events.Scalars(f"memwatch/spectrum/log_volume/{split}")
+        written = run.Scalars("memwatch/spectrum/log_volume")
+        assert [(e.step, e.value) for e in written] == [(e.step, e.value) for e in logged]
 
 
 def test_scalars_with_csv_logger_only(tmp_path):

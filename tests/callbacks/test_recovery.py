@@ -193,7 +193,8 @@ def test_tensorboard_histograms_error_figure_and_pairs(tmp_path, monkeypatch):
         "memwatch/recovery/pairs/val",
     } <= set(tags["images"])
     pairs = events.Images("memwatch/recovery/pairs/train")[-1]
-    assert (pairs.height, pairs.width) == (2 * 8 + 1, 4 * (2 * 8 + 4) - 3)  # 8 pairs, 4 a row
+    # 8 pairs, 4 a row, the 8 x 8 digits enlarged 8 times (64 px), 2 px apart
+    assert (pairs.height, pairs.width) == (2 * 64 + 2, 4 * (2 * 64 + 8) - 6)
     scalar_steps = [e.step for e in events.Scalars("memwatch/recovery/mre_gap")]
     assert scalar_steps == [e.step for e in events.Images("memwatch/recovery/pairs/val")]
     histogram = events.Histograms("memwatch/recovery/errors/train")[-1].histogram_value

@@ -256,7 +256,8 @@ def test_tensorboard_strip_of_samples_beside_their_nearest_training_digits(tmp_p
     events = read_events(tmp_path / "run" / "version_0")
     assert set(cb.logged_keys) <= set(events.Tags()["scalars"])
     strip = events.Images("memwatch/samples/nearest")
-    assert (strip[-1].height, strip[-1].width) == (8, 8 * (2 * 8 + 4) - 3)  # 8 pairs in a row
+    # 8 pairs, 4 a row, the 8 x 8 digits enlarged 8 times (64 px), 2 px apart
+    assert (strip[-1].height, strip[-1].width) == (2 * 64 + 2, 4 * (2 * 64 + 8) - 6)
     assert [e.step for e in strip] == [e.step for e in events.Scalars("memwatch/samples/ct")]
 
 

@@ -8,6 +8,7 @@ import re
 from itertools import product
 
 from lightning_memwatch.viz import add_layout, custom_scalars_layout
+from lightning_memwatch.viz.splits import split_scalars
 
 FAMILIES = ("spectrum", "density", "recovery", "likelihood", "complexity")
 MONITOR_KEYS = [
@@ -36,6 +37,20 @@ def charted_keys(tags: list[str], keys: list[str]) -> list[str]:
     return [key for key in keys if any(re.match(tag, key) for tag in tags)]
 
 
+def runs_of(keys: list[str]) -> dict[str, list[str]]:
+    """The tags of each run a monitor writes: the logger's run (``""``) holds the keys, the
+    split runs ``train`` and ``val`` the stem of each ``<stem>/train`` / ``<stem>/val`` key."""
+    runs = {"": list(keys), "train": [], "val": []}
+    for split, values in split_scalars(dict.fromkeys(keys, 0.0)).items():
+        runs[split] = list(values)
+    return runs
+
+
+def charted_series(tags: list[str], keys: list[str]) -> list[tuple[str, str]]:
+    """``(run, tag)`` of every series a chart of ``tags`` shows over the runs of ``keys``."""
+    return [(run, tag) for run, names in runs_of(keys).items() for tag in charted_keys(tags, names)]
+
+
 def test_each_train_val_pair_shares_a_chart_and_every_key_is_charted_once() -> None:
     layout = custom_scalars_layout(MONITOR_KEYS)
     order = ("recovery", "spectrum", "density", "likelihood", "complexity")
@@ -44,22 +59,21 @@ def test_each_train_val_pair_shares_a_chart_and_every_key_is_charted_once() -> N
     for category, charts in layout.items():
         for title, (kind, tags) in charts.items():
             assert kind == "Multiline"
-            keys = charted_keys(tags, MONITOR_KEYS)
-            assert all(key.startswith(f"{category}/") for key in keys)
+            series = charted_series(tags, MONITOR_KEYS)
+            assert all(tag.startswith(category) for _, tag in series)
             if title.endswith(": train vs val"):
                 descriptor = title.removesuffix(": train vs val")  # the family's own pair:
                 own = category.endswith(f"/{descriptor}")  # memwatch/likelihood/{train,val}
                 stem = category if own else f"{category}/{descriptor}"
-                assert keys == [f"{stem}/train", f"{stem}/val"], title
+                # one series per split run (two colours), none from the logger's run
+                assert series == [("train", stem), ("val", stem)], title
+                charted += [f"{stem}/train", f"{stem}/val"]
             else:
-                assert keys == [f"{category}/{title}"], title
-            charted += keys
+                assert series == [("", f"{category}/{title}")], title
+                charted.append(f"{category}/{title}")
     assert sorted(charted) == sorted(MONITOR_KEYS)
     spectrum = layout["memwatch/spectrum"]
-    assert spectrum["log_volume: train vs val"][1] == [
-        "^memwatch/spectrum/log_volume/train$",
-        "^memwatch/spectrum/log_volume/val$",
-    ]
+    assert spectrum["log_volume: train vs val"][1] == ["^memwatch/spectrum/log_volume$"]
     assert spectrum["log_volume/gap"][1] == ["^memwatch/spectrum/log_volume/gap$"]
     assert "likelihood: train vs val" in layout["memwatch/likelihood"]
     assert "mre_gap" in layout["memwatch/recovery"]
@@ -68,11 +82,13 @@ def test_each_train_val_pair_shares_a_chart_and_every_key_is_charted_once() -> N
 
 def test_keys_with_regex_specials_match_themselves_only() -> None:
     special = ["memwatch/x/a.b(1)+[c]*/train", "memwatch/x/a.b(1)+[c]*/val", "memwatch/x/s|t^$"]
-    decoys = ["memwatch/x/aXb(1)+[c]*/train", "memwatch/x/a.b(1)+[c]*/train_ema", "memwatch/x/s"]
+    decoys = ["memwatch/x/aXb(1)+[c]*/train", "memwatch/x/a.b(1)+[c]*_ema/val", "memwatch/x/s"]
     layout = custom_scalars_layout(special)
     pair = layout["memwatch/x"]["a.b(1)+[c]*: train vs val"][1]
-    assert charted_keys(pair, special + decoys) == special[:2]
-    assert charted_keys(layout["memwatch/x"]["s|t^$"][1], special + decoys) == special[2:]
+    stem = "memwatch/x/a.b(1)+[c]*"
+    assert charted_series(pair, special + decoys) == [("train", stem), ("val", stem)]
+    lone = layout["memwatch/x"]["s|t^$"][1]
+    assert charted_series(lone, special + decoys) == [("", special[2])]
 
 
 def test_a_lone_split_and_short_keys_get_charts_of_their_own() -> None:

@@ -23,6 +23,7 @@ from lightning_memwatch.viz import (
     pairs_grid,
     spectrum_figure,
 )
+from lightning_memwatch.viz.splits import write_split_scalars
 from tests.conftest import read_events
 
 LAYOUT_TAG = "custom_scalars__config__"
@@ -77,10 +78,7 @@ def test_histograms_figures_images_and_layout_read_back(tmp_path: Path) -> None:
     assert category.title == "memwatch/recovery"
     charts = {chart.title: list(chart.multiline.tag) for chart in category.chart}
     assert charts == {
-        "mre: train vs val": [
-            "^memwatch/recovery/mre/train$",
-            "^memwatch/recovery/mre/val$",
-        ],
+        "mre: train vs val": ["^memwatch/recovery/mre$"],  # the split runs' tag
         "mre_gap": ["^memwatch/recovery/mre_gap$"],
     }
 
@@ -105,13 +103,22 @@ def custom_scalars(logdir: Path):
 
 
 def test_tensorboard_shows_every_layout_and_matches_tags_literally(tmp_path: Path) -> None:
-    special = "memwatch/odd/a.b(1)+[x]/train"
+    """Served by TensorBoard's own plugin over the logger's run and the split runs below it: a
+    train-vs-val chart shows one series per split run (two colours), its key a literal."""
+    special = "memwatch/odd/a.b(1)+[x]"
     writer = SummaryWriter(log_dir=str(tmp_path))
-    for step, tag in enumerate([special, "memwatch/odd/aXb(1)+[x]/train", f"{special}_ema"]):
-        writer.add_scalar(tag, float(step), step)
-    writer.add_scalar("memwatch/odd/a.b(1)+[x]/val", 3.0, 3)
+    for step in range(3):
+        scalars = {
+            f"{special}/train": float(step),
+            f"{special}/val": 10.0 + step,
+            "memwatch/odd/aXb(1)+[x]/train": -1.0,  # decoys: must not match the chart's tag
+            f"{special}_ema/val": -2.0,
+        }
+        for key, value in scalars.items():
+            writer.add_scalar(key, value, step)
+        write_split_scalars(writer, scalars, step)
     add_layout(writer, ["memwatch/spectrum/seconds"])  # e.g. GeometryMonitor's keys
-    add_layout(writer, [special, "memwatch/odd/a.b(1)+[x]/val"])  # then another callback's
+    add_layout(writer, [f"{special}/train", f"{special}/val"])  # then another callback's
     writer.close()
 
     plugin = custom_scalars(tmp_path)
@@ -121,11 +128,16 @@ def test_tensorboard_shows_every_layout_and_matches_tags_literally(tmp_path: Pat
     assert list(charts) == ["memwatch/spectrum", "memwatch/odd"]
     (pair,) = charts["memwatch/odd"]
     assert pair["title"] == "a.b(1)+[x]: train vs val"
-    train_regex, val_regex = pair["multiline"]["tag"]
-    (run,) = plugin._data_provider.list_runs(ctx, experiment_id="")
-    matched = plugin.scalars_impl(ctx, run.run_name, train_regex, "")
-    assert matched["regex_valid"]
-    assert list(matched["tag_to_events"]) == [special]
-    assert list(plugin.scalars_impl(ctx, run.run_name, val_regex, "")["tag_to_events"]) == [
-        "memwatch/odd/a.b(1)+[x]/val"
-    ]
+    (regex,) = pair["multiline"]["tag"]
+    runs = sorted(run.run_name for run in plugin._data_provider.list_runs(ctx, experiment_id=""))
+    assert runs == [".", "train", "val"]
+    shown = {}
+    for run in runs:
+        matched = plugin.scalars_impl(ctx, run, regex, "")
+        assert matched["regex_valid"]
+        for tag, events in matched["tag_to_events"].items():
+            shown[run, tag] = [(step, value) for _, step, value in events]
+    assert shown == {
+        ("train", special): [(0, 0.0), (1, 1.0), (2, 2.0)],
+        ("val", special): [(0, 10.0), (1, 11.0), (2, 12.0)],
+    }

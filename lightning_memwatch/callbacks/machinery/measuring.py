@@ -27,7 +27,7 @@ from lightning_memwatch.callbacks.machinery.progress import NO_PROGRESS, Measure
 from lightning_memwatch.callbacks.machinery.readers import drop_stale
 from lightning_memwatch.callbacks.machinery.rolling import RollingTable, roll, slice_indices
 from lightning_memwatch.metrics.train_val import SPLITS, TrainValGap
-from lightning_memwatch.viz import add_layout
+from lightning_memwatch.viz import add_layout, log_split_runs
 
 #: Matplotlib figures are drawn at every this many-th measurement of a fit: they cost
 #: 0.34-0.52 s a measurement on the demo VAE (at 100 dpi), more than the measurement itself.
@@ -123,6 +123,7 @@ class Measuring:
             sync_dist=False,
             rank_zero_only=False,
         )
+        log_split_runs(trainer, scalars)  # train and val in two TensorBoard colours
         if fitting and size > 0:  # the logging is the measurement's cost too
             self.budget.record(size, time.perf_counter() - start)
 
