@@ -4,6 +4,10 @@ Usable on a saved generator in a notebook: every function takes a decoder callab
 ``f: (B, m) -> (B, ...)`` and latent points, and returns per-point values.
 """
 
+from lightning_memwatch.functional.autodiff import (
+    AutodiffFallbackWarning,
+    differentiable_attention,
+)
 from lightning_memwatch.functional.complexity import local_complexity
 from lightning_memwatch.functional.data_copying import (
     copied,
@@ -39,6 +43,7 @@ from lightning_memwatch.functional.stats import ks_pvalue, mre_gap
 from lightning_memwatch.functional.topk import top_singular_values, top_singular_values_and_vector
 
 __all__ = [
+    "AutodiffFallbackWarning",
     "assign_cells",
     "bernoulli_log_likelihood",
     "copied",
@@ -48,6 +53,7 @@ __all__ = [
     "data_copying_statistic",
     "decay_scores",
     "decay_terms",
+    "differentiable_attention",
     "dip_scores",
     "dip_terms",
     "gaussian_log_likelihood",

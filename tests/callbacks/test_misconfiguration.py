@@ -293,11 +293,21 @@ class Square(torch.autograd.Function):
         return 2 * x * grad
 
 
-def test_a_custom_autograd_function_without_forward_mode_fails_saying_so():
+class SquareWithoutDerivatives(torch.autograd.Function):
+    """A custom autograd Function with neither a backward nor a forward-mode rule."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * x
+
+
+def test_a_custom_autograd_function_without_any_derivative_fails_saying_so():
+    """Forward mode fails, and so does the reverse-mode fallback (a Function with a backward
+    and no forward-mode rule is measured: tests/functional/test_autodiff.py)."""
     model = make_autoencoder()
-    model.custom = lambda z: Square.apply(model.decoder(z))
+    model.custom = lambda z: SquareWithoutDerivatives.apply(model.decoder(z))
     with pytest.raises(
-        ValueError, match=r"forward-mode.*custom torch.autograd.Function.*`jvp`"
+        ValueError, match=r"differentiating the decoder `custom`.*failed both ways.*`backward`"
     ) as e:
         fit(GeometryMonitor(decoder="custom", encoder="encode"), model=model)
     assert "out of `families`" in str(e.value)

@@ -1,0 +1,303 @@
+"""Differentiating any decoder that can be trained: forward mode where torch has the rules,
+reverse mode where it has not.
+
+The exact Jacobian ``J = df/dz`` (``n x m``) is cheap in forward mode: ``m`` Jacobian-vector
+products (``torch.func.jvp``), against ``n`` vector-Jacobian products in reverse mode. A few ops
+have a backward rule and no forward-mode one:
+
+- the fused attention kernels ``F.scaled_dot_product_attention`` picks by default
+  (``_scaled_dot_product_flash_attention_for_cpu`` on CPU), used by diffusers' attention
+  processors and most hand-written attention;
+- the fast paths ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` take in eval mode
+  (``aten::_native_multi_head_attention``, ``aten::_transformer_encoder_layer_fwd``).
+
+:func:`differentiable_attention` routes around both (the math kernel is plain differentiable
+ops, the same values up to rounding). Any other op without a forward-mode rule (a custom
+``torch.autograd.Function`` without ``jvp``, an op torch has not covered) is differentiated by
+:func:`with_fallback` in reverse mode, down a ladder of :data:`MODES` that each decoder
+descends at most once (the mode that worked is remembered per decoder), with one
+:class:`AutodiffFallbackWarning` that names the op.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+T = TypeVar("T")
+
+#: How a Jacobian is computed, fastest first: forward mode (``vmap`` of ``torch.func.jvp`` over
+#: the ``m`` basis tangents); reverse mode by ``vmap`` of ``torch.func.vjp`` over the ``n``
+#: basis cotangents; the same by ``torch.autograd.grad(..., is_grads_batched=True)``, which also
+#: takes a custom ``autograd.Function`` without ``setup_context`` (``torch.func`` refuses those);
+#: one ``torch.autograd.grad`` per output element, for a backward that cannot run under ``vmap``.
+MODES = ("forward", "vjp", "grad", "grad-loop")
+
+_REMEMBERED: weakref.WeakKeyDictionary[Any, dict[Any, int]] = weakref.WeakKeyDictionary()
+_ANNOUNCED: set[str] = set()
+
+
+class AutodiffFallbackWarning(UserWarning):
+    """A decoder's Jacobians are computed in reverse mode: an op in it has no forward-mode rule."""
+
+
+@contextmanager
+def _math_attention() -> Iterator[None]:
+    """SDPA on its math kernel only, the enabled backends restored on exit."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3: the same global flags, set through the older helper
+        with torch.backends.cuda.sdp_kernel(
+            enable_flash=False, enable_math=True, enable_mem_efficient=False
+        ):
+            yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield
+
+
+@contextmanager
+def _mha_fast_path_off() -> Iterator[None]:
+    """``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` fast paths off, restored on exit.
+
+    ``torch.backends.mha.set_fastpath_enabled`` is missing from older torch releases; there the
+    fast path stays on and such a decoder is measured by the reverse-mode fallback (the fast path
+    is never taken while gradients are recorded, so reverse mode runs through the plain ops).
+    """
+    mha = getattr(torch.backends, "mha", None)
+    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
+        yield
+        return
+    saved = mha.get_fastpath_enabled()
+    mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        mha.set_fastpath_enabled(saved)
+
+
+@contextmanager
+def differentiable_attention() -> Iterator[None]:
+    """Attention that forward-mode AD runs through, for the block inside only.
+
+    ``F.scaled_dot_product_attention`` is routed to its math kernel
+    (``torch.nn.attention.sdpa_kernel([SDPBackend.MATH])``, ``torch.backends.cuda.sdp_kernel``
+    before torch 2.3) and the ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` fast
+    paths are turned off (``torch.backends.mha.set_fastpath_enabled(False)`` where it exists).
+    Both are global switches; both are put back on exit, also when the block raises. Training
+    outside the block keeps its fused kernels.
+
+    Example::
+
+        >>> import torch
+        >>> attention = torch.nn.MultiheadAttention(4, 2, batch_first=True).eval()
+        >>> def f(z):
+        ...     h = z.reshape(-1, 2, 4)
+        ...     return attention(h, h, h, need_weights=False)[0].flatten(1)
+        >>> z, t = torch.randn(1, 8), torch.randn(1, 8)
+        >>> with differentiable_attention(), torch.no_grad():
+        ...     jv = torch.func.jvp(f, (z,), (t,))[1]
+        >>> jv.shape
+        torch.Size([1, 8])
+    """
+    with _math_attention(), _mha_fast_path_off():
+        yield
+
+
+def _identity(f: Callable[..., Any]) -> tuple[Any, Any] | None:
+    """``(owner, route)`` that stays the same across calls for one decoder: the module behind a
+    bound method (or a wrapper's ``__self__``) and the method's function; ``None`` when ``f``
+    cannot be referenced weakly (then nothing is remembered)."""
+    inner = f
+    while hasattr(inner, "__wrapped__"):
+        inner = inner.__wrapped__
+    owner = getattr(inner, "__self__", None)
+    if owner is None or isinstance(owner, type(torch)):  # builtins: __self__ is a module
+        owner = inner
+    try:
+        weakref.ref(owner)
+    except TypeError:
+        return None
+    return owner, getattr(inner, "__func__", None)
+
+
+def remembered_mode(f: Callable[..., Any]) -> int:
+    """Index in :data:`MODES` that ``f``'s Jacobians start from (``0``: forward mode)."""
+    key = _identity(f)
+    return 0 if key is None else _REMEMBERED.get(key[0], {}).get(key[1], 0)
+
+
+def _remember(f: Callable[..., Any], mode: int) -> None:
+    key = _identity(f)
+    if key is not None:
+        _REMEMBERED.setdefault(key[0], {})[key[1]] = mode
+
+
+def failing_op(error: BaseException) -> str:
+    """The op an autodiff error names: the aten op of "Trying to use forward AD with <op>",
+    the class of a custom ``autograd.Function`` (read from the traceback), else the message."""
+    message = str(error)
+    found = re.search(r"forward AD with (\S+?)(?: that|\s|$)", message)
+    if found:
+        return found.group(1)
+    if "autograd.Function" in message:
+        tb = error.__traceback__
+        while tb is not None:
+            cls = tb.tb_frame.f_locals.get("cls")
+            if isinstance(cls, type) and issubclass(cls, torch.autograd.Function):
+                return f"the custom torch.autograd.Function {cls.__qualname__}"
+            tb = tb.tb_next
+        return "a custom torch.autograd.Function"
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    return f"{type(error).__name__}: {first[:200]}"
+
+
+def _name(f: Callable[..., Any]) -> str:
+    """The decoder as its code names it: the method (``Model.decode``), the module's class, the
+    function's qualified name."""
+    key = _identity(f)
+    owner, route = key if key is not None else (f, None)
+    if route is not None:
+        return route.__qualname__
+    return getattr(owner, "__qualname__", type(owner).__name__)
+
+
+def _announce(
+    f: Callable[..., Any], z: Tensor, mode: int, start: int, error: BaseException
+) -> None:
+    """One :class:`AutodiffFallbackWarning` per message: the failing op, the mode that took over
+    and its cost; the same decoder, op and sizes are not announced twice in a process."""
+    devices = [z.device] if z.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        n = f(z[:1]).reshape(1, -1).shape[1]
+    m = z.shape[1]
+    how = {
+        "vjp": "torch.func.vjp under vmap",
+        "grad": "torch.autograd.grad with is_grads_batched",
+        "grad-loop": "one torch.autograd.grad call per output element, a Python loop",
+    }[MODES[mode]]
+    tried = "forward mode (torch.func.jvp)" if start == 0 else f"{MODES[start]} mode"
+    message = (
+        f"Differentiating the decoder `{_name(f)}` in {tried} failed on {failing_op(error)}; "
+        f"its Jacobians are computed in reverse mode instead ({how}): n = {n} vector-Jacobian "
+        f"products per point instead of m = {m} Jacobian-vector products ({n / m:.3g}x as many "
+        "passes; top-k spectra become exact spectra). The values are the same. To keep forward "
+        "mode, give the op a forward-mode rule (a custom autograd.Function needs "
+        "`setup_context` and `jvp`)"
+    )
+    if message not in _ANNOUNCED:
+        _ANNOUNCED.add(message)
+        warnings.warn(AutodiffFallbackWarning(message), stacklevel=3)
+
+
+def with_fallback(
+    f: Callable[..., Any], z: Tensor, attempts: Sequence[Callable[[], T]]
+) -> tuple[T, int]:
+    """``(attempts[i](), i)`` for the first mode ``i`` (of :data:`MODES`) that works, from the
+    one remembered for ``f`` on; a mode that worked after a failure is remembered and announced.
+
+    Only ``RuntimeError`` and ``NotImplementedError`` (what torch raises for a missing rule, a
+    refused ``autograd.Function``, a ``.item()`` under ``vmap``) move to the next mode; an
+    out-of-memory error and every other exception propagate at once. When the last mode fails
+    too its error is raised, chained to the first one.
+    """
+    start = remembered_mode(f)
+    first: BaseException | None = None
+    for mode in range(start, len(attempts)):
+        try:
+            result = attempts[mode]()
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except (RuntimeError, NotImplementedError) as error:
+            if mode == len(attempts) - 1:
+                if first is not None and first is not error:
+                    raise error from first
+                raise
+            first = first or error
+            continue
+        if mode > start:
+            _remember(f, mode)
+            _announce(f, z, mode, start, first)
+        return result, mode
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _cotangent_rows(start: int, stop: int, batch: int, n: int, like: Tensor) -> Tensor:
+    """Basis cotangents ``e_i`` for ``i`` in ``[start, stop)``, broadcast over the points:
+    ``(stop - start, batch, n)``, built per block so ``I_n`` is never held whole."""
+    rows = torch.zeros(stop - start, batch, n, dtype=like.dtype, device=like.device)
+    index = torch.arange(start, stop, device=like.device)
+    rows[torch.arange(stop - start, device=like.device), :, index] = 1
+    return rows
+
+
+def reverse_jacobian(
+    f: Callable[[Tensor], Tensor],
+    z: Tensor,
+    mode: str,
+    *,
+    budget_bytes: int,
+    limit: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``f(z)`` flattened ``(B, n)`` and the Jacobians ``(B, n, m)`` by reverse mode, with
+    respect to ``z`` only (no parameter's ``.grad`` is written; works under an outer
+    ``no_grad``). ``mode`` is one of ``MODES[1:]``; ``limit`` keeps the first rows only.
+
+    The ``n`` basis cotangents go through in blocks of ``c`` rows, ``c B n`` entries at most
+    ``budget_bytes`` (about ``m`` rows when ``B`` is the forward-mode chunk: the same peak
+    memory). Row ``i`` of every point's Jacobian comes from one backward of ``sum_b f_i(z_b)``:
+    exact when the points do not interact (a module in eval mode).
+    """
+    batch = z.shape[0]
+    with torch.enable_grad():
+        if mode == "vjp":
+            outputs, pull = torch.func.vjp(lambda x: f(x).reshape(batch, -1), z)
+        else:
+            x = z.detach().requires_grad_(True)
+            outputs = f(x).reshape(batch, -1)
+        n = outputs.shape[1] if limit is None else min(limit, outputs.shape[1])
+        if mode != "vjp" and not outputs.requires_grad:  # no path from the latents: J = 0
+            return outputs.detach(), z.new_zeros(batch, n, z.shape[1])
+        width = max(1, min(n, budget_bytes // max(batch * outputs.shape[1] * z.element_size(), 1)))
+        blocks = []
+        for start in range(0, n, width):
+            stop = min(n, start + width)
+            if mode == "vjp":
+                cotangents = _cotangent_rows(start, stop, batch, outputs.shape[1], z)
+                blocks.append(torch.func.vmap(pull)(cotangents)[0])
+            elif mode == "grad":
+                cotangents = _cotangent_rows(start, stop, batch, outputs.shape[1], z)
+                blocks.append(_grad(outputs, x, cotangents, batched=True))
+            else:
+                blocks.append(
+                    torch.stack([_grad(outputs[:, i].sum(), x) for i in range(start, stop)])
+                )
+    return outputs.detach(), torch.cat(blocks).transpose(0, 1)
+
+
+def _grad(
+    outputs: Tensor, x: Tensor, cotangents: Tensor | None = None, batched: bool = False
+) -> Tensor:
+    """``torch.autograd.grad`` with respect to ``x`` alone, graph kept; zeros where the
+    outputs do not depend on ``x``."""
+    (g,) = torch.autograd.grad(
+        outputs, x, cotangents, retain_graph=True, allow_unused=True, is_grads_batched=batched
+    )
+    if g is None:
+        shape = (cotangents.shape[0], *x.shape) if batched else x.shape
+        g = torch.zeros(shape, dtype=x.dtype, device=x.device)
+    return g.detach()
+
+
+def fallback_attempts(
+    forward: Callable[[], T], reverse: Callable[[str], T]
+) -> list[Callable[[], T]]:
+    """``forward``, then ``reverse(mode)`` per reverse mode, as :func:`with_fallback` takes."""
+    return [forward, *(lambda mode=mode: reverse(mode) for mode in MODES[1:])]

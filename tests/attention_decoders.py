@@ -1,0 +1,134 @@
+"""Small decoders whose ops forward-mode AD cannot run through as torch picks them: attention
+(``nn.MultiheadAttention``'s eval-mode fast path, SDPA's fused CPU kernel, a diffusers attention
+block) and custom ``autograd.Function`` s with a backward rule only; and a float64 reverse-mode
+reference Jacobian to measure them against."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MHADecoder(nn.Module):
+    """``R^m -> R^n`` through ``nn.MultiheadAttention`` over ``tokens`` tokens of width ``d``
+    (in eval mode, without gradients, it takes the fused fast path)."""
+
+    def __init__(self, m: int = 6, n: int = 64, tokens: int = 8, d: int = 8) -> None:
+        super().__init__()
+        self.tokens, self.d = tokens, d
+        self.embed = nn.Linear(m, tokens * d)
+        self.attention = nn.MultiheadAttention(d, num_heads=2, batch_first=True)
+        self.out = nn.Linear(tokens * d, n)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.embed(z)).reshape(-1, self.tokens, self.d)
+        a, _ = self.attention(h, h, h, need_weights=False)
+        return self.out((h + a).flatten(1))
+
+
+class SDPADecoder(nn.Module):
+    """``R^m -> R^n`` through ``F.scaled_dot_product_attention`` (two heads)."""
+
+    def __init__(self, m: int = 6, n: int = 64, tokens: int = 8, d: int = 8) -> None:
+        super().__init__()
+        self.tokens, self.d = tokens, d
+        self.embed = nn.Linear(m, tokens * d)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(tokens * d, n)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.embed(z)).reshape(-1, self.tokens, self.d)
+        q, k, v = self.qkv(h).reshape(-1, self.tokens, 3, 2, self.d // 2).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(h.shape)
+        return self.out((h + a).flatten(1))
+
+
+class DiffusersAttentionDecoder(nn.Module):
+    """``R^m -> R^n`` through a diffusers ``Attention`` block on a ``(8, 4, 4)`` feature map
+    with its default processor (``AttnProcessor2_0``: ``F.scaled_dot_product_attention``), as
+    in the mid-block of ``AutoencoderKL`` and ``UNet2DModel``."""
+
+    def __init__(self, m: int = 6, n: int = 64) -> None:
+        super().__init__()
+        from diffusers.models.attention_processor import Attention
+
+        self.embed = nn.Linear(m, 8 * 4 * 4)
+        self.attention = Attention(
+            8,
+            heads=2,
+            dim_head=4,
+            norm_num_groups=2,
+            residual_connection=True,
+            bias=True,
+            upcast_softmax=True,
+            _from_deprecated_attn_block=True,
+        )
+        self.out = nn.Linear(8 * 4 * 4, n)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.out(self.attention(torch.tanh(self.embed(z)).reshape(-1, 8, 4, 4)).flatten(1))
+
+
+class Square(torch.autograd.Function):
+    """``x^2`` with a backward rule only, old style (``forward(ctx, x)``, no ``setup_context``,
+    no ``jvp``): neither ``torch.func.jvp`` nor ``torch.func.vjp`` accepts it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return 2 * x * grad
+
+
+class NumpySquare(torch.autograd.Function):
+    """``x^2`` whose backward goes through numpy: it cannot run under ``vmap`` (a batched
+    tensor has no storage), so only one ``torch.autograd.grad`` per output element works."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.from_numpy(2 * x.detach().numpy() * grad.detach().numpy())
+
+
+class FunctionDecoder(nn.Module):
+    """``R^m -> R^n``: a tanh MLP with a custom ``autograd.Function`` in the middle; counts its
+    calls."""
+
+    def __init__(self, function: type[torch.autograd.Function] = Square, m: int = 5, n: int = 12):
+        super().__init__()
+        self.function = function
+        self.first = nn.Linear(m, 16)
+        self.second = nn.Linear(16, n)
+        self.calls = 0
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.second(self.function.apply(torch.tanh(self.first(z))))
+
+
+def reverse_jacobian64(module: nn.Module, z: torch.Tensor) -> np.ndarray:
+    """Float64 reference ``(B, n, m)`` by reverse mode on a float64 copy of the module in eval
+    mode, with torch's own kernel choices: row ``i`` of every point's Jacobian is the gradient
+    of ``sum_b f_i(z_b)`` (one ``torch.autograd.grad`` per output element; the points do not
+    interact in eval mode)."""
+    ref = copy.deepcopy(module).double().eval()
+    x = z.detach().double().requires_grad_(True)
+    with torch.enable_grad():
+        y = ref(x).reshape(len(x), -1)
+        rows = [
+            torch.autograd.grad(y[:, i].sum(), x, retain_graph=True)[0] for i in range(y.shape[1])
+        ]
+    return torch.stack(rows, dim=1).numpy()
