@@ -14,9 +14,9 @@ have a backward rule and no forward-mode one:
 :func:`differentiable_attention` routes around both (the math kernel is plain differentiable
 ops, the same values up to rounding). Any other op without a forward-mode rule (a custom
 ``torch.autograd.Function`` without ``jvp``, an op torch has not covered) is differentiated by
-:func:`with_fallback` in reverse mode, down a ladder of :data:`MODES` that each decoder
-descends at most once (the mode that worked is remembered per decoder), with one
-:class:`AutodiffFallbackWarning` that names the op.
+:func:`with_fallback` in reverse mode (:mod:`~lightning_memwatch.functional.reverse`), down a
+ladder of :data:`MODES` that each decoder descends at most once (the mode that worked is
+remembered per decoder), with one :class:`AutodiffFallbackWarning` that names the op.
 """
 
 from __future__ import annotations
@@ -53,14 +53,29 @@ def _math_attention() -> Iterator[None]:
     """SDPA on its math kernel only, the enabled backends restored on exit."""
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3: the same global flags, set through the older helper
-        with torch.backends.cuda.sdp_kernel(
-            enable_flash=False, enable_math=True, enable_mem_efficient=False
-        ):
+    except ImportError:  # torch < 2.3: the same global switches, one by one
+        with _math_attention_switches():
             yield
         return
     with sdpa_kernel([SDPBackend.MATH]):
         yield
+
+
+@contextmanager
+def _math_attention_switches() -> Iterator[None]:
+    cuda = torch.backends.cuda
+    others = [
+        name for name in ("flash", "mem_efficient", "cudnn") if hasattr(cuda, f"{name}_sdp_enabled")
+    ]
+    saved = {name: getattr(cuda, f"{name}_sdp_enabled")() for name in [*others, "math"]}
+    try:
+        for name in others:
+            getattr(cuda, f"enable_{name}_sdp")(False)
+        cuda.enable_math_sdp(True)
+        yield
+    finally:
+        for name, enabled in saved.items():
+            getattr(cuda, f"enable_{name}_sdp")(enabled)
 
 
 @contextmanager
@@ -88,9 +103,10 @@ def differentiable_attention() -> Iterator[None]:
     """Attention that forward-mode AD runs through, for the block inside only.
 
     ``F.scaled_dot_product_attention`` is routed to its math kernel
-    (``torch.nn.attention.sdpa_kernel([SDPBackend.MATH])``, ``torch.backends.cuda.sdp_kernel``
-    before torch 2.3) and the ``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` fast
-    paths are turned off (``torch.backends.mha.set_fastpath_enabled(False)`` where it exists).
+    (``torch.nn.attention.sdpa_kernel([SDPBackend.MATH])``; before torch 2.3 the
+    ``torch.backends.cuda.enable_*_sdp`` switches it sets) and the ``nn.MultiheadAttention`` /
+    ``nn.TransformerEncoderLayer`` fast paths are turned off
+    (``torch.backends.mha.set_fastpath_enabled(False)``, where it exists).
     Both are global switches; both are put back on exit, also when the block raises. Training
     outside the block keeps its fused kernels.
 
@@ -227,73 +243,6 @@ def with_fallback(
             _announce(f, z, mode, start, first)
         return result, mode
     raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _cotangent_rows(start: int, stop: int, batch: int, n: int, like: Tensor) -> Tensor:
-    """Basis cotangents ``e_i`` for ``i`` in ``[start, stop)``, broadcast over the points:
-    ``(stop - start, batch, n)``, built per block so ``I_n`` is never held whole."""
-    rows = torch.zeros(stop - start, batch, n, dtype=like.dtype, device=like.device)
-    index = torch.arange(start, stop, device=like.device)
-    rows[torch.arange(stop - start, device=like.device), :, index] = 1
-    return rows
-
-
-def reverse_jacobian(
-    f: Callable[[Tensor], Tensor],
-    z: Tensor,
-    mode: str,
-    *,
-    budget_bytes: int,
-    limit: int | None = None,
-) -> tuple[Tensor, Tensor]:
-    """``f(z)`` flattened ``(B, n)`` and the Jacobians ``(B, n, m)`` by reverse mode, with
-    respect to ``z`` only (no parameter's ``.grad`` is written; works under an outer
-    ``no_grad``). ``mode`` is one of ``MODES[1:]``; ``limit`` keeps the first rows only.
-
-    The ``n`` basis cotangents go through in blocks of ``c`` rows, ``c B n`` entries at most
-    ``budget_bytes`` (about ``m`` rows when ``B`` is the forward-mode chunk: the same peak
-    memory). Row ``i`` of every point's Jacobian comes from one backward of ``sum_b f_i(z_b)``:
-    exact when the points do not interact (a module in eval mode).
-    """
-    batch = z.shape[0]
-    with torch.enable_grad():
-        if mode == "vjp":
-            outputs, pull = torch.func.vjp(lambda x: f(x).reshape(batch, -1), z)
-        else:
-            x = z.detach().requires_grad_(True)
-            outputs = f(x).reshape(batch, -1)
-        n = outputs.shape[1] if limit is None else min(limit, outputs.shape[1])
-        if mode != "vjp" and not outputs.requires_grad:  # no path from the latents: J = 0
-            return outputs.detach(), z.new_zeros(batch, n, z.shape[1])
-        width = max(1, min(n, budget_bytes // max(batch * outputs.shape[1] * z.element_size(), 1)))
-        blocks = []
-        for start in range(0, n, width):
-            stop = min(n, start + width)
-            if mode == "vjp":
-                cotangents = _cotangent_rows(start, stop, batch, outputs.shape[1], z)
-                blocks.append(torch.func.vmap(pull)(cotangents)[0])
-            elif mode == "grad":
-                cotangents = _cotangent_rows(start, stop, batch, outputs.shape[1], z)
-                blocks.append(_grad(outputs, x, cotangents, batched=True))
-            else:
-                blocks.append(
-                    torch.stack([_grad(outputs[:, i].sum(), x) for i in range(start, stop)])
-                )
-    return outputs.detach(), torch.cat(blocks).transpose(0, 1)
-
-
-def _grad(
-    outputs: Tensor, x: Tensor, cotangents: Tensor | None = None, batched: bool = False
-) -> Tensor:
-    """``torch.autograd.grad`` with respect to ``x`` alone, graph kept; zeros where the
-    outputs do not depend on ``x``."""
-    (g,) = torch.autograd.grad(
-        outputs, x, cotangents, retain_graph=True, allow_unused=True, is_grads_batched=batched
-    )
-    if g is None:
-        shape = (cotangents.shape[0], *x.shape) if batched else x.shape
-        g = torch.zeros(shape, dtype=x.dtype, device=x.device)
-    return g.detach()
 
 
 def fallback_attempts(

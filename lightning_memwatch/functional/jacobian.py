@@ -25,9 +25,9 @@ from lightning_memwatch.functional.autodiff import (
     MODES,
     differentiable_attention,
     fallback_attempts,
-    reverse_jacobian,
     with_fallback,
 )
+from lightning_memwatch.functional.reverse import reverse_jacobian
 
 Decoder = Callable[[Tensor], Tensor]
 

@@ -39,7 +39,6 @@ from torch import Tensor
 
 from lightning_memwatch.functional.autodiff import (
     fallback_attempts,
-    reverse_jacobian,
     with_fallback,
 )
 from lightning_memwatch.functional.checks import check_int
@@ -55,6 +54,7 @@ from lightning_memwatch.functional.jacobian import (
     map_chunks,
     push_block,
 )
+from lightning_memwatch.functional.reverse import reverse_jacobian
 
 #: Seed of the test block when no ``generator`` is given: every call draws the same block, so a
 #: curve over epochs moves with the model, not with the draws.

@@ -236,3 +236,20 @@ def test_with_fallback_moves_down_remembers_and_lets_oom_through():
     assert with_fallback(f, z, [oom, oom, lambda: "again"]) == ("again", 2)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         with_fallback(lambda z: z, z, [oom, lambda: "never"])
+
+
+def test_the_older_torch_branches_set_the_same_switches(monkeypatch):
+    """torch < 2.3 has no ``torch.nn.attention.sdpa_kernel`` (the switches are then set one by
+    one) and older releases no ``torch.backends.mha.set_fastpath_enabled`` (the fast path then
+    stays on)."""
+    monkeypatch.delattr(torch.nn.attention, "sdpa_kernel")  # the import fails
+    monkeypatch.delattr(torch.backends.mha, "set_fastpath_enabled")
+    before = sdpa_and_mha_switches()
+    f = decoder("sdpa")
+    z = torch.randn(3, 6)
+    with differentiable_attention():
+        assert sdpa_and_mha_switches() == (False, False, True, False, True)
+        jac = plain_jvp(f, z).permute(1, 2, 0)  # the SDPA decoder runs in forward mode
+    assert sdpa_and_mha_switches() == before
+    ref = reverse_jacobian64(f, z)
+    np.testing.assert_allclose(jac.numpy(), ref, rtol=0, atol=2e-6 * np.abs(ref).max())
