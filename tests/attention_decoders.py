@@ -47,26 +47,31 @@ class SDPADecoder(nn.Module):
         return self.out((h + a).flatten(1))
 
 
+def diffusers_attention(channels: int = 8) -> nn.Module:
+    """A diffusers ``Attention`` block over a ``(channels, h, w)`` map, as in the mid-block of
+    ``AutoencoderKL`` and ``UNet2DModel``, with its default processor (``AttnProcessor2_0``:
+    ``F.scaled_dot_product_attention``); random init, two heads."""
+    from diffusers.models.attention_processor import Attention
+
+    return Attention(
+        channels,
+        heads=2,
+        dim_head=channels // 2,
+        norm_num_groups=2,
+        residual_connection=True,
+        bias=True,
+        upcast_softmax=True,
+        _from_deprecated_attn_block=True,
+    )
+
+
 class DiffusersAttentionDecoder(nn.Module):
-    """``R^m -> R^n`` through a diffusers ``Attention`` block on a ``(8, 4, 4)`` feature map
-    with its default processor (``AttnProcessor2_0``: ``F.scaled_dot_product_attention``), as
-    in the mid-block of ``AutoencoderKL`` and ``UNet2DModel``."""
+    """``R^m -> R^n`` through :func:`diffusers_attention` on an ``(8, 4, 4)`` feature map."""
 
     def __init__(self, m: int = 6, n: int = 64) -> None:
         super().__init__()
-        from diffusers.models.attention_processor import Attention
-
         self.embed = nn.Linear(m, 8 * 4 * 4)
-        self.attention = Attention(
-            8,
-            heads=2,
-            dim_head=4,
-            norm_num_groups=2,
-            residual_connection=True,
-            bias=True,
-            upcast_softmax=True,
-            _from_deprecated_attn_block=True,
-        )
+        self.attention = diffusers_attention(8)
         self.out = nn.Linear(8 * 4 * 4, n)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -88,14 +93,10 @@ class Square(torch.autograd.Function):
         return 2 * x * grad
 
 
-class NumpySquare(torch.autograd.Function):
-    """``x^2`` whose backward goes through numpy: it cannot run under ``vmap`` (a batched
-    tensor has no storage), so only one ``torch.autograd.grad`` per output element works."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
+class NumpySquare(Square):
+    """:class:`Square` whose backward goes through numpy: it cannot run under ``vmap`` (a
+    batched tensor has no storage), so only one ``torch.autograd.grad`` per output element
+    works."""
 
     @staticmethod
     def backward(ctx, grad):
@@ -132,3 +133,16 @@ def reverse_jacobian64(module: nn.Module, z: torch.Tensor) -> np.ndarray:
             torch.autograd.grad(y[:, i].sum(), x, retain_graph=True)[0] for i in range(y.shape[1])
         ]
     return torch.stack(rows, dim=1).numpy()
+
+
+def attention_switches() -> tuple[bool, ...]:
+    """The global switches :func:`~lightning_memwatch.functional.differentiable_attention` sets:
+    SDPA's flash, memory-efficient, math and cuDNN backends, the MHA fast path."""
+    cuda = torch.backends.cuda
+    return (
+        cuda.flash_sdp_enabled(),
+        cuda.mem_efficient_sdp_enabled(),
+        cuda.math_sdp_enabled(),
+        cuda.cudnn_sdp_enabled(),
+        torch.backends.mha.get_fastpath_enabled(),
+    )

@@ -17,7 +17,13 @@ from torch import nn
 from lightning_memwatch.callbacks import GeometryMonitor
 from lightning_memwatch.callbacks.machinery.isolation import measurement_context
 from lightning_memwatch.functional import AutodiffFallbackWarning, autodiff, jacobian
-from tests.attention_decoders import FunctionDecoder, Square, reverse_jacobian64
+from tests.attention_decoders import (
+    FunctionDecoder,
+    Square,
+    attention_switches,
+    diffusers_attention,
+    reverse_jacobian64,
+)
 from tests.conftest import digits_loaders, quiet_trainer
 
 
@@ -33,19 +39,9 @@ class AttentionDecoder(nn.Module):
 
     def __init__(self, latent_dim: int = 4) -> None:
         super().__init__()
-        from diffusers.models.attention_processor import Attention
-
         self.embed = nn.Linear(latent_dim, 64)
         self.attention = nn.MultiheadAttention(8, num_heads=2, batch_first=True, dropout=0.1)
-        self.block = Attention(
-            8,
-            heads=2,
-            dim_head=4,
-            norm_num_groups=2,
-            residual_connection=True,
-            bias=True,
-            _from_deprecated_attn_block=True,
-        )
+        self.block = diffusers_attention(8)
         self.out = nn.Sequential(nn.Dropout(0.1), nn.Linear(64, 64), nn.Sigmoid())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -102,30 +98,20 @@ def fit(callbacks, max_epochs=2, make_model=AttentionAutoencoder):
     return trainer, model
 
 
-def switches() -> tuple[bool, ...]:
-    cuda = torch.backends.cuda
-    return (
-        cuda.flash_sdp_enabled(),
-        cuda.mem_efficient_sdp_enabled(),
-        cuda.math_sdp_enabled(),
-        torch.backends.mha.get_fastpath_enabled(),
-    )
-
-
 def log_volume(s: np.ndarray) -> float:
     """Mean over points of the sum of log singular values above ``1e-4 s_1``."""
     return float(np.mean([np.log(row[row > 1e-4 * row[0]]).sum() for row in s]))
 
 
 def test_an_attention_decoder_is_measured_and_training_is_bit_identical():
-    before = switches()
+    before = attention_switches()
     _, plain = fit([])
     cb = monitor()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer, watched = fit([cb])
     assert plain.losses == watched.losses
-    assert switches() == before
+    assert attention_switches() == before
     # attention is measured in forward mode: no fallback
     assert not [w for w in caught if issubclass(w.category, AutodiffFallbackWarning)]
     got = trainer.callback_metrics

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from lightning_memwatch.callbacks import GeometryMonitor, LikelihoodMonitor, RecoveryMonitor
+from tests.attention_decoders import Square
 from tests.conftest import digits_loaders, digits_tensors, make_autoencoder, quiet_trainer
 
 
@@ -277,20 +278,6 @@ def test_a_decoder_that_loses_the_batch_dimension():
     model.first = lambda z: model.decoder(z)[0]
     with pytest.raises(ValueError, match=r"batch of 2 outputs for 2 latents.*\(1, 8, 8\)"):
         fit(GeometryMonitor(decoder="first", encoder="encode"), model=model)
-
-
-class Square(torch.autograd.Function):
-    """A custom autograd Function with a backward rule and no forward-mode rule."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return x * x
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
 
 
 class SquareWithoutDerivatives(torch.autograd.Function):

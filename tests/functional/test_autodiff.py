@@ -27,6 +27,7 @@ from tests.attention_decoders import (
     NumpySquare,
     SDPADecoder,
     Square,
+    attention_switches,
     reverse_jacobian64,
 )
 
@@ -54,17 +55,6 @@ def plain_jvp(f, z):
     tangents = torch.eye(z.shape[1])[:, None].expand(-1, *z.shape)
     with torch.no_grad():
         return torch.func.vmap(lambda t: torch.func.jvp(f, (z,), (t,))[1])(tangents)
-
-
-def sdpa_and_mha_switches() -> tuple[bool, ...]:
-    cuda = torch.backends.cuda
-    return (
-        cuda.flash_sdp_enabled(),
-        cuda.mem_efficient_sdp_enabled(),
-        cuda.math_sdp_enabled(),
-        cuda.cudnn_sdp_enabled(),
-        torch.backends.mha.get_fastpath_enabled(),
-    )
 
 
 @pytest.mark.parametrize(
@@ -167,14 +157,14 @@ def test_a_fallback_under_no_grad_and_inference_mode_writes_no_grad():
 
 
 def test_the_attention_switches_are_set_inside_and_restored_after():
-    before = sdpa_and_mha_switches()
+    before = attention_switches()
     assert before == (True, True, True, True, True)  # torch's defaults
     with differentiable_attention():
-        assert sdpa_and_mha_switches() == (False, False, True, False, False)
-    assert sdpa_and_mha_switches() == before
+        assert attention_switches() == (False, False, True, False, False)
+    assert attention_switches() == before
     with pytest.raises(KeyError), differentiable_attention():
         raise KeyError("raised inside")
-    assert sdpa_and_mha_switches() == before
+    assert attention_switches() == before
 
 
 def test_switches_and_grad_mode_are_restored_after_a_measurement_that_raises():
@@ -182,16 +172,16 @@ def test_switches_and_grad_mode_are_restored_after_a_measurement_that_raises():
         def forward(self, z):
             raise ValueError("the user's own error")
 
-    before = sdpa_and_mha_switches()
+    before = attention_switches()
     with pytest.raises(ValueError, match="the user's own error"):
         jacobian(Broken(), torch.randn(2, 3), chunk_size=1)
     with torch.no_grad(), pytest.raises(ValueError, match="the user's own error"):
         singular_values(Broken(), torch.randn(2, 3), top_k=1, chunk_size=1)
-    assert sdpa_and_mha_switches() == before
+    assert attention_switches() == before
     assert torch.is_grad_enabled()
     for name in ATTENTION:
         jacobian(decoder(name), torch.randn(2, 6))
-        assert sdpa_and_mha_switches() == before
+        assert attention_switches() == before
 
 
 def test_an_error_that_is_not_about_autodiff_is_raised_at_once():
@@ -244,12 +234,12 @@ def test_the_older_torch_branches_set_the_same_switches(monkeypatch):
     stays on)."""
     monkeypatch.delattr(torch.nn.attention, "sdpa_kernel")  # the import fails
     monkeypatch.delattr(torch.backends.mha, "set_fastpath_enabled")
-    before = sdpa_and_mha_switches()
+    before = attention_switches()
     f = decoder("sdpa")
     z = torch.randn(3, 6)
     with differentiable_attention():
-        assert sdpa_and_mha_switches() == (False, False, True, False, True)
+        assert attention_switches() == (False, False, True, False, True)
         jac = plain_jvp(f, z).permute(1, 2, 0)  # the SDPA decoder runs in forward mode
-    assert sdpa_and_mha_switches() == before
+    assert attention_switches() == before
     ref = reverse_jacobian64(f, z)
     np.testing.assert_allclose(jac.numpy(), ref, rtol=0, atol=2e-6 * np.abs(ref).max())
