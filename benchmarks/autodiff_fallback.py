@@ -12,7 +12,7 @@ method runs once in turn), side by side:
   the attention decoder it fails (the fast path ``aten::_native_multi_head_attention`` has no
   forward-mode rule), which the row says;
 - ``forward, math attention (memwatch)``: ``lightning_memwatch.functional.jacobian``, which runs
-  attention on the math kernel without the fast path (``differentiable_attention``);
+  attention on the math kernel without the fast path (``forward_mode_kernels``);
 - the reverse-mode fallbacks the package takes when an op has no forward-mode rule, inside the
   same context: ``torch.func.vjp`` under ``vmap`` (``vjp``), ``torch.autograd.grad`` with
   ``is_grads_batched`` (``grad``, what a custom ``autograd.Function`` without
@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from lightning_memwatch.functional import differentiable_attention, jacobian
+from lightning_memwatch.functional import forward_mode_kernels, jacobian
 from lightning_memwatch.functional.autodiff import failing_op
 from lightning_memwatch.functional.jacobian import DEFAULT_CHUNK_BYTES, _forward_chunk
 from lightning_memwatch.functional.reverse import reverse_jacobian
@@ -102,7 +102,7 @@ def methods(f: nn.Module, z: torch.Tensor, attention: bool) -> dict[str, Callabl
 
     def reverse(mode: str, context: bool = True, limit: int | None = None) -> Callable[[], Tensor]:
         def run() -> Tensor:
-            with differentiable_attention() if context else contextlib.nullcontext():
+            with forward_mode_kernels() if context else contextlib.nullcontext():
                 return reverse_jacobian(f, z, mode, budget_bytes=DEFAULT_CHUNK_BYTES, limit=limit)[
                     1
                 ]

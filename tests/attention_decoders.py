@@ -78,6 +78,68 @@ class DiffusersAttentionDecoder(nn.Module):
         return self.out(self.attention(torch.tanh(self.embed(z)).reshape(-1, 8, 4, 4)).flatten(1))
 
 
+class TinyAutoencoderKLDecoder(nn.Module):
+    """Flat latents ``(B, 32)`` through a tiny diffusers ``AutoencoderKL.decode`` (random init,
+    a mid-block with an attention block and GroupNorms) to ``(B, 1, 8, 8)`` images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        self.vae = AutoencoderKL(
+            in_channels=1,
+            out_channels=1,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(8, 16),
+            latent_channels=2,
+            norm_num_groups=4,
+            sample_size=8,
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z.reshape(-1, 2, 4, 4)).sample
+
+
+class TinyUNetDenoiser(nn.Module):
+    """Flat ``(B, 64)`` images through a tiny diffusers ``UNet2DModel`` (random init, attention
+    down and up blocks) at a fixed timestep: a denoiser's map from ``x_t`` to its output."""
+
+    def __init__(self, timestep: int = 10) -> None:
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.timestep = timestep
+        self.unet = UNet2DModel(
+            sample_size=8,
+            in_channels=1,
+            out_channels=1,
+            block_out_channels=(8, 16),
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+            up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=4,
+            layers_per_block=1,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unet(x.reshape(-1, 1, 8, 8), self.timestep).sample
+
+
+class ChannelsLastGroupNorm(nn.Module):
+    """``R^m -> R^n`` through a ``GroupNorm`` on a channels-last ``(16, 4, 4)`` map, the layout a
+    diffusers attention block leaves (torch's forward-mode rule for it fails on that layout)."""
+
+    def __init__(self, m: int = 6, n: int = 64) -> None:
+        super().__init__()
+        self.embed = nn.Linear(m, 4 * 4 * 16)
+        self.norm = nn.GroupNorm(4, 16)
+        self.out = nn.Linear(16 * 4 * 4, n)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.embed(z)).reshape(-1, 4, 4, 16).permute(0, 3, 1, 2)
+        return self.out(self.norm(h).flatten(1))
+
+
 class Square(torch.autograd.Function):
     """``x^2`` with a backward rule only, old style (``forward(ctx, x)``, no ``setup_context``,
     no ``jvp``): neither ``torch.func.jvp`` nor ``torch.func.vjp`` accepts it."""
@@ -136,7 +198,7 @@ def reverse_jacobian64(module: nn.Module, z: torch.Tensor) -> np.ndarray:
 
 
 def attention_switches() -> tuple[bool, ...]:
-    """The global switches :func:`~lightning_memwatch.functional.differentiable_attention` sets:
+    """The global switches :func:`~lightning_memwatch.functional.forward_mode_kernels` sets:
     SDPA's flash, memory-efficient, math and cuDNN backends, the MHA fast path."""
     cuda = torch.backends.cuda
     return (

@@ -2,21 +2,14 @@
 reverse mode where it has not.
 
 The exact Jacobian ``J = df/dz`` (``n x m``) is cheap in forward mode: ``m`` Jacobian-vector
-products (``torch.func.jvp``), against ``n`` vector-Jacobian products in reverse mode. A few ops
-have a backward rule and no forward-mode one:
-
-- the fused attention kernels ``F.scaled_dot_product_attention`` picks by default
-  (``_scaled_dot_product_flash_attention_for_cpu`` on CPU), used by diffusers' attention
-  processors and most hand-written attention;
-- the fast paths ``nn.MultiheadAttention`` and ``nn.TransformerEncoderLayer`` take in eval mode
-  (``aten::_native_multi_head_attention``, ``aten::_transformer_encoder_layer_fwd``).
-
-:func:`differentiable_attention` routes around both (the math kernel is plain differentiable
-ops, the same values up to rounding). Any other op without a forward-mode rule (a custom
-``torch.autograd.Function`` without ``jvp``, an op torch has not covered) is differentiated by
-:func:`with_fallback` in reverse mode (:mod:`~lightning_memwatch.functional.reverse`), down a
-ladder of :data:`MODES` that each decoder descends at most once (the mode that worked is
-remembered per decoder), with one :class:`AutodiffFallbackWarning` that names the op.
+products (``torch.func.jvp``), against ``n`` vector-Jacobian products in reverse mode. Where
+torch's default kernels lack a forward-mode rule (attention, GroupNorm on a channels-last
+input) :func:`~lightning_memwatch.functional.kernels.forward_mode_kernels` routes around them.
+Any other op without one (a custom ``torch.autograd.Function`` without ``jvp``, an op torch has
+not covered) is differentiated by :func:`with_fallback` in reverse mode
+(:mod:`~lightning_memwatch.functional.reverse`), down a ladder of :data:`MODES` that each
+decoder descends at most once (the mode that worked is remembered per decoder), with one
+:class:`AutodiffFallbackWarning` that names the op.
 """
 
 from __future__ import annotations
@@ -24,8 +17,7 @@ from __future__ import annotations
 import re
 import warnings
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -46,85 +38,6 @@ _ANNOUNCED: set[str] = set()
 
 class AutodiffFallbackWarning(UserWarning):
     """A decoder's Jacobians are computed in reverse mode: an op in it has no forward-mode rule."""
-
-
-@contextmanager
-def _math_attention() -> Iterator[None]:
-    """SDPA on its math kernel only, the enabled backends restored on exit."""
-    try:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-    except ImportError:  # torch < 2.3: the same global switches, one by one
-        with _math_attention_switches():
-            yield
-        return
-    with sdpa_kernel([SDPBackend.MATH]):
-        yield
-
-
-@contextmanager
-def _math_attention_switches() -> Iterator[None]:
-    cuda = torch.backends.cuda
-    others = [
-        name for name in ("flash", "mem_efficient", "cudnn") if hasattr(cuda, f"{name}_sdp_enabled")
-    ]
-    saved = {name: getattr(cuda, f"{name}_sdp_enabled")() for name in [*others, "math"]}
-    try:
-        for name in others:
-            getattr(cuda, f"enable_{name}_sdp")(False)
-        cuda.enable_math_sdp(True)
-        yield
-    finally:
-        for name, enabled in saved.items():
-            getattr(cuda, f"enable_{name}_sdp")(enabled)
-
-
-@contextmanager
-def _mha_fast_path_off() -> Iterator[None]:
-    """``nn.MultiheadAttention`` / ``nn.TransformerEncoderLayer`` fast paths off, restored on exit.
-
-    ``torch.backends.mha.set_fastpath_enabled`` is missing from older torch releases; there the
-    fast path stays on and such a decoder is measured by the reverse-mode fallback (the fast path
-    is never taken while gradients are recorded, so reverse mode runs through the plain ops).
-    """
-    mha = getattr(torch.backends, "mha", None)
-    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
-        yield
-        return
-    saved = mha.get_fastpath_enabled()
-    mha.set_fastpath_enabled(False)
-    try:
-        yield
-    finally:
-        mha.set_fastpath_enabled(saved)
-
-
-@contextmanager
-def differentiable_attention() -> Iterator[None]:
-    """Attention that forward-mode AD runs through, for the block inside only.
-
-    ``F.scaled_dot_product_attention`` is routed to its math kernel
-    (``torch.nn.attention.sdpa_kernel([SDPBackend.MATH])``; before torch 2.3 the
-    ``torch.backends.cuda.enable_*_sdp`` switches it sets) and the ``nn.MultiheadAttention`` /
-    ``nn.TransformerEncoderLayer`` fast paths are turned off
-    (``torch.backends.mha.set_fastpath_enabled(False)``, where it exists).
-    Both are global switches; both are put back on exit, also when the block raises. Training
-    outside the block keeps its fused kernels.
-
-    Example::
-
-        >>> import torch
-        >>> attention = torch.nn.MultiheadAttention(4, 2, batch_first=True).eval()
-        >>> def f(z):
-        ...     h = z.reshape(-1, 2, 4)
-        ...     return attention(h, h, h, need_weights=False)[0].flatten(1)
-        >>> z, t = torch.randn(1, 8), torch.randn(1, 8)
-        >>> with differentiable_attention(), torch.no_grad():
-        ...     jv = torch.func.jvp(f, (z,), (t,))[1]
-        >>> jv.shape
-        torch.Size([1, 8])
-    """
-    with _math_attention(), _mha_fast_path_off():
-        yield
 
 
 def _identity(f: Callable[..., Any]) -> tuple[Any, Any] | None:

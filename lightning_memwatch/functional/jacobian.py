@@ -7,8 +7,8 @@ them are pushed through the decoder together: ``torch.func.vmap`` over the basis
 ``torch.func.jvp`` applied to a whole chunk of points. The primal pass runs once per point and
 the tangent passes cost about one forward pass of ``B * m`` latents.
 
-Attention runs on kernels that forward mode differentiates
-(:func:`~lightning_memwatch.functional.autodiff.differentiable_attention`); a decoder with any
+Attention and GroupNorm run on kernels that forward mode differentiates
+(:func:`~lightning_memwatch.functional.kernels.forward_mode_kernels`); a decoder with any
 other op that has no forward-mode rule is differentiated in reverse mode instead, the same
 values at about ``n / m`` times the passes (:mod:`~lightning_memwatch.functional.autodiff`).
 """
@@ -23,10 +23,10 @@ from torch import Tensor
 
 from lightning_memwatch.functional.autodiff import (
     MODES,
-    differentiable_attention,
     fallback_attempts,
     with_fallback,
 )
+from lightning_memwatch.functional.kernels import forward_mode_kernels
 from lightning_memwatch.functional.reverse import reverse_jacobian
 
 Decoder = Callable[[Tensor], Tensor]
@@ -46,9 +46,9 @@ def differentiable_context() -> Iterator[None]:
     Forward-mode AD is unaffected by ``no_grad`` (the reverse-mode fallback enables recording
     for its own pass, with respect to the latents only). Attention is routed to kernels forward
     mode can differentiate
-    (:func:`~lightning_memwatch.functional.autodiff.differentiable_attention`).
+    (:func:`~lightning_memwatch.functional.kernels.forward_mode_kernels`).
     """
-    with torch.inference_mode(False), torch.no_grad(), differentiable_attention():
+    with torch.inference_mode(False), torch.no_grad(), forward_mode_kernels():
         yield
 
 

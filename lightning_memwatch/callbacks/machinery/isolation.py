@@ -3,10 +3,10 @@
 Inside: reverse- and forward-mode AD enabled whatever the caller's grad mode (validation runs
 under ``no_grad``, ``trainer.validate`` under ``inference_mode``), autocast off, TF32 matmuls off,
 every submodule in eval mode (no dropout draws, no BatchNorm running-stat updates), the global
-RNG streams (CPU and CUDA) saved, and attention on kernels that forward-mode AD differentiates
-(:func:`~lightning_memwatch.functional.autodiff.differentiable_attention`: SDPA's math kernel, the
-``nn.MultiheadAttention`` fast path off). On exit modes, TF32 flags, attention switches and RNG
-states are restored. On ranks other than zero the one-time
+RNG streams (CPU and CUDA) saved, and attention and GroupNorm on kernels that forward-mode AD
+differentiates (:func:`~lightning_memwatch.functional.kernels.forward_mode_kernels`: SDPA's math
+kernel, the ``nn.MultiheadAttention`` fast path off). On exit modes, TF32 flags, attention
+switches and RNG states are restored. On ranks other than zero the one-time
 :class:`~lightning_memwatch.functional.autodiff.AutodiffFallbackWarning` is silenced, so a
 decoder measured in reverse mode is announced once, not once per process.
 """
@@ -22,7 +22,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 
-from lightning_memwatch.functional.autodiff import AutodiffFallbackWarning, differentiable_attention
+from lightning_memwatch.functional.autodiff import AutodiffFallbackWarning
+from lightning_memwatch.functional.kernels import forward_mode_kernels
 
 
 @contextmanager
@@ -68,7 +69,7 @@ def measurement_context(module: nn.Module, device: torch.device) -> Iterator[Non
         torch.autocast(device_type=device.type, enabled=False),
         _tf32_disabled(),
         _eval_mode(module),
-        differentiable_attention(),
+        forward_mode_kernels(),
         _fallback_notice_on_rank_zero(),
     ):
         yield
