@@ -152,11 +152,12 @@ def _jacobian_chunk(f: Decoder, z: Tensor, limit: int | None = None) -> tuple[Te
 def differentiation_mode(f: Decoder, z: Tensor) -> str:
     """How ``f``'s Jacobians will be computed, one of
     :data:`~lightning_memwatch.functional.autodiff.MODES` (``"forward"`` unless an op lacks a
-    forward-mode rule), tried cheaply on the first point of ``z`` (two columns or rows) and
-    remembered for the measurements. Raises the last mode's error when none works."""
+    forward-mode rule), tried cheaply (two columns or rows) on the first point of ``z`` twice
+    (some failures need a batch of two) and remembered for the measurements. Raises the last
+    mode's error when none works."""
     _check_latents(z)
     with differentiable_context():
-        return MODES[_jacobian_chunk(f, as_plain_tensor(z[:1]), limit=2)[1]]
+        return MODES[_jacobian_chunk(f, as_plain_tensor(z[:1].repeat(2, 1)), limit=2)[1]]
 
 
 def _check_latents(z: Tensor) -> None:
@@ -238,7 +239,11 @@ def jacobian(f: Decoder, z: Tensor, *, chunk_size: int | None = None) -> Tensor:
     Feiszli (2017), sec. 2.1: ``f(z + h v) = f(z) + h J v + o(h)``. Computed
     exactly by forward-mode AD (not Feiszli's central differences, sec. 5.1), in the dtype and on
     the device of ``z``; works under ``torch.no_grad()`` and ``torch.inference_mode()`` and
-    never writes a parameter's ``.grad``.
+    never writes a parameter's ``.grad``. Attention runs on kernels forward mode differentiates
+    (:func:`~lightning_memwatch.functional.kernels.forward_mode_kernels`); a decoder with another
+    op that has no forward-mode rule is differentiated in reverse mode, announced once by an
+    :class:`~lightning_memwatch.functional.autodiff.AutodiffFallbackWarning` (the same values,
+    about ``n / m`` times the passes).
 
     Args:
         f: any callable from a ``(B, m)`` latent batch to a ``(B, ...)`` output batch.

@@ -28,6 +28,9 @@ spectrum is flat. Without such a gap the values near ``s_k`` come out low: 4-29%
 only 2x, 8-21% under geometric or ``1/sqrt(i)`` decay (m = 256-1,024), ``s_1`` within 5%; on
 the random-weight decoders of ``benchmarks/scaling.py`` (nearly flat spectra) 7-22%. ``q = 2``
 costs ``5 l`` products instead of ``3 l`` and brings these to ``6e-4``, 5% and 0.5-9%.
+
+A decoder with an op that has no forward-mode rule gets the top ``k`` of its exact spectrum from
+the reverse-mode Jacobian instead (:func:`_exact_top_k`; announced once, see ``autodiff``).
 """
 
 from __future__ import annotations
@@ -37,10 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from lightning_memwatch.functional.autodiff import (
-    fallback_attempts,
-    with_fallback,
-)
+from lightning_memwatch.functional.autodiff import fallback_attempts, with_fallback
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.jacobian import (
     DEFAULT_CHUNK_BYTES,
@@ -178,12 +178,10 @@ def _exact_top_k(
     vector: bool,
     mode: str,
 ) -> Tensor:
-    """The top ``k`` of the exact spectrum (and ``v_1``), in :func:`_krylov_chunk`'s layout, from
-    the reverse-mode Jacobian: the fallback where forward mode fails (the Krylov method needs
-    ``J V`` by ``jvp``). Exact, so never below the Ritz values of the forward path; costs ``n``
-    vector-Jacobian products per point instead of ``(2q + 1) l`` products. Computed in
-    sub-chunks whose ``n x m`` Jacobians take the memory the chunk's ``n x columns`` Krylov
-    images would have (see :func:`top_k_chunk_size`)."""
+    """The top ``k`` of the exact spectrum (and ``v_1``) from the reverse-mode Jacobian, in
+    :func:`_krylov_chunk`'s layout: the fallback where ``jvp`` fails. Exact (never below the
+    forward path's Ritz values), at ``n`` vector-Jacobian products per point; in sub-chunks whose
+    ``n x m`` Jacobians take the memory of the chunk's ``n x columns`` Krylov images."""
     # spectrum.py imports this module (for singular_values(top_k=...)): import at call time
     from lightning_memwatch.functional.spectrum import gram_singular_values_and_top_vector
 
