@@ -4,6 +4,7 @@ Usable on a saved generator in a notebook: every function takes a decoder callab
 ``f: (B, m) -> (B, ...)`` and latent points, and returns per-point values.
 """
 
+from lightning_memwatch.functional.autodiff import AutodiffFallbackWarning
 from lightning_memwatch.functional.complexity import local_complexity
 from lightning_memwatch.functional.data_copying import (
     copied,
@@ -19,6 +20,7 @@ from lightning_memwatch.functional.decoder_likelihood import (
 )
 from lightning_memwatch.functional.density import dip_scores, dip_terms, induced_log_density
 from lightning_memwatch.functional.jacobian import jacobian
+from lightning_memwatch.functional.kernels import forward_mode_kernels
 from lightning_memwatch.functional.kmeans import assign_cells, kmeans, pairwise_distances
 from lightning_memwatch.functional.likelihood import (
     importance_log_likelihood,
@@ -38,6 +40,7 @@ from lightning_memwatch.functional.stats import ks_pvalue, mann_whitney_z, mre_g
 from lightning_memwatch.functional.topk import top_singular_values, top_singular_values_and_vector
 
 __all__ = [
+    "AutodiffFallbackWarning",
     "assign_cells",
     "bernoulli_log_likelihood",
     "copied",
@@ -49,6 +52,7 @@ __all__ = [
     "decay_terms",
     "dip_scores",
     "dip_terms",
+    "forward_mode_kernels",
     "gaussian_log_likelihood",
     "importance_log_likelihood",
     "induced_log_density",

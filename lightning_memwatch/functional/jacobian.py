@@ -6,6 +6,11 @@ differences (sec. 5.1); here every column ``J e_j`` is one Jacobian-vector produ
 them are pushed through the decoder together: ``torch.func.vmap`` over the basis tangents of
 ``torch.func.jvp`` applied to a whole chunk of points. The primal pass runs once per point and
 the tangent passes cost about one forward pass of ``B * m`` latents.
+
+Attention and GroupNorm run on kernels that forward mode differentiates
+(:func:`~lightning_memwatch.functional.kernels.forward_mode_kernels`); a decoder with any
+other op that has no forward-mode rule is differentiated in reverse mode instead, the same
+values at about ``n / m`` times the passes (:mod:`~lightning_memwatch.functional.autodiff`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,14 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from lightning_memwatch.functional.autodiff import (
+    MODES,
+    fallback_attempts,
+    with_fallback,
+)
+from lightning_memwatch.functional.kernels import forward_mode_kernels
+from lightning_memwatch.functional.reverse import reverse_jacobian
+
 Decoder = Callable[[Tensor], Tensor]
 
 #: Bytes of Jacobian entries a chunk may hold when ``chunk_size`` is not given. The tangent
@@ -25,14 +38,17 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 @contextmanager
 def differentiable_context() -> Iterator[None]:
-    """Let forward-mode AD run whatever grad mode the caller is in.
+    """Let forward-mode AD run whatever grad mode the caller is in, attention included.
 
     Under ``torch.inference_mode()`` (what ``trainer.validate`` uses) no autograd of any kind
     runs, so it is switched off; reverse-mode recording is switched off too (``no_grad``), so
     no graph is built through the user's parameters and their ``.grad`` is never touched.
-    Forward-mode AD is unaffected by ``no_grad``.
+    Forward-mode AD is unaffected by ``no_grad`` (the reverse-mode fallback enables recording
+    for its own pass, with respect to the latents only). Attention is routed to kernels forward
+    mode can differentiate
+    (:func:`~lightning_memwatch.functional.kernels.forward_mode_kernels`).
     """
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), forward_mode_kernels():
         yield
 
 
@@ -87,14 +103,15 @@ def _basis_tangents(z: Tensor) -> Tensor:
     return eye[:, None, :].expand(dim, batch, dim)
 
 
-def _jacobian_vmap(f: Decoder, z: Tensor) -> tuple[Tensor, Tensor]:
-    """``vmap`` over the basis tangents of ``jvp(f)`` at the whole chunk: the outputs
-    ``(B, ...)`` (computed once, not per tangent) and the tangents ``(m, B, ...)``."""
+def _jacobian_vmap(f: Decoder, z: Tensor, limit: int | None = None) -> tuple[Tensor, Tensor]:
+    """``vmap`` over the basis tangents (the first ``limit``) of ``jvp(f)`` at the whole chunk:
+    the outputs ``(B, ...)`` (computed once, not per tangent) and the tangents ``(m, B, ...)``."""
 
     def push(tangent: Tensor) -> tuple[Tensor, Tensor]:
         return torch.func.jvp(f, (z,), (tangent,))
 
-    return torch.func.vmap(push, out_dims=(None, 0), randomness="same")(_basis_tangents(z))
+    tangents = _basis_tangents(z)[:limit]
+    return torch.func.vmap(push, out_dims=(None, 0), randomness="same")(tangents)
 
 
 def finite_outputs(outputs: Tensor) -> Tensor:
@@ -102,22 +119,45 @@ def finite_outputs(outputs: Tensor) -> Tensor:
     return torch.isfinite(outputs.reshape(outputs.shape[0], -1)).all(dim=-1)
 
 
-def _jacobian_chunk(f: Decoder, z: Tensor) -> Tensor:
-    """Jacobian of one chunk of points: ``(B, n, m)``, a transposed view of ``(B, m, n)``.
-
-    The tangent outputs come out as ``(m, B, ...)``; keeping ``n`` innermost lets the Gram
-    (``J^T J = Jt Jt^T`` with ``Jt = J.mT``) read them without a strided copy. A point whose
-    output is not finite gets an all-NaN Jacobian: forward-mode AD can hand back a finite
-    tangent there (``relu`` of a NaN, a NaN constant in ``torch.where``), which would read as a
-    zero or ordinary spectrum.
-    """
-    outputs, columns = _jacobian_vmap(f, z)
+def _forward_chunk(f: Decoder, z: Tensor, limit: int | None) -> tuple[Tensor, Tensor]:
+    """Outputs and ``(B, n, m)`` Jacobians, a transposed view of the ``(m, B, n)`` tangents:
+    keeping ``n`` innermost lets the Gram (``J^T J = Jt Jt^T`` with ``Jt = J.mT``) read them
+    without a strided copy."""
+    outputs, columns = _jacobian_vmap(f, z, limit)
     dim, batch = columns.shape[:2]
-    columns = columns.reshape(dim, batch, -1)
+    return outputs, columns.reshape(dim, batch, -1).transpose(0, 1).mT
+
+
+def _jacobian_chunk(f: Decoder, z: Tensor, limit: int | None = None) -> tuple[Tensor, int]:
+    """Jacobian of one chunk of points, ``(B, n, m)`` (only ``limit`` columns, or rows in
+    reverse mode, when given), and the index of the mode in
+    :data:`~lightning_memwatch.functional.autodiff.MODES` that computed it: forward mode or,
+    where it fails, reverse mode (:func:`~lightning_memwatch.functional.autodiff.with_fallback`).
+
+    A point whose output is not finite gets an all-NaN Jacobian: forward-mode AD can hand back
+    a finite tangent there (``relu`` of a NaN, a NaN constant in ``torch.where``), which would
+    read as a zero or ordinary spectrum.
+    """
+    attempts = fallback_attempts(
+        lambda: _forward_chunk(f, z, limit),
+        lambda mode: reverse_jacobian(f, z, mode, budget_bytes=DEFAULT_CHUNK_BYTES, limit=limit),
+    )
+    (outputs, jac), mode = with_fallback(f, z, attempts)
     finite = finite_outputs(outputs)
     if not bool(finite.all()):
-        columns = torch.where(finite[None, :, None], columns, torch.nan)
-    return columns.transpose(0, 1).mT
+        jac = torch.where(finite[:, None, None], jac, torch.nan)
+    return jac, mode
+
+
+def differentiation_mode(f: Decoder, z: Tensor) -> str:
+    """How ``f``'s Jacobians will be computed, one of
+    :data:`~lightning_memwatch.functional.autodiff.MODES` (``"forward"`` unless an op lacks a
+    forward-mode rule), tried cheaply (two columns or rows) on the first point of ``z`` twice
+    (some failures need a batch of two) and remembered for the measurements. Raises the last
+    mode's error when none works."""
+    _check_latents(z)
+    with differentiable_context():
+        return MODES[_jacobian_chunk(f, as_plain_tensor(z[:1].repeat(2, 1)), limit=2)[1]]
 
 
 def _check_latents(z: Tensor) -> None:
@@ -190,7 +230,7 @@ def map_jacobian_chunks(
         raise ValueError("Expected `z` to hold at least one latent point but got an empty batch")
     size = chunk_size or default_chunk_size(f, z)
     with differentiable_context():
-        return map_chunks(lambda chunk: reduce(_jacobian_chunk(f, chunk)), z, size)
+        return map_chunks(lambda chunk: reduce(_jacobian_chunk(f, chunk)[0]), z, size)
 
 
 def jacobian(f: Decoder, z: Tensor, *, chunk_size: int | None = None) -> Tensor:
@@ -199,7 +239,11 @@ def jacobian(f: Decoder, z: Tensor, *, chunk_size: int | None = None) -> Tensor:
     Feiszli (2017), sec. 2.1: ``f(z + h v) = f(z) + h J v + o(h)``. Computed
     exactly by forward-mode AD (not Feiszli's central differences, sec. 5.1), in the dtype and on
     the device of ``z``; works under ``torch.no_grad()`` and ``torch.inference_mode()`` and
-    never writes a parameter's ``.grad``.
+    never writes a parameter's ``.grad``. Attention runs on kernels forward mode differentiates
+    (:func:`~lightning_memwatch.functional.kernels.forward_mode_kernels`); a decoder with another
+    op that has no forward-mode rule is differentiated in reverse mode, announced once by an
+    :class:`~lightning_memwatch.functional.autodiff.AutodiffFallbackWarning` (the same values,
+    about ``n / m`` times the passes).
 
     Args:
         f: any callable from a ``(B, m)`` latent batch to a ``(B, ...)`` output batch.

@@ -28,6 +28,9 @@ spectrum is flat. Without such a gap the values near ``s_k`` come out low: 4-29%
 only 2x, 8-21% under geometric or ``1/sqrt(i)`` decay (m = 256-1,024), ``s_1`` within 5%; on
 the random-weight decoders of ``benchmarks/scaling.py`` (nearly flat spectra) 7-22%. ``q = 2``
 costs ``5 l`` products instead of ``3 l`` and brings these to ``6e-4``, 5% and 0.5-9%.
+
+A decoder with an op that has no forward-mode rule gets the top ``k`` of its exact spectrum from
+the reverse-mode Jacobian instead (:func:`_exact_top_k`; announced once, see ``autodiff``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lightning_memwatch.functional.autodiff import fallback_attempts, with_fallback
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.jacobian import (
     DEFAULT_CHUNK_BYTES,
@@ -50,6 +54,7 @@ from lightning_memwatch.functional.jacobian import (
     map_chunks,
     push_block,
 )
+from lightning_memwatch.functional.reverse import reverse_jacobian
 
 #: Seed of the test block when no ``generator`` is given: every call draws the same block, so a
 #: curve over epochs moves with the model, not with the draws.
@@ -65,6 +70,11 @@ def _check_top_k(k: int, m: int) -> int:
     if k > m:
         raise ValueError(f"Expected `top_k` to be at most the latent size m = {m} but got {k}")
     return k
+
+
+def _check_output_size(k: int, n: int) -> None:
+    if k > n:
+        raise ValueError(f"Expected `top_k` to be at most the output size n = {n} but got {k}")
 
 
 def start_block(
@@ -125,8 +135,7 @@ def _krylov_chunk(
     rewind()
     outputs, image = push_block(f, z, start)
     n = image[0, 0].numel()
-    if k > n:
-        raise ValueError(f"Expected `top_k` to be at most the output size n = {n} but got {k}")
+    _check_output_size(k, n)
     finite = finite_outputs(outputs)
     blocks, images = [start], [image]
     pull = None
@@ -160,6 +169,35 @@ def _krylov_chunk(
     return torch.where(finite[:, None], torch.cat([s, v], dim=-1), torch.nan)
 
 
+def _exact_top_k(
+    f: Decoder,
+    z: Tensor,
+    k: int,
+    columns: int,
+    rewind: Callable[[], None],
+    vector: bool,
+    mode: str,
+) -> Tensor:
+    """The top ``k`` of the exact spectrum (and ``v_1``) from the reverse-mode Jacobian, in
+    :func:`_krylov_chunk`'s layout: the fallback where ``jvp`` fails. Exact (never below the
+    forward path's Ritz values), at ``n`` vector-Jacobian products per point; in sub-chunks whose
+    ``n x m`` Jacobians take the memory of the chunk's ``n x columns`` Krylov images."""
+    # spectrum.py imports this module (for singular_values(top_k=...)): import at call time
+    from lightning_memwatch.functional.spectrum import gram_singular_values_and_top_vector
+
+    def exact(chunk: Tensor) -> Tensor:
+        rewind()
+        outputs, jac = reverse_jacobian(f, chunk, mode, budget_bytes=DEFAULT_CHUNK_BYTES)
+        _check_output_size(k, jac.shape[1])
+        finite = finite_outputs(outputs)
+        head = gram_singular_values_and_top_vector(jac)
+        s, v = head[:, :k], head[:, min(jac.shape[1:]) :]
+        return torch.where(finite[:, None], torch.cat([s, v], dim=-1) if vector else s, torch.nan)
+
+    size = len(z) * columns * (z.element_size() + 8) // (z.shape[1] * z.element_size())
+    return map_chunks(exact, z, max(1, size))
+
+
 def _top_k(
     f: Decoder,
     z: Tensor,
@@ -185,7 +223,11 @@ def _top_k(
     columns = min(dim, width * (iterations + 1))
 
     def compute(chunk: Tensor) -> Tensor:
-        return _krylov_chunk(f, chunk, start, k, iterations, rewind, vector)
+        attempts = fallback_attempts(
+            lambda: _krylov_chunk(f, chunk, start, k, iterations, rewind, vector),
+            lambda mode: _exact_top_k(f, chunk, k, columns, rewind, vector, mode),
+        )
+        return with_fallback(f, chunk, attempts)[0]
 
     with fixed_randomness(z.device) as rewind:
         size = chunk_size or top_k_chunk_size(f, z, columns)

@@ -6,9 +6,9 @@
 latent maps measured through the flat view; the values are checked against float64 numpy /
 scipy computations on the diffusers models called directly.
 
-Attention: the models are built with ``mid_block_add_attention=False`` (and the VQ model is
-watched by recovery only): forward-mode AD through attention and through ``torch.cdist`` (the
-VQ quantizer) is another change's work.
+The autoencoders keep diffusers' default attention block in the middle of the encoder and the
+decoder: the spectrum is measured through it (SDPA's math kernel, or the reverse-mode fallback).
+The VQ model is watched by recovery only: its quantizer snaps latents to a codebook.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class DiffusersVAE(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.vae = AutoencoderKL(**TINY, mid_block_add_attention=False)
+        self.vae = AutoencoderKL(**TINY)
 
     def training_step(self, batch, batch_idx):
         (x,) = batch

@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from lightning_memwatch.callbacks import GeometryMonitor, LikelihoodMonitor, RecoveryMonitor
+from tests.attention_decoders import Square
 from tests.conftest import digits_loaders, digits_tensors, make_autoencoder, quiet_trainer
 
 
@@ -285,25 +286,21 @@ def test_a_decoder_that_loses_the_batch_dimension():
         fit(GeometryMonitor(decoder="first", encoder="encode"), model=model)
 
 
-class Square(torch.autograd.Function):
-    """A custom autograd Function with a backward rule and no forward-mode rule."""
+class SquareWithoutDerivatives(torch.autograd.Function):
+    """A custom autograd Function with neither a backward nor a forward-mode rule."""
 
     @staticmethod
     def forward(ctx, x):
-        ctx.save_for_backward(x)
         return x * x
 
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return 2 * x * grad
 
-
-def test_a_custom_autograd_function_without_forward_mode_fails_saying_so():
+def test_a_custom_autograd_function_without_any_derivative_fails_saying_so():
+    """Forward mode fails, and so does the reverse-mode fallback (a Function with a backward
+    and no forward-mode rule is measured: tests/functional/test_autodiff.py)."""
     model = make_autoencoder()
-    model.custom = lambda z: Square.apply(model.decoder(z))
+    model.custom = lambda z: SquareWithoutDerivatives.apply(model.decoder(z))
     with pytest.raises(
-        ValueError, match=r"forward-mode.*custom torch.autograd.Function.*`jvp`"
+        ValueError, match=r"differentiating the decoder `custom`.*failed both ways.*`backward`"
     ) as e:
         fit(GeometryMonitor(decoder="custom", encoder="encode"), model=model)
     assert "out of `families`" in str(e.value)

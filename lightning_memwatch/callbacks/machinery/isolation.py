@@ -2,18 +2,28 @@
 
 Inside: reverse- and forward-mode AD enabled whatever the caller's grad mode (validation runs
 under ``no_grad``, ``trainer.validate`` under ``inference_mode``), autocast off, TF32 matmuls off,
-every submodule in eval mode (no dropout draws, no BatchNorm running-stat updates) and the global
-RNG streams (CPU and CUDA) saved. On exit modes, TF32 flags and RNG states are restored.
+every submodule in eval mode (no dropout draws, no BatchNorm running-stat updates), the global
+RNG streams (CPU and CUDA) saved, and attention and GroupNorm on kernels that forward-mode AD
+differentiates (:func:`~lightning_memwatch.functional.kernels.forward_mode_kernels`: SDPA's math
+kernel, the ``nn.MultiheadAttention`` fast path off). On exit modes, TF32 flags, attention
+switches and RNG states are restored. On ranks other than zero the one-time
+:class:`~lightning_memwatch.functional.autodiff.AutodiffFallbackWarning` is silenced, so a
+decoder measured in reverse mode is announced once, not once per process.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
+
+from lightning_memwatch.functional.autodiff import AutodiffFallbackWarning
+from lightning_memwatch.functional.kernels import forward_mode_kernels
 
 
 @contextmanager
@@ -39,6 +49,16 @@ def _tf32_disabled() -> Iterator[None]:
 
 
 @contextmanager
+def _fallback_notice_on_rank_zero() -> Iterator[None]:
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AutodiffFallbackWarning)
+        yield
+
+
+@contextmanager
 def measurement_context(module: nn.Module, device: torch.device) -> Iterator[None]:
     """Run a measurement on ``module`` without a trace on training (see module docstring)."""
     include_cuda = device.type == "cuda"
@@ -49,5 +69,7 @@ def measurement_context(module: nn.Module, device: torch.device) -> Iterator[Non
         torch.autocast(device_type=device.type, enabled=False),
         _tf32_disabled(),
         _eval_mode(module),
+        forward_mode_kernels(),
+        _fallback_notice_on_rank_zero(),
     ):
         yield

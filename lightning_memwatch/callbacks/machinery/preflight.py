@@ -3,18 +3,20 @@
 Everything a measurement will need is tried once on a tiny batch when training starts, so that
 no monitor first fails after a training epoch: the probe inputs' dtype, the encoder on two probe
 samples, the decoder on a ``(2, latent_dim)`` latent batch (its signature, its output type and
-shape against the inputs), one batched ``torch.func.jvp`` through the decoder for the families
-that differentiate it in forward mode, and one ``torch.autograd.grad`` for latent recovery. Each
+shape against the inputs), the Jacobian's first columns (forward mode, else rows in reverse mode)
+for the families that differentiate it, and one ``torch.autograd.grad`` for latent recovery. Each
 failure is a ``ValueError`` that names the monitor, the argument, what was found and the fix.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from lightning_memwatch.callbacks.machinery.adapters import OutputError
@@ -31,9 +33,10 @@ from lightning_memwatch.callbacks.machinery.latent_views import (
     latents_of,
     numel,
 )
-from lightning_memwatch.functional.jacobian import differentiable_context
+from lightning_memwatch.functional.autodiff import AutodiffFallbackWarning
+from lightning_memwatch.functional.jacobian import differentiation_mode
 
-#: Families that differentiate the decoder in forward mode (``torch.func.jvp``).
+#: Families that differentiate the decoder (forward mode, ``torch.func.jvp``, where it works).
 FORWARD_MODE_FAMILIES = ("spectrum", "density")
 
 
@@ -164,29 +167,42 @@ def _check_output(monitor: Any, out: Tensor, x: Tensor) -> None:
 
 
 def _check_forward_mode(monitor: Any, decoder: Callable[..., Any], z: Tensor) -> None:
+    """The Jacobian's first columns in forward mode, else its first rows in reverse mode (the
+    mode that works is remembered for the measurements, and a fallback announced once); a
+    ``ValueError`` only when the decoder cannot be differentiated either way."""
     families = [f for f in monitor.families if f in FORWARD_MODE_FAMILIES]
-    tangents = torch.eye(z.shape[1], dtype=z.dtype, device=z.device)[:2, None, :]
     try:
-        with differentiable_context():
-            torch.func.vmap(lambda t: torch.func.jvp(decoder, (z,), (t,))[1], randomness="same")(
-                tangents
-            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", AutodiffFallbackWarning)
+            differentiation_mode(decoder, z)
     except Exception as error:
         custom = "autograd.Function" in str(error)
         hint = (
-            "a custom torch.autograd.Function in it needs a `setup_context` staticmethod and a "
-            "`jvp` rule (PyTorch docs: 'Extending torch.func with autograd.Function')"
+            "a custom torch.autograd.Function in it needs a `backward` (reverse mode), or "
+            "`setup_context` and `jvp` (forward mode; PyTorch docs: 'Extending torch.func with "
+            "autograd.Function')"
             if custom
-            else "it must run under torch.func transforms (no `.item()`, no in-place writes into "
-            "its input, no Python branches on latent values)"
+            else "it must be differentiable in its latents (no `torch.no_grad` or `detach` "
+            "between the latents and the outputs, no in-place writes into its input)"
         )
         listed = " and ".join(repr(f) for f in families)
         raise ValueError(
-            f"{type(monitor).__name__} measures the {listed} families by forward-mode "
-            f"differentiation (torch.func.jvp) of the decoder `{monitor.decoder_name}`, which "
-            f"failed: {type(error).__name__}: {error}. {hint[0].upper()}{hint[1:]}; or leave "
-            f"{listed} out of `families`"
+            f"{type(monitor).__name__} measures the {listed} families by differentiating the "
+            f"decoder `{monitor.decoder_name}` (forward mode, torch.func.jvp, else reverse mode), "
+            f"which failed both ways: {type(error).__name__}: {error}. {hint[0].upper()}"
+            f"{hint[1:]}; or leave {listed} out of `families`"
         ) from error
+    for caught_warning in caught:  # the fallback's notice, named as the user named the decoder
+        if issubclass(caught_warning.category, AutodiffFallbackWarning):
+            name = f"{type(monitor).__name__}(decoder={monitor.decoder_name!r})"
+            rank_zero_warn(f"{name}: {caught_warning.message}", category=AutodiffFallbackWarning)
+        else:
+            warnings.warn_explicit(
+                caught_warning.message,
+                caught_warning.category,
+                caught_warning.filename,
+                caught_warning.lineno,
+            )
 
 
 def _check_reverse_mode(monitor: Any, decoder: Callable[..., Any], z: Tensor) -> None:
