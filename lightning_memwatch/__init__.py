@@ -6,6 +6,7 @@ and the offline K-fold memorization score; everything else is private.
 
 from lightning_memwatch import functional
 from lightning_memwatch.callbacks import (
+    DiffusionMonitor,
     EffectAgreement,
     GeometryMonitor,
     LikelihoodMonitor,
@@ -17,9 +18,12 @@ from lightning_memwatch.kfold import KFoldMemorization, kfold_memorization_score
 from lightning_memwatch.metrics import (
     ComplexityGap,
     DataCopying,
+    DenoiserSpectrumGap,
+    DenoisingLossGap,
     DensityGap,
     LikelihoodGap,
     RecoveryGap,
+    SampleCopying,
     SpectrumGap,
     TrainValGap,
 )
@@ -29,7 +33,10 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "ComplexityGap",
     "DataCopying",
+    "DenoiserSpectrumGap",
+    "DenoisingLossGap",
     "DensityGap",
+    "DiffusionMonitor",
     "EffectAgreement",
     "GeometryMonitor",
     "KFoldMemorization",
@@ -38,6 +45,7 @@ __all__ = [
     "MemorizationEarlyStopping",
     "RecoveryGap",
     "RecoveryMonitor",
+    "SampleCopying",
     "SampleMonitor",
     "SpectrumGap",
     "TrainValGap",
