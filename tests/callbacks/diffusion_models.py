@@ -197,18 +197,17 @@ class LucidrainsModule(L.LightningModule):
 
 
 def labelled_digits_loaders(n_train: int = 64, n_val: int = 32, batch_size: int = 32):
-    """Digits in [0, 1] with their class labels, (x, y) samples."""
+    """The digits of :func:`tests.conftest.digits_tensors` (in [0, 1]) with their class labels,
+    ``(x, y)`` samples."""
+    import numpy as np
     from sklearn.datasets import load_digits
     from torch.utils.data import DataLoader, TensorDataset
 
     train, val = digits_tensors(n_train, n_val)
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).float() / 16.0
-    lookup = {tuple(img.flatten().tolist()): int(y) for img, y in zip(images, digits.target)}
-    labels = [
-        torch.tensor([lookup[tuple(x.flatten().tolist())] for x in split]) for split in (train, val)
-    ]
+    target = load_digits().target
+    order = np.random.default_rng(0).permutation(len(target))  # digits_tensors' order, seed 0
+    labels = torch.from_numpy(target[order]).long()
     return (
-        DataLoader(TensorDataset(train, labels[0]), batch_size=batch_size, shuffle=False),
-        DataLoader(TensorDataset(val, labels[1]), batch_size=batch_size),
+        DataLoader(TensorDataset(train, labels[:n_train]), batch_size=batch_size, shuffle=False),
+        DataLoader(TensorDataset(val, labels[n_train : n_train + n_val]), batch_size=batch_size),
     )
