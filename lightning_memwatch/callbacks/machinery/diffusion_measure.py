@@ -70,7 +70,7 @@ def split_spectra(
 ) -> list[Tensor]:
     """One ``(B, r)`` spectrum per spectrum timestep, at the rows ``rows`` noised to it (points
     of one class label together, so every chunk of points shares a label)."""
-    noise = row_noise(monitor.seed, SPECTRUM_STREAM, split, rows.cpu(), x0.shape[1:])[:, 0].to(x0)
+    noise = row_noise(monitor.seed, SPECTRUM_STREAM, rows.cpu(), x0.shape[1:])[:, 0].to(x0)
     abar, prediction = monitor.schedule.alphas_cumprod, monitor.prediction_type
     groups = (
         [(None, torch.arange(len(x0)))]

@@ -3,9 +3,13 @@ sample, the starting noise of the generated samples, the probe's class labels an
 reference of the copy tests.
 
 Noise is never stored: it is drawn from generators of its own seeded by the monitor's ``seed``,
-the stream (loss, spectrum, generated samples), the split and the probe row, so that a probe
-sample gets the same noise at every measurement whichever slice of the probe it falls in, after
-a resume, and on whichever DDP rank measures it; training's RNG streams are never touched.
+the stream (loss, spectrum, generated samples) and the probe row, so that a probe sample gets the
+same noise at every measurement whichever slice of the probe it falls in, after a resume, and on
+whichever DDP rank measures it; training's RNG streams are never touched. Row ``r`` of the
+training probe and row ``r`` of the validation probe get the same noise (common random numbers):
+at a large timestep a sample's loss is mostly its noise draw, and with draws of their own a
+chance difference between the two splits' draws would stay for the whole run (measured on the
+generalizing example run at ``t = 0.7 T``: a Cliff's delta of +0.45 that no training moved).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from lightning_memwatch.callbacks.machinery.samplers import probe_candidates
 
 #: Seed streams of the monitor's draws.
 LOSS_STREAM, SPECTRUM_STREAM, SAMPLES_STREAM = 0, 1, 2
-SPLIT_IDS = {"train": 0, "val": 1}
 
 Timesteps = Sequence[int | float]
 
@@ -86,21 +89,19 @@ def resolve_timesteps(argument: str, values: Timesteps, num_train_timesteps: int
     return out
 
 
-def _row_seed(seed: int, stream: int, split: str, row: int) -> int:
-    return (((seed * 8 + stream) * 2 + SPLIT_IDS[split]) * 2**24 + row) % 2**63
+def _row_seed(seed: int, stream: int, row: int) -> int:
+    return ((seed * 8 + stream) * 2**24 + row) % 2**63
 
 
-def row_noise(
-    seed: int, stream: int, split: str, rows: Tensor, shape: Sequence[int], count: int = 1
-) -> Tensor:
+def row_noise(seed: int, stream: int, rows: Tensor, shape: Sequence[int], count: int = 1) -> Tensor:
     """``(len(rows), count, *shape)`` standard normal noise, float32 on the CPU: the noise of
-    probe row ``r`` of ``split`` is drawn from a generator seeded by ``(seed, stream, split, r)``
+    probe row ``r`` (of either split) is drawn from a generator seeded by ``(seed, stream, r)``
     alone, so it is the same at every call."""
     draws = [
         torch.randn(
             count,
             *shape,
-            generator=torch.Generator().manual_seed(_row_seed(seed, stream, split, int(r))),
+            generator=torch.Generator().manual_seed(_row_seed(seed, stream, int(r))),
         )
         for r in rows.tolist()
     ]
@@ -110,7 +111,7 @@ def row_noise(
 def start_noise(seed: int, count: int, shape: Sequence[int]) -> Tensor:
     """The starting noise ``x_T`` of the ``count`` generated samples, float32 on the CPU, from a
     generator of its own seeded by ``seed``: the same samples at every measurement."""
-    generator = torch.Generator().manual_seed(_row_seed(seed, SAMPLES_STREAM, "train", 0))
+    generator = torch.Generator().manual_seed(_row_seed(seed, SAMPLES_STREAM, 0))
     return torch.randn(count, *shape, generator=generator)
 
 

@@ -45,6 +45,7 @@ class LikelihoodConfiguration(Protocol):
         self, pl_module: pl.LightningModule, likelihood: str | None = None
     ) -> tuple[Any, Any]: ...
 
+
 #: The Bernoulli likelihoods: ``"auto"`` reads the decoder's outputs as probabilities or logits
 #: from what they look like on the probe.
 BERNOULLI = ("auto", "bernoulli", "bernoulli_probs")
@@ -118,7 +119,8 @@ def configuration_error(owner: str, error: Exception, fix: str) -> Exception:
 
 
 def resolve_likelihood(
-    monitor: LikelihoodConfiguration, pl_module: pl.LightningModule, x: Tensor) -> str:
+    monitor: LikelihoodConfiguration, pl_module: pl.LightningModule, x: Tensor
+) -> str:
     """Check the configuration on the probe ``x`` and return the likelihood to measure with.
 
     Runs the posterior, the decoder and the likelihood on ``x`` with one importance sample
