@@ -48,9 +48,7 @@ def split_losses(
 
     def losses(positions: Tensor) -> Tensor:
         index = positions[:, 0]
-        noise = row_noise(
-            monitor.seed, LOSS_STREAM, split, rows[index.cpu()], x0.shape[1:], len(grid)
-        )
+        noise = row_noise(monitor.seed, LOSS_STREAM, rows[index.cpu()], x0.shape[1:], len(grid))
         call = monitor.call
         if labels is not None:
             call = call.with_labels(labels[index].repeat_interleave(len(grid)))

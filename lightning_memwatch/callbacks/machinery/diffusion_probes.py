@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import Tensor
 
 from lightning_memwatch.callbacks.machinery.probes import (
@@ -134,7 +135,7 @@ def gather_labels(
     labels = {}
     for offset, split in enumerate(("train", "val")):
         found = _split_candidates(trainer, pl_module, split)
-        with seeded_rng(seed + offset):
+        with isolate_rng(include_cuda=False), seeded_rng(seed + offset):
             values = gather_inputs(found.dataset, indices[split], key)
         if values.is_floating_point() or values.ndim != 1:
             raise ValueError(
@@ -168,7 +169,8 @@ def gather_reference(
     """The inputs of the reference ``indices`` (through ``preprocess`` as the probe's), on the
     CPU, read under the RNG seeded as the training probe is."""
     found = _split_candidates(trainer, pl_module, "train")
-    with torch.no_grad(), seeded_rng(seed):
+    include_cuda = pl_module.device.type == "cuda"
+    with torch.no_grad(), isolate_rng(include_cuda=include_cuda), seeded_rng(seed):
         x = gather_inputs(
             found.dataset,
             indices,
