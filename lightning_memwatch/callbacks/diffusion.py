@@ -12,12 +12,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_memwatch.callbacks.machinery.diffusion_checks import check_denoiser
-from lightning_memwatch.callbacks.machinery.diffusion_measure import measure_diffusion
+from lightning_memwatch.callbacks.machinery.diffusion_measure import logged_keys, measure_diffusion
 from lightning_memwatch.callbacks.machinery.diffusion_model import (
     DenoiserCall,
     check_data_range,
+    check_labels,
     check_prediction,
     data_scaling,
+    family_names,
     model_prediction,
     read_schedule,
 )
@@ -35,7 +37,6 @@ from lightning_memwatch.callbacks.machinery.probes import InputKey
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.denoiser_spectrum import random_orthonormal
 from lightning_memwatch.metrics.diffusion import (
-    TIMESTEP_STATS,
     DenoiserSpectrumGap,
     DenoisingLossGap,
     SampleCopying,
@@ -50,25 +51,6 @@ DEFAULT_SPECTRUM_TIMESTEPS = (0.02,)
 #: ``spectrum_dim="auto"``: the whole Jacobian up to this many values per sample, else a fixed
 #: random projection on :data:`PROJECTION_DIM` dimensions (Humayun et al. (2024), sec. 3: 120).
 EXACT_UP_TO, PROJECTION_DIM = 256, 120
-SAMPLE_KEYS = (
-    "ct",
-    "copy_fraction",
-    "heldout_copy_fraction",
-    "near_copy_share",
-    "heldout_near_copy_share",
-    "nonfinite",
-)
-COST_KEYS = ("seconds", "probe_size")
-
-
-def _family_names(families: Any) -> tuple[str, ...]:
-    names = () if isinstance(families, str) else tuple(families)
-    short = tuple(f.removeprefix("diffusion/") if isinstance(f, str) else f for f in names)
-    if not short or any(f not in FAMILIES for f in short):
-        raise ValueError(
-            f"Expected `families` to be a non-empty subset of {FAMILIES} but got {families!r}"
-        )
-    return tuple(f for f in FAMILIES if f in short)
 
 
 class DiffusionMonitor(MemwatchMonitor):
@@ -199,7 +181,7 @@ class DiffusionMonitor(MemwatchMonitor):
         if not isinstance(schedule, str) or not schedule:
             raise ValueError(f"Expected `schedule` to name a module attribute but got {schedule!r}")
         self.prediction = check_prediction(prediction)
-        self._families = _family_names(families)
+        self._families = family_names(families, FAMILIES)
         self.timesteps = check_timesteps(
             "timesteps", DEFAULT_TIMESTEPS if timesteps == "auto" else timesteps
         )
@@ -208,17 +190,7 @@ class DiffusionMonitor(MemwatchMonitor):
             DEFAULT_SPECTRUM_TIMESTEPS if spectrum_timesteps == "auto" else spectrum_timesteps,
         )
         self.data_range = check_data_range(data_range)
-        if label_key is not None and (
-            isinstance(label_key, bool) or not isinstance(label_key, (int, str))
-        ):
-            raise ValueError(
-                "Expected `label_key` to be a tuple index, a dict key or None but got "
-                f"{label_key!r}"
-            )
-        if not isinstance(label_argument, str) or not label_argument.isidentifier():
-            raise ValueError(
-                f"Expected `label_argument` to be a keyword name but got {label_argument!r}"
-            )
+        check_labels(label_key, label_argument)
         self.label_key, self.label_argument = label_key, label_argument
         self.denoiser_output = denoiser_output
         if spectrum_dim not in (None, "auto"):
@@ -258,30 +230,7 @@ class DiffusionMonitor(MemwatchMonitor):
 
     @property
     def logged_keys(self) -> frozenset[str]:
-        keys = set()
-        for family in self.families:
-            keys |= {f"memwatch/{family}/{k}" for k in COST_KEYS}
-        if self.loss_family in self.families:
-            metric = self.loss_metric
-            keys |= {f"memwatch/{self.loss_family}/{k}" for k in (*metric.stats, "relative_gap")}
-            keys |= {
-                f"memwatch/{self.loss_family}/{name}/{stat}"
-                for name in metric.descriptors[1:]
-                for stat in TIMESTEP_STATS
-            }
-        if self.spectrum_family in self.families:
-            metric = self.spectrum_metric
-            keys |= {
-                f"memwatch/{self.spectrum_family}/{metric.key(d, s)}"
-                for d in metric.descriptors
-                for s in metric.stats
-            }
-        for family in (self.loss_family, self.spectrum_family):
-            if family in self.families:
-                keys |= {f"memwatch/{family}/{k}" for k in ("nonfinite", "staleness")}
-        if self.samples_family in self.families:
-            keys |= {f"memwatch/{self.samples_family}/{k}" for k in SAMPLE_KEYS}
-        return frozenset(keys)
+        return logged_keys(self)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Read the schedule, the prediction type and the denoiser (errors name the fix)."""

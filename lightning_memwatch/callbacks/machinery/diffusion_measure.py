@@ -26,6 +26,7 @@ from lightning_memwatch.functional.denoiser_spectrum import x0_estimator, x0_sin
 from lightning_memwatch.functional.diffusion import denoising_losses, q_sample
 from lightning_memwatch.functional.jacobian import map_chunks
 from lightning_memwatch.functional.neighbours import nearest_neighbours
+from lightning_memwatch.metrics.diffusion import TIMESTEP_STATS
 from lightning_memwatch.viz import as_images, global_step, pairs_grid, tensorboard_writer
 
 #: Generated | nearest training sample pairs shown in TensorBoard.
@@ -111,6 +112,44 @@ def generate(monitor: Any, count: int, device: torch.device, dtype: torch.dtype)
         monitor.prediction_type,
         steps=monitor.sampler_steps,
     )
+
+
+SAMPLE_KEYS = (
+    "ct",
+    "copy_fraction",
+    "heldout_copy_fraction",
+    "near_copy_share",
+    "heldout_near_copy_share",
+    "nonfinite",
+)
+
+
+def logged_keys(monitor: Any) -> frozenset[str]:
+    """Every key ``monitor`` can log with its families (see ``DiffusionMonitor``)."""
+    keys = set()
+    for family in monitor.families:
+        keys |= {f"memwatch/{family}/{k}" for k in ("seconds", "probe_size")}
+    if monitor.loss_family in monitor.families:
+        metric, family = monitor.loss_metric, monitor.loss_family
+        keys |= {f"memwatch/{family}/{k}" for k in (*metric.stats, "relative_gap")}
+        keys |= {
+            f"memwatch/{family}/{name}/{stat}"
+            for name in metric.descriptors[1:]
+            for stat in TIMESTEP_STATS
+        }
+    if monitor.spectrum_family in monitor.families:
+        metric, family = monitor.spectrum_metric, monitor.spectrum_family
+        keys |= {
+            f"memwatch/{family}/{metric.key(d, s)}"
+            for d in metric.descriptors
+            for s in metric.stats
+        }
+    for family in (monitor.loss_family, monitor.spectrum_family):
+        if family in monitor.families:
+            keys |= {f"memwatch/{family}/{k}" for k in ("nonfinite", "staleness")}
+    if monitor.samples_family in monitor.families:
+        keys |= {f"memwatch/{monitor.samples_family}/{k}" for k in SAMPLE_KEYS}
+    return frozenset(keys)
 
 
 def measure_diffusion(

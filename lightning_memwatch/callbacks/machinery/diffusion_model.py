@@ -106,6 +106,32 @@ def read_schedule(module: Any, name: str) -> Schedule:
     return Schedule(alphas_cumprod, prediction, normalize if callable(normalize) else None)
 
 
+def family_names(families: Any, known: tuple[str, ...]) -> tuple[str, ...]:
+    """The short names (``"loss"``) of ``families``, a non-empty subset of ``known`` given by
+    short or full name (``"diffusion/loss"``), in ``known``'s order."""
+    names = () if isinstance(families, str) else tuple(families)
+    short = tuple(f.removeprefix("diffusion/") if isinstance(f, str) else f for f in names)
+    if not short or any(f not in known for f in short):
+        raise ValueError(
+            f"Expected `families` to be a non-empty subset of {known} but got {families!r}"
+        )
+    return tuple(f for f in known if f in short)
+
+
+def check_labels(label_key: Any, label_argument: Any) -> None:
+    """A label location (tuple index, dict key or ``None``) and a keyword name."""
+    if label_key is not None and (
+        isinstance(label_key, bool) or not isinstance(label_key, (int, str))
+    ):
+        raise ValueError(
+            f"Expected `label_key` to be a tuple index, a dict key or None but got {label_key!r}"
+        )
+    if not isinstance(label_argument, str) or not label_argument.isidentifier():
+        raise ValueError(
+            f"Expected `label_argument` to be a keyword name but got {label_argument!r}"
+        )
+
+
 def check_prediction(prediction: str) -> str:
     """``prediction`` (``"auto"`` or a known type, canonical), else a ``ValueError``."""
     if prediction == "auto":
