@@ -40,8 +40,6 @@ directory per run. :func:`train_run` trains one run at a seed and returns what a
 (the logged values per measurement and the ground truth per step).
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import json
@@ -85,7 +83,7 @@ class Settings:
     budget: float = 0.05
 
     @classmethod
-    def fast(cls) -> Settings:
+    def fast(cls) -> "Settings":
         return cls(
             epochs=2,
             truth_every=1,
@@ -224,20 +222,17 @@ class NearCopyTruth(Callback):
 
 
 class Recorder(Callback):
-    """After the monitors, the memwatch values of every epoch the loss family measured."""
+    """After the monitors, at the end of every epoch, the memwatch values measured in it (a
+    monitor that did not measure an epoch has its keys out of ``callback_metrics``)."""
 
-    def __init__(self, loss_monitor: DiffusionMonitor) -> None:
-        self.monitor = loss_monitor
+    def __init__(self) -> None:
         self.logged: list[dict[str, float]] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        if self.monitor.last_logged_epoch != epoch or trainer.sanity_checking:
-            return
-        values = {
-            k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("memwatch/")
-        }
-        self.logged.append({"step": trainer.global_step, "epoch": epoch, **values})
+        metrics = trainer.callback_metrics
+        fresh = {k: float(v) for k, v in metrics.items() if k.startswith("memwatch/")}
+        fresh = {k: v for k, v in fresh.items() if not k.endswith("/probe_size") or v > 0}
+        self.logged.append({"step": trainer.global_step, "epoch": trainer.current_epoch, **fresh})
 
 
 def monitors(settings: Settings, seed: int) -> list[Callback]:
@@ -285,13 +280,13 @@ def train_run(
     callbacks: Callable[[Settings, int], list[Callback]] = monitors,
 ) -> RunResult:
     """Train run ``run`` (``"A"`` or ``"B"``) at ``seed`` (model, noise, A's 32 digits, probes)
-    with ``callbacks(settings, seed)`` (default: :func:`monitors`); the first
-    ``DiffusionMonitor`` measuring the loss family paces the recorded measurements."""
+    with ``callbacks(settings, seed)`` (default: :func:`monitors`): the values logged at every
+    epoch, the ground truth every ``truth_every`` epochs, the step at the end of the epoch where
+    the first ``MemorizationEarlyStopping`` among them fired."""
     settings = settings or Settings()
     L.seed_everything(seed, verbose=False)
     train, held_out = loaders(run, seed)
     attached = callbacks(settings, seed)
-    loss_monitor = next(c for c in attached if "diffusion/loss" in getattr(c, "families", ()))
     stopper = next((c for c in attached if isinstance(c, MemorizationEarlyStopping)), None)
     truth = NearCopyTruth(
         train.dataset.tensors[0],
@@ -300,7 +295,7 @@ def train_run(
         settings.truth_steps,
         seed,
     )
-    recorder = Recorder(loss_monitor)
+    recorder = Recorder()
     logger = (
         False
         if out is None
@@ -315,6 +310,7 @@ def train_run(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        log_every_n_steps=STEPS_PER_EPOCH,
         callbacks=[*attached, truth, recorder],
     )
     start = time.perf_counter()
@@ -357,20 +353,29 @@ def _cell(value: float | None, digits: int = 3) -> str:
     return "" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
 
 
+def latest(result: RunResult, step: int) -> dict[str, float]:
+    """Every key's latest finite value logged at or before ``step``."""
+    values: dict[str, float] = {}
+    for row in result.logged:
+        if row["step"] <= step:
+            values.update({k: v for k, v in row.items() if math.isfinite(v)})
+    return values
+
+
 def timeline(result: RunResult) -> str:
-    """The run's measurements beside the ground truth of the same step (markdown)."""
-    truth = dict(result.truth)
+    """At every ground-truth step, the monitors' latest values beside it (markdown); ``rule``
+    marks the row by whose step the rule had fired."""
     head = "| step | truth near-copy | " + " | ".join(label for label, _ in TIMELINE) + " | rule |"
     lines = [head, "|---:" * (len(TIMELINE) + 3) + "|"]
-    for row in result.logged:
-        step = int(row["step"])
-        if step not in truth and row is not result.logged[-1]:
-            continue
-        fired = "fired" if result.fired_step == step else ""
-        cells = [_cell(row.get(key)) for _, key in TIMELINE]
+    previous = -1
+    for step, share in result.truth:
+        fired = result.fired_step is not None and previous < result.fired_step <= step
+        values = latest(result, step)
+        cells = [_cell(values.get(key)) for _, key in TIMELINE]
         lines.append(
-            f"| {step} | {_cell(truth.get(step))} | " + " | ".join(cells) + f" | {fired} |"
+            f"| {step} | {_cell(share)} | " + " | ".join(cells) + f" | {'fired' if fired else ''} |"
         )
+        previous = step
     return "\n".join(lines)
 
 
@@ -383,9 +388,7 @@ def summary(results: dict[str, RunResult]) -> str:
     for label, base in SUMMARY:
         cells = []
         for result in results.values():
-            last: dict[str, float] = {}
-            for row in result.logged:
-                last.update({k: v for k, v in row.items() if math.isfinite(v)})
+            last = latest(result, math.inf)
             effect = _cell(last.get(f"{base}/effect"), 2)
             bounds = (last.get(f"{base}/effect_lower"), last.get(f"{base}/effect_upper"))
             if None not in bounds:
