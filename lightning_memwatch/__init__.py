@@ -18,12 +18,9 @@ from lightning_memwatch.kfold import KFoldMemorization, kfold_memorization_score
 from lightning_memwatch.metrics import (
     ComplexityGap,
     DataCopying,
-    DenoiserSpectrumGap,
-    DenoisingLossGap,
     DensityGap,
     LikelihoodGap,
     RecoveryGap,
-    SampleCopying,
     SpectrumGap,
     TrainValGap,
 )
@@ -33,8 +30,6 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "ComplexityGap",
     "DataCopying",
-    "DenoiserSpectrumGap",
-    "DenoisingLossGap",
     "DensityGap",
     "DiffusionMonitor",
     "EffectAgreement",
@@ -45,7 +40,6 @@ __all__ = [
     "MemorizationEarlyStopping",
     "RecoveryGap",
     "RecoveryMonitor",
-    "SampleCopying",
     "SampleMonitor",
     "SpectrumGap",
     "TrainValGap",
