@@ -83,18 +83,7 @@ def one_fit(family: str, seed: int) -> tuple[float, float]:
         families=(family,), max_overhead=math.inf, data_range=(0, 1), seed=seed
     )
     clock, seconds = EpochClock(), FamilySeconds(family)
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=example.STEPS_PER_EPOCH,
-        callbacks=[monitor, clock, seconds],
-    )
+    trainer = example.cpu_trainer(2, [monitor, clock, seconds])
     trainer.fit(example.DigitsDDPM(), train, held_out)
     return clock.seconds[1], seconds.seconds[1]
 

@@ -260,6 +260,22 @@ def monitors(settings: Settings, seed: int) -> list[Callback]:
     ]
 
 
+def cpu_trainer(epochs: int, callbacks: list[Callback], logger: Any = False) -> L.Trainer:
+    """The example's Trainer: CPU, no checkpoints, progress bar or sanity check."""
+    return L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=STEPS_PER_EPOCH,
+        callbacks=callbacks,
+    )
+
+
 @contextlib.contextmanager
 def quiet(threads: int = 1) -> Iterator[None]:
     """Lightning's start-up chatter off, ``threads`` intra-op threads (the model is tiny)."""
@@ -310,18 +326,7 @@ def train_run(
         if out is None
         else TensorBoardLogger(str(out), name=f"{run}_seed{seed}", default_hp_metric=False)
     )
-    trainer = L.Trainer(
-        max_epochs=settings.epochs,
-        accelerator="cpu",
-        devices=1,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=STEPS_PER_EPOCH,
-        callbacks=[*attached, truth, recorder],
-    )
+    trainer = cpu_trainer(settings.epochs, [*attached, truth, recorder], logger)
     start = time.perf_counter()
     trainer.fit(DigitsDDPM(settings.channels, settings.lr), train, held_out)
     fired = (
