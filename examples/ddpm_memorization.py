@@ -17,8 +17,8 @@ monitors draw their held-out probe from. Each epoch is 22 steps of batch 64; Ada
 
 Attached callbacks:
 
-- ``DiffusionMonitor(families=("loss",))``: the per-sample denoising loss at t = 10, 25, 50 and
-  100 of 1,000 (the default grid), train against held-out probe (32 + 32 digits; run A has only
+- ``DiffusionMonitor(families=("loss",))``: the per-sample denoising loss at t = 25, 50 and 100 of
+  1,000 (the default grid), train against held-out probe (32 + 32 digits; run A has only
   32), at every epoch;
 - ``DiffusionMonitor(families=("spectrum", "samples"), every_n_epochs=truth_every)``: the
   x0-estimate's spectrum at t = 20 and 256 samples of the built-in 10-step DDIM, at the epochs
@@ -356,7 +356,7 @@ TIMELINE = (
 )
 SUMMARY = (
     ("loss", "memwatch/diffusion/loss"),
-    ("loss at t=10", "memwatch/diffusion/loss/t0.01"),
+    ("loss at t=25", "memwatch/diffusion/loss/t0.025"),
     ("loss at t=100", "memwatch/diffusion/loss/t0.1"),
     ("psi (log volume)", "memwatch/diffusion/spectrum/log_volume"),
     ("nu (local rank)", "memwatch/diffusion/spectrum/local_rank"),
