@@ -46,10 +46,9 @@ FAMILIES = ("loss", "spectrum", "samples")
 DEFAULT_FAMILIES = ("loss",)
 #: The loss grid of ``timesteps="auto"``: fractions of the training timesteps.
 #: Measured (``examples/ddpm_memorization.py``, seed 0): on the memorizing run the gap opens at
-#: every timestep from 10 to 100 of 1,000 at once; at 10 both runs showed an effect of -0.28
-#: from the first epoch on (the two probes' digits differ most at the lowest noise level), and
-#: above 300 a sample's loss is mostly its noise draw. Three timesteps keep a whole-probe
-#: measurement at 0.08 of a training epoch of the example (``benchmarks/diffusion_cost.py``).
+#: every timestep from 10 to 100 of 1,000 together, at 500 and 700 not at all (a sample's loss
+#: there is mostly its noise draw); three timesteps keep a whole-probe measurement at 0.07-0.09 of a
+#: training epoch of the example (four: 0.10; ``benchmarks/diffusion_cost.py``).
 DEFAULT_TIMESTEPS = (0.025, 0.05, 0.1)
 #: The spectrum timesteps of ``spectrum_timesteps="auto"``.
 DEFAULT_SPECTRUM_TIMESTEPS = (0.02,)
