@@ -35,9 +35,9 @@ Attached callbacks:
 
 Both monitors run with ``max_overhead=float("inf")``: all monitors of a ``Trainer`` share one
 cost budget (the smallest ``max_overhead`` among them), so a 5 % budget would also thin out the
-spectrum and samples measurements, which cost about 3.6 and 0.6 training epochs each on the
+spectrum and samples measurements, which cost about 3 and 0.5 training epochs each on the
 whole probe (``benchmarks/diffusion_cost.py``); at its default the loss family alone would be
-measured on a slice of the probe every epoch or two (0.09 epoch per whole-probe measurement).
+measured on a slice of the probe every epoch or two (0.07 epoch per whole-probe measurement).
 
 It prints, per run, the timeline (step, ground truth, the monitors' keys, where the rule fired)
 and a table of the last measurement per family (train / val / gap / effect and its bounds).
