@@ -6,6 +6,7 @@ and the offline K-fold memorization score; everything else is private.
 
 from lightning_memwatch import functional
 from lightning_memwatch.callbacks import (
+    DiffusionMonitor,
     EffectAgreement,
     GeometryMonitor,
     LikelihoodMonitor,
@@ -30,6 +31,7 @@ __all__ = [
     "ComplexityGap",
     "DataCopying",
     "DensityGap",
+    "DiffusionMonitor",
     "EffectAgreement",
     "GeometryMonitor",
     "KFoldMemorization",

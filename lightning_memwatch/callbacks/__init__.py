@@ -1,5 +1,6 @@
 """Lightning callbacks: thin glue around :mod:`lightning_memwatch.metrics` (no maths here)."""
 
+from lightning_memwatch.callbacks.diffusion import DiffusionMonitor
 from lightning_memwatch.callbacks.early_stopping import MemorizationEarlyStopping
 from lightning_memwatch.callbacks.geometry import GeometryMonitor
 from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
@@ -8,6 +9,7 @@ from lightning_memwatch.callbacks.rules import EffectAgreement
 from lightning_memwatch.callbacks.samples import SampleMonitor
 
 __all__ = [
+    "DiffusionMonitor",
     "EffectAgreement",
     "GeometryMonitor",
     "LikelihoodMonitor",

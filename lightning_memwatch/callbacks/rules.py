@@ -117,7 +117,8 @@ class EffectAgreement(Callback):
                 raise ValueError(
                     f"EffectAgreement reads family {family!r} but no attached monitor measures "
                     "it: add its monitor (RecoveryMonitor for 'recovery', GeometryMonitor for "
-                    "'spectrum' or 'density') to `Trainer(callbacks=[...])`"
+                    "'spectrum' or 'density', DiffusionMonitor for 'diffusion/loss', "
+                    "'diffusion/spectrum' or 'diffusion/samples') to `Trainer(callbacks=[...])`"
                 )
             owners.append(owner)
         return owners

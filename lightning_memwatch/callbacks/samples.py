@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from lightning_memwatch.callbacks.machinery.calling import draw_samples
+from lightning_memwatch.callbacks.machinery.copying import copy_measurements
 from lightning_memwatch.callbacks.machinery.isolation import measurement_context
 from lightning_memwatch.callbacks.machinery.latent_views import LatentSize
 from lightning_memwatch.callbacks.machinery.monitor import MemwatchMonitor
@@ -19,8 +20,6 @@ from lightning_memwatch.callbacks.machinery.probes import (
     shard,
 )
 from lightning_memwatch.functional.checks import check_int
-from lightning_memwatch.functional.data_copying import copied
-from lightning_memwatch.functional.kmeans import assign_cells, kmeans
 from lightning_memwatch.functional.neighbours import nearest_neighbours, pca_projection, project
 from lightning_memwatch.metrics.samples import DataCopying
 from lightning_memwatch.viz import as_images, global_step, pairs_grid, tensorboard_writer
@@ -254,18 +253,12 @@ class SampleMonitor(MemwatchMonitor):
                     features = self.vectors(pl_module, reference)  # no projection yet
                     self.projection = pca_projection(features, self.pca_dim)
                 train = self.vectors(pl_module, reference)
-                centroids, train_cells = kmeans(
-                    train, self.cells, generator=torch.Generator().manual_seed(self.seed)
-                )
-                own, _ = nearest_neighbours(train, train, exclude_self=True)
-                batches = {"heldout": inputs["val"], "generated": generated}
-                for name, batch in batches.items():
-                    x = self.vectors(pl_module, shard(batch, rank, world))
-                    x_cells = assign_cells(x, centroids)
-                    d, _ = nearest_neighbours(
-                        x, train, x_cells=x_cells, reference_cells=train_cells
-                    )
-                    flags = copied(train, x, train_distances=own)
+                batches = {
+                    name: self.vectors(pl_module, shard(batch, rank, world))
+                    for name, batch in (("heldout", inputs["val"]), ("generated", generated))
+                }
+                found = copy_measurements(train, batches, self.cells, self.seed)
+                for name, (d, x_cells, flags) in found.items():
                     self.metric.update(d, x_cells, flags, name)
                 if writer is not None:
                     x = shard(generated, rank, world)[:PAIRS]

@@ -6,6 +6,11 @@ Usable on a saved generator in a notebook: every function takes a decoder callab
 
 from lightning_memwatch.functional.autodiff import AutodiffFallbackWarning
 from lightning_memwatch.functional.complexity import local_complexity
+from lightning_memwatch.functional.copies import (
+    near_copies,
+    near_copy_share,
+    two_nearest_distances,
+)
 from lightning_memwatch.functional.data_copying import (
     copied,
     copy_fraction,
@@ -13,12 +18,26 @@ from lightning_memwatch.functional.data_copying import (
     data_copying_from_distances,
     data_copying_statistic,
 )
+from lightning_memwatch.functional.ddim import ddim_sample, ddim_timesteps
 from lightning_memwatch.functional.decay import decay_scores, decay_terms, nearest_neighbour_radii
 from lightning_memwatch.functional.decoder_likelihood import (
     bernoulli_log_likelihood,
     gaussian_log_likelihood,
 )
+from lightning_memwatch.functional.denoiser_spectrum import (
+    random_orthonormal,
+    x0_estimator,
+    x0_singular_values,
+)
 from lightning_memwatch.functional.density import dip_scores, dip_terms, induced_log_density
+from lightning_memwatch.functional.diffusion import (
+    convert_prediction,
+    denoising_losses,
+    epsilon_from_prediction,
+    prediction_target,
+    q_sample,
+    x0_from_prediction,
+)
 from lightning_memwatch.functional.jacobian import jacobian
 from lightning_memwatch.functional.kernels import forward_mode_kernels
 from lightning_memwatch.functional.kmeans import assign_cells, kmeans, pairwise_distances
@@ -43,15 +62,20 @@ __all__ = [
     "AutodiffFallbackWarning",
     "assign_cells",
     "bernoulli_log_likelihood",
+    "convert_prediction",
     "copied",
     "copy_fraction",
     "data_copying_cells",
     "data_copying_from_distances",
     "data_copying_statistic",
+    "ddim_sample",
+    "ddim_timesteps",
     "decay_scores",
     "decay_terms",
+    "denoising_losses",
     "dip_scores",
     "dip_terms",
+    "epsilon_from_prediction",
     "forward_mode_kernels",
     "gaussian_log_likelihood",
     "importance_log_likelihood",
@@ -67,16 +91,25 @@ __all__ = [
     "log_prior",
     "mann_whitney_z",
     "mre_gap",
+    "near_copies",
+    "near_copy_share",
     "nearest_neighbour_radii",
     "nearest_neighbours",
     "pairwise_distances",
     "pca_projection",
     "posterior_from_encoder",
+    "prediction_target",
     "project",
     "project_to_typical_set",
+    "q_sample",
+    "random_orthonormal",
     "recover_latents",
     "sample_prior",
     "singular_values",
     "top_singular_values",
     "top_singular_values_and_vector",
+    "two_nearest_distances",
+    "x0_estimator",
+    "x0_from_prediction",
+    "x0_singular_values",
 ]

@@ -2,6 +2,11 @@
 
 from lightning_memwatch.metrics.complexity import ComplexityGap
 from lightning_memwatch.metrics.density import DensityGap
+from lightning_memwatch.metrics.diffusion import (
+    DenoiserSpectrumGap,
+    DenoisingLossGap,
+    SampleCopying,
+)
 from lightning_memwatch.metrics.likelihood import LikelihoodGap
 from lightning_memwatch.metrics.recovery import RecoveryGap
 from lightning_memwatch.metrics.samples import DataCopying
@@ -11,9 +16,12 @@ from lightning_memwatch.metrics.train_val import TrainValGap
 __all__ = [
     "ComplexityGap",
     "DataCopying",
+    "DenoiserSpectrumGap",
+    "DenoisingLossGap",
     "DensityGap",
     "LikelihoodGap",
     "RecoveryGap",
+    "SampleCopying",
     "SpectrumGap",
     "TrainValGap",
 ]

@@ -54,15 +54,16 @@ class SpectrumGap(TrainValGap):
 
     def update(self, s: Tensor, split: str) -> None:
         """Record the descriptors of singular values ``s`` (``(B, r)``) for ``split``."""
+        self._append(split, self.descriptor_values(s))
+
+    def descriptor_values(self, s: Tensor) -> dict[str, Tensor]:
+        """The per-point descriptors of singular values ``s`` (``(B, r)``), ``(B,)`` each."""
         if not isinstance(s, Tensor) or s.ndim != 2:
             raise ValueError(f"Expected `s` to be a (B, r) tensor of singular values but got {s!r}")
         k = intrinsic_dim(s, rtol=self.rtol)
-        self._append(
-            split,
-            {
-                "log_volume": local_scaling(s, k=k.clamp_min(0)),
-                "local_rank": local_rank(s),
-                "intrinsic_dim": torch.where(k >= 0, k.to(torch.float64), torch.nan),
-                "log_condition": log_condition(s, k=k.clamp_min(0)),
-            },
-        )
+        return {
+            "log_volume": local_scaling(s, k=k.clamp_min(0)),
+            "local_rank": local_rank(s),
+            "intrinsic_dim": torch.where(k >= 0, k.to(torch.float64), torch.nan),
+            "log_condition": log_condition(s, k=k.clamp_min(0)),
+        }
