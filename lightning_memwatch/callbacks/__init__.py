@@ -3,6 +3,7 @@
 from lightning_memwatch.callbacks.early_stopping import MemorizationEarlyStopping
 from lightning_memwatch.callbacks.geometry import GeometryMonitor
 from lightning_memwatch.callbacks.likelihood import LikelihoodMonitor
+from lightning_memwatch.callbacks.machinery.summary import fit_summary
 from lightning_memwatch.callbacks.recovery import RecoveryMonitor
 from lightning_memwatch.callbacks.rules import EffectAgreement
 from lightning_memwatch.callbacks.samples import SampleMonitor
@@ -14,4 +15,5 @@ __all__ = [
     "MemorizationEarlyStopping",
     "RecoveryMonitor",
     "SampleMonitor",
+    "fit_summary",
 ]

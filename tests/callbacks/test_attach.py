@@ -161,7 +161,9 @@ def test_encoder_model_output_read_by_key():
         max_overhead=math.inf,
     )
     trainer = fit([cb], build())
-    reference = GeometryMonitor(encoder="encode", probe_size=8, families=("spectrum",))
+    reference = GeometryMonitor(
+        encoder="encode", probe_size=8, families=("spectrum",), max_overhead=math.inf
+    )
     reference_trainer = fit([reference], build())
     key = "memwatch/spectrum/log_volume/gap"
     assert trainer.callback_metrics[key].item() == pytest.approx(
@@ -258,7 +260,9 @@ class Wrapper(L.LightningModule):
 
 def test_dotted_attribute_names_reach_a_wrapped_model():
     """Before: ``... has no model.decoder attribute``."""
-    cb = GeometryMonitor(decoder="model.decoder", encoder="model.encoder", probe_size=8)
+    cb = GeometryMonitor(
+        decoder="model.decoder", encoder="model.encoder", probe_size=8, max_overhead=math.inf
+    )
     model = Wrapper()
     trainer = fit([cb], model)
     with torch.no_grad():
