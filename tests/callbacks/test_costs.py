@@ -280,3 +280,19 @@ def test_lightning_writing_after_a_measurement_is_charged_beyond_its_usual_lengt
     )
     assert clock.run_seconds == pytest.approx(run + 0.05 - 0.04)
     assert second.after_seconds == pytest.approx(0.03)
+
+
+def test_a_monitor_over_its_share_leaves_the_others_only_what_is_left_in_all(budget_clock):
+    """Two monitors, 5 % of 100 s: 2.5 s each. One spent 4 s on its train-start checks: the
+    other may spend what is left of the 5 s in all (1 s), not its own 2.5 s."""
+    clock = RunClock()
+    over = CostBudget(0.05, 64, name="over", clock=clock)
+    other = CostBudget(0.05, 64, name="other", clock=clock)
+    clock.start()
+    over.charge(4.0)
+    budget_clock.now += 100.0
+    assert clock.allowance("other") == pytest.approx(1.0)
+    assert clock.allowance("over") == pytest.approx(2.5 - 4.0)
+    clock.progress = 0.5  # by the end (200 s): 10 s in all, 6 s left, 5 s its own share
+    assert clock.final_allowance("other") == pytest.approx(5.0)
+    assert other.spent_seconds == 0.0

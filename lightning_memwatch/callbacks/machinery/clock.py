@@ -80,18 +80,26 @@ class RunClock:
         """One monitor's ``1 / N`` of the budget earned by ``run_seconds`` of the run."""
         return self.max_overhead * run_seconds / max(len(self.max_overheads), 1)
 
+    def left(self, name: str, run_seconds: float) -> float:
+        """What ``name`` may still spend once the run has ``run_seconds``: its ``1 / N`` share
+        less its own seconds, and no more than what all monitors together have left (a monitor
+        whose train-start checks overran its share leaves the others less)."""
+        own = self.share(run_seconds) - self.spent.get(name, 0.0)
+        pooled = self.max_overhead * run_seconds - sum(self.spent.values())
+        return min(own, pooled)
+
     def allowance(self, name: str) -> float:
-        """What ``name`` has earned and not spent: its ``1 / N`` share of the budget."""
+        """What ``name`` has earned and may spend now (:meth:`left`)."""
         self.catch_up()
-        return self.share(self.run_seconds) - self.spent.get(name, 0.0)
+        return self.left(name, self.run_seconds)
 
     def final_allowance(self, name: str) -> float:
-        """What ``name`` will have earned and not spent by the end of the run, projected from
+        """What ``name`` will have earned and may spend by the end of the run, projected from
         its progress (``inf`` when the run's length is unknown)."""
         self.catch_up()
         if not self.progress:
             return math.inf
-        return self.share(self.run_seconds / self.progress) - self.spent.get(name, 0.0)
+        return self.left(name, self.run_seconds / self.progress)
 
     def open_window(self, name: str | None = None, keys: float = 0.0) -> None:
         """A monitor's epoch-end hook ends (after logging ``keys`` keys, if it measured): what

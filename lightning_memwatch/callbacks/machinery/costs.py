@@ -216,11 +216,14 @@ def time_units(
     *,
     forward_mode: bool,
     reverse_mode: bool,
-    repeats: int = 5,
+    repeats: int = 2,
 ) -> UnitCosts:
-    """Time ``decoder`` at one latent and at all of ``z`` (``(rows, m)``): without gradients,
-    its forward-mode Jacobian (``forward_mode``; at one and four points) and a forward +
-    backward pass (``reverse_mode``). The caller runs it inside the measurement context."""
+    """Time ``decoder`` at one latent and at all of ``z`` (``(rows, m)``), the best of
+    ``repeats`` calls each: without gradients, its forward-mode Jacobian (``forward_mode``; at
+    one and two points) and a forward + backward pass (``reverse_mode``). The caller runs it
+    inside the measurement context. On the conv autoencoder of ``benchmarks/overhead.py`` two
+    repeats took 0.03-0.1 s on 2 loaded cores (five: 0.1-0.3 s, more than the monitor's whole
+    share of a 6 s run)."""
     rows = len(z)
     with torch.no_grad():
         forward = _line(
@@ -228,7 +231,7 @@ def time_units(
         )
     jac = (0.0, 0.0)
     if forward_mode:
-        points = z[:4] if rows > 1 else z[:1].expand(4, -1)
+        points = z[:2] if rows > 1 else z[:1].expand(2, -1)
         one = _best_of(lambda: jacobian(decoder, z[:1]), repeats)
         jac = _line(one, _best_of(lambda: jacobian(decoder, points), repeats), len(points))
     grad = (0.0, 0.0)
