@@ -113,7 +113,7 @@ class Seconds(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for callback in trainer.callbacks:
-            if getattr(callback, "last_logged_epoch", None) == trainer.current_epoch:
+            if hasattr(callback, "budget") and callback.last_logged_epoch == trainer.current_epoch:
                 for family in getattr(callback, "families", ()):
                     self.total += callback.last_scalars.get(f"memwatch/{family}/seconds", 0.0)
 

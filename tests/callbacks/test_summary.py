@@ -236,3 +236,22 @@ def test_an_unmeasured_epoch_logs_nothing():
         for c in logger.calls
         if "memwatch/spectrum/seconds" in c
     )
+
+
+def test_training_is_bit_identical_with_the_budgeted_snippet():
+    """The budget's train-start timing of the decoder (dropout and BatchNorm in it), its waits
+    and its measurements leave training as it was: same losses, same weights."""
+
+    def run(callbacks):
+        L.seed_everything(0, verbose=False)
+        model = make_autoencoder()
+        train, val = digits_loaders()
+        quiet_trainer(callbacks=callbacks, max_epochs=4).fit(model, train, val)
+        return model
+
+    callbacks = snippet(max_overhead=3.0)
+    plain, watched = run([]), run(callbacks)
+    assert callbacks[0].budget.units is not None and callbacks[1].measurements > 0
+    assert plain.losses == watched.losses
+    for a, b in zip(plain.state_dict().values(), watched.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
