@@ -243,6 +243,18 @@ def test_a_measurement_dearer_than_predicted_scales_the_next_prediction(budget_c
     assert budget.predict(16, ("cheap",), figures=True) == pytest.approx(2.0 + 0.5 + 1.0)
 
 
+def test_a_family_not_measured_yet_borrows_the_measured_families_factor(budget_clock):
+    """The timed calls came out 4x too dear (the machine was loaded when they were timed): the
+    measured family's factor is 0.25, and the family not measured yet is predicted with it
+    (and the margin) instead of at 4x its cost, which it might never be able to afford."""
+    budget = budget_with(UNITS, WORKS)
+    budget.expect(16, ("cheap",))
+    budget.record(16, 0.25, {"cheap": (0.25, 0.0, False)})
+    assert budget.factor("cheap") == pytest.approx(0.25)
+    assert budget.factor("dear") == pytest.approx(UNMEASURED_MARGIN * 0.25)
+    assert budget.predict(16, ("dear",)) == pytest.approx(UNMEASURED_MARGIN * 0.25 * 10.0)
+
+
 def test_figures_wait_for_a_measurement_that_affords_them(budget_clock, monkeypatch):
     monkeypatch.setattr("lightning_memwatch.callbacks.machinery.budget.figures_warm", lambda: True)
     budget = budget_with(UNITS, {"cheap": WORKS["cheap"]})

@@ -249,7 +249,7 @@ def test_training_is_bit_identical_with_the_budgeted_snippet():
         quiet_trainer(callbacks=callbacks, max_epochs=4).fit(model, train, val)
         return model
 
-    callbacks = snippet(max_overhead=3.0)
+    callbacks = snippet(max_overhead=1e6)  # finite: timed, planned, always affordable
     plain, watched = run([]), run(callbacks)
     assert callbacks[0].budget.units is not None and callbacks[1].measurements > 0
     assert plain.losses == watched.losses

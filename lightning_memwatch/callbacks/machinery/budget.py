@@ -1,28 +1,16 @@
-"""The cost budget that makes the monitors safe to leave on.
+"""The cost budget that makes the monitors safe to leave on: one monitor's decisions.
 
-All memwatch monitors of one ``Trainer`` share one budget: together they may spend
-``max_overhead`` of the run's wall time outside them (every second of training steps,
-validation, logging and other callbacks earns ``max_overhead`` seconds). When the monitors were
-given different ``max_overhead`` values the smallest wins, so adding a monitor never raises what
-the run may spend. Each of the ``N`` monitors may spend ``1 / N`` of it: a monitor's allowance
-is ``max_overhead * run_seconds / N - its own seconds``, so an expensive monitor is not starved
-by a cheap one that measures first at every epoch end.
-
-A monitor's seconds are everything it makes the run do: drawing and checking its probe when
-training starts (the process's first forward-mode call included), timing its decoder, each
-measurement with its TensorBoard artifacts and logging, and Lightning's writing of the keys it
-logged (the window after a measurement, up to the next memwatch hook, less the same window at
-an unmeasured epoch: :meth:`RunClock.close_window`).
-
-Before a measurement the monitor predicts its cost from timed decoder calls
-(:mod:`~lightning_memwatch.callbacks.machinery.costs`; a family not measured yet in this run
-:data:`UNMEASURED_MARGIN` times dearer, and each family's later predictions scaled by what its
-last measurement cost against its prediction) and measures the largest of ``probe_size``,
-``probe_size / 2``, ... down to :data:`MIN_PROBE` samples per split that fits in what it has
-earned and not spent; when none fits it waits. A family whose smallest measurement does not fit
-even in what the monitor will have earned by the end of the run (projected from the epochs or
-steps done) is skipped and named (:attr:`CostBudget.never`): a monitor never knowingly goes
-over budget, the first epoch included. ``max_overhead=inf`` turns the budget off.
+All memwatch monitors of one ``Trainer`` share one budget, ``max_overhead`` of the run's wall
+time outside them, each ``1 / N`` of it (:mod:`~lightning_memwatch.callbacks.machinery.clock`,
+which also counts what is charged). Before a measurement the monitor predicts its cost from
+timed decoder calls (:mod:`~lightning_memwatch.callbacks.machinery.costs`; a family not measured
+yet in this run :data:`UNMEASURED_MARGIN` times dearer, and each family's later predictions
+scaled by what its last measurement cost against its prediction) and measures the largest of
+``probe_size``, ``probe_size / 2``, ... down to :data:`MIN_PROBE` samples per split that fits in
+what it has earned and not spent; when none fits it waits. A family whose smallest measurement
+does not fit even in what the monitor will have earned by the end of the run (projected from
+the epochs or steps done) is skipped and named (:attr:`CostBudget.never`): a monitor never
+knowingly goes over budget, the first epoch included. ``max_overhead=inf`` turns it off.
 
 Without timed decoder calls (a budget used on its own) the first measurement calibrates on a
 :data:`MIN_PROBE` slice and later ones are predicted from its cost per sample
@@ -131,6 +119,11 @@ class CostBudget:
     def start(self) -> None:
         self.clock.start()
 
+    def configure(self, monitor: Any, units: UnitCosts | None) -> None:
+        """Take ``monitor``'s families, logged keys and decoder work, and its timed calls."""
+        self.families, self.keys = tuple(monitor.families), len(monitor.logged_keys)
+        self.work, self.units, self._raw = monitor.work, units, {}
+
     @property
     def spent_seconds(self) -> float:
         """All this monitor's seconds so far (measurements, train start, logging)."""
@@ -168,9 +161,21 @@ class CostBudget:
             self._raw[(family, size)] = cached
         return cached
 
+    def factor(self, family: str) -> float:
+        """What ``family``'s count of decoder work is multiplied by: its last measurement's
+        seconds against that count; for a family not measured yet, :data:`UNMEASURED_MARGIN`
+        times the geometric mean of this monitor's measured families' (the timed calls are
+        off for all of them alike when the machine's load changed since they were timed)."""
+        if family in self.factors:
+            return self.factors[family]
+        measured = [f for f in self.factors.values() if f > 0]
+        if not measured:
+            return UNMEASURED_MARGIN
+        return UNMEASURED_MARGIN * math.exp(sum(math.log(f) for f in measured) / len(measured))
+
     def family_seconds(self, family: str, size: int) -> float:
         """Predicted seconds of ``family``'s computation on ``size`` samples per split."""
-        return self.raw_seconds(family, size) * self.factors.get(family, UNMEASURED_MARGIN)
+        return self.raw_seconds(family, size) * self.factor(family)
 
     def expect(self, size: int, families: tuple[str, ...]) -> None:
         """A measurement of ``families`` on ``size`` samples starts: keep what their decoder
@@ -283,7 +288,7 @@ class CostBudget:
             raw = self.expected.get(family)
             raw = self.raw_seconds(family, size) if raw is None else raw
             if figures:  # the figures' profiles and drawing: beyond the usual measurement
-                usual = raw * self.factors.get(family, 1.0) + self.writes.get(family, 0.0)
+                usual = raw * self.factor(family) + self.writes.get(family, 0.0)
                 self.figure_costs[family] = max(compute + write - usual, 0.0)
             else:
                 if raw > 0:

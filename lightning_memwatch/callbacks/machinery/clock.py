@@ -1,11 +1,20 @@
 """The wall time of one run, shared by the memwatch monitors of a ``Trainer``.
 
-:class:`RunClock` counts the seconds of the run outside every monitor (what earns the budget),
-each monitor's own seconds, and the run's progress (for what a monitor will have earned by the
-end of the run). It also charges the monitors what Lightning does with the keys they logged:
-the window after the monitors' epoch-end hooks, up to the next memwatch hook, at an epoch where
-a monitor measured, beyond the same window's usual length at unmeasured epochs
-(:meth:`RunClock.close_window`).
+All memwatch monitors of one ``Trainer`` share one budget: together they may spend
+``max_overhead`` of the run's wall time outside them (every second of training steps,
+validation, logging and other callbacks earns ``max_overhead`` seconds). When the monitors were
+given different ``max_overhead`` values the smallest wins, so adding a monitor never raises what
+the run may spend. Each of the ``N`` monitors may spend ``1 / N`` of it (an expensive monitor is
+not starved by a cheap one that measures first at every epoch end), and no more than what all of
+them together have left (:meth:`RunClock.left`).
+
+A monitor's seconds are everything it makes the run do: drawing and checking its probe when
+training starts (the process's first forward-mode call included), timing its decoder, its
+hooks at unmeasured epochs, each measurement with its TensorBoard artifacts and logging, and
+Lightning's writing of the keys it logged: the window after the monitors' epoch-end hooks, up to
+the next memwatch hook, at an epoch where a monitor measured, beyond the same window's usual
+length at unmeasured epochs (:meth:`RunClock.close_window`). :class:`RunClock` counts the run's
+seconds outside the monitors, each monitor's own, and the run's progress.
 """
 
 from __future__ import annotations

@@ -189,18 +189,6 @@ class MemwatchMonitor(Measuring, FitVerdict, Callback):
         """Every key this monitor can log (used by ``MemorizationEarlyStopping`` at setup)."""
         raise NotImplementedError
 
-    @property
-    def keys_by_family(self) -> dict[str, tuple[str, ...]]:
-        """This monitor's keys per family, ``probe_size`` left out (what an unmeasured epoch
-        takes out of ``trainer.callback_metrics``); kept from setup on."""
-        if self._keys is None:
-            keys: dict[str, list[str]] = {}
-            for key in sorted(self.logged_keys):
-                if not key.endswith("/probe_size"):
-                    keys.setdefault(key.split("/")[1], []).append(key)
-            self._keys = {family: tuple(k) for family, k in keys.items()}
-        return self._keys
-
     def _attribute(self, pl_module: pl.LightningModule, name: str, role: str) -> Callable[..., Any]:
         return resolve_attribute(pl_module, name, role)
 
@@ -250,10 +238,7 @@ class MemwatchMonitor(Measuring, FitVerdict, Callback):
         with self.budget.charged_start():  # the probe, its checks and the timing count too
             self._prepare_probes(trainer, pl_module)  # also without validation data loaded
             if self.max_overhead != math.inf:
-                budget = self.budget
-                budget.families, budget.keys = tuple(self.families), len(self.logged_keys)
-                budget.work = self.work
-                budget.units = time_decoder(self, pl_module)
+                self.budget.configure(self, time_decoder(self, pl_module))
 
     @property
     def uses_gradients(self) -> bool:

@@ -60,12 +60,24 @@ def check_lightning_readers(monitor: Any, trainer: pl.Trainer) -> None:
                 )
 
 
+def keys_by_family(monitor: Any) -> dict[str, tuple[str, ...]]:
+    """``monitor``'s keys per family, ``probe_size`` left out (what an unmeasured epoch takes
+    out of ``trainer.callback_metrics``); kept on the monitor until its next setup (``_keys``)."""
+    if getattr(monitor, "_keys", None) is None:
+        keys: dict[str, list[str]] = {}
+        for key in sorted(monitor.logged_keys):
+            if not key.endswith("/probe_size"):
+                keys.setdefault(key.split("/")[1], []).append(key)
+        monitor._keys = {family: tuple(k) for family, k in keys.items()}
+    return monitor._keys
+
+
 def drop_stale(monitor: Any, trainer: pl.Trainer, keep: tuple[str, ...] = ()) -> None:
     """Take this monitor's earlier values out of ``trainer.callback_metrics`` (but those of
     the families in ``keep``): an epoch that is not measured must not show ``ModelCheckpoint``
     or ``EarlyStopping`` an old value as if it were this epoch's."""
     metrics = trainer.callback_metrics
-    for family, keys in monitor.keys_by_family.items():
+    for family, keys in keys_by_family(monitor).items():
         if family not in keep:
             for key in keys:
                 metrics.pop(key, None)
