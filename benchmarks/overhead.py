@@ -18,11 +18,13 @@
    Every fit runs in a fresh Python process (a newcomer's run: the process's first
    forward-mode call, about 0.3 s, is paid in it), ``--repeats`` fits per configuration (3 by
    default), with and without the monitors alternating, every fit from the same seed; the fit
-   time is ``trainer.fit``'s wall time. Printed per model: the medians and their ratio, each
-   fit's time, and where the monitors' seconds went by their own books (the train-start work:
-   probe, checks and the decoder's timing; the measurements, artifacts and logging included;
-   Lightning's writing of their keys) against the fit-time difference: what the books miss is
-   ``median(with) - median(without) - median(books)``. Also printed: the load average before and
+   time is ``trainer.fit``'s wall time (its CPU time too: on a machine shared with other jobs
+   the process's CPU time is the steadier reading). Printed per model: the medians and their
+   ratio, each fit's time, and where the monitors' seconds went by their own books (the
+   train-start work: probe, checks and the decoder's timing; the measurements, artifacts and
+   logging included; their hooks at unmeasured epochs and Lightning's writing of their keys)
+   against the fit-time difference: what the books miss is ``median(with) - median(without) -
+   median(books)``. Also printed: the load average before and
    after, the epochs each monitor measured, and the summary the monitors printed at the end
    of the last fit with them.
 2. **The demo's runs A and B at the defaults** (``examples/vae_memorization.py``'s ``runs()``,
@@ -137,9 +139,12 @@ def one_fit(case: str, config: str, seed: int, epochs: int, log_dir: str) -> dic
     trainer = cpu_trainer(epochs, logger, [*callbacks, seconds])
     captured = Captured()
     logging.getLogger("lightning.pytorch.callbacks.memwatch").addHandler(captured)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer.fit(model(), datamodule=data(seed))
-    out: dict[str, Any] = {"seconds": time.perf_counter() - start}
+    out: dict[str, Any] = {
+        "seconds": time.perf_counter() - start,
+        "cpu": time.process_time() - cpu,
+    }
     if callbacks:
         clock = run_clock(trainer)
         monitors = [cb for cb in callbacks if hasattr(cb, "budget")]
@@ -195,21 +200,24 @@ def part_1(quick: bool, seed: int, repeats: int, threads: int) -> None:
         rows.append((case, epochs, fits))
     print(f"load average after: {load()}\n")
     print(
-        "| model | epochs | without (s) | with (s) | ratio (target) | books (s) | train start "
-        "(s) | measurements (s) | Lightning's writing and other (s) | missed by the books "
-        "(s) | measured epochs (geometry / recovery) |"
+        "| model | epochs | without (s) | with (s) | ratio (target) | CPU-time ratio | books (s) "
+        "| train start (s) | measurements (s) | logging, hooks, Lightning's writing (s) | "
+        "missed by the books (s) | measured epochs (geometry / recovery) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for case, epochs, fits in rows:
         without = statistics.median(f["seconds"] for f in fits["without"])
         with_ = statistics.median(f["seconds"] for f in fits["with"])
+        cpu = statistics.median(f["cpu"] for f in fits["with"]) / statistics.median(
+            f["cpu"] for f in fits["without"]
+        )
         books = statistics.median(f["books"] for f in fits["with"])
         start = statistics.median(f["start"] for f in fits["with"])
         measured = statistics.median(f["measurements"] for f in fits["with"])
         counts = "; ".join(" / ".join(str(n) for n in f["measured"].values()) for f in fits["with"])
         print(
             f"| {case} | {epochs} | {without:.2f} | {with_:.2f} | {with_ / without:.3f} "
-            f"({TARGETS[case]}) | {books:.2f} | {start:.2f} | {measured:.2f} | "
+            f"({TARGETS[case]}) | {cpu:.3f} | {books:.2f} | {start:.2f} | {measured:.2f} | "
             f"{books - start - measured:.2f} | {with_ - without - books:.2f} | {counts} |"
         )
     print()
