@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -39,7 +40,7 @@ def upsample(images: Tensor, side: int = SIDE) -> Tensor:
 
 class UpsampledDigitsDataModule(DigitsDataModule):
     """:class:`digits_vae.DigitsDataModule` (same split, sampler and batches) with every image
-    upsampled to ``1 x 28 x 28``."""
+    upsampled to ``1 x side x side`` (default 28)."""
 
     def __init__(
         self,
@@ -48,10 +49,11 @@ class UpsampledDigitsDataModule(DigitsDataModule):
         batch_size: int = 64,
         seed: int = 0,
         passes: int = 1,
+        side: int = SIDE,
     ) -> None:
         super().__init__(n_train, n_val, batch_size, seed, passes)
-        self.train_images = upsample(self.train_images)
-        self.val_images = upsample(self.val_images)
+        self.train_images = upsample(self.train_images, side)
+        self.val_images = upsample(self.val_images, side)
 
 
 class ConvVAE(DigitsVAE):
@@ -86,6 +88,57 @@ class ConvVAE(DigitsVAE):
             nn.ConvTranspose2d(32, 1, kernel_size=4, stride=2, padding=1),  # 28 x 28
             nn.Sigmoid(),
         )
+
+
+class ConvAutoencoder(L.LightningModule):
+    """An ordinary conv autoencoder on ``1 x 16 x 16`` digits, as a newcomer writes one: an
+    ``encoder`` and a ``decoder`` submodule, mean squared error, Adam.
+
+    ``encoder(x)`` gives ``(B, latent_dim)`` latents (``1 x 16 x 16 -> 16 x 8 x 8 -> 32 x 4 x 4
+    -> latent``); ``decoder(z)`` gives ``(B, 1, 16, 16)`` images in ``[0, 1]`` (sigmoid). Logs
+    ``train_loss`` and ``val_loss``.
+
+    Args:
+        latent_dim: latent size ``m``.
+        lr: Adam learning rate.
+    """
+
+    def __init__(self, latent_dim: int = 8, lr: float = 2e-3) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=4, stride=2, padding=1),  # 8 x 8
+            nn.ReLU(),
+            nn.Conv2d(16, 32, kernel_size=4, stride=2, padding=1),  # 4 x 4
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(32 * 4 * 4, latent_dim),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(latent_dim, 32 * 4 * 4),
+            nn.ReLU(),
+            nn.Unflatten(1, (32, 4, 4)),
+            nn.ConvTranspose2d(32, 16, kernel_size=4, stride=2, padding=1),  # 8 x 8
+            nn.ReLU(),
+            nn.ConvTranspose2d(16, 1, kernel_size=4, stride=2, padding=1),  # 16 x 16
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder(x))
+
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        (x,) = batch
+        loss = F.mse_loss(self(x), x)
+        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        (x,) = batch
+        self.log("val_loss", F.mse_loss(self(x), x), on_step=False, on_epoch=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
 
 
 if __name__ == "__main__":  # a shape check

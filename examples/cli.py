@@ -5,13 +5,14 @@
         --data.batch_size=64 --trainer.max_epochs=20
 
 The model is :class:`digits_vae.DigitsVAE`, the data :class:`digits_vae.DigitsDataModule`; the
-callbacks (``GeometryMonitor``, ``RecoveryMonitor``, ``MemorizationEarlyStopping``) are listed
+callbacks (``GeometryMonitor``, ``RecoveryMonitor``, ``EffectAgreement`` and two
+``MemorizationEarlyStopping``: the recommended rule and the earlier KS rule) are listed
 under ``trainer.callbacks`` in ``examples/config.yaml`` with ``class_path`` and ``init_args``
 (their constructor arguments are plain values, so every one can be set there or on the command
 line). ``examples/config.yaml`` holds the settings of run A of ``examples/vae_memorization.py``
 (the same seed, data, model, epochs, cadence, budget, recovery steps and radii), so it trains the
 same model and measures the same values; at the end of ``fit`` it prints the demo's table for
-this one run (:func:`vae_memorization.table`) and what the early-stopping rule did. Unlike the
+this one run (:func:`vae_memorization.table`) and what each early-stopping rule did. Unlike the
 demo it shows Lightning's progress bar, on which the monitors say what they measure.
 ``--threads`` (default 1, as the demo) sets torch's intra-op threads. Needs
 ``jsonargparse[signatures]`` (Lightning's requirement for LightningCLI).

@@ -9,7 +9,7 @@ The same VAE (:class:`digits_vae.DigitsVAE`, latent 8) is trained twice on the 8
 - run A on 32 training digits, long enough to memorize them;
 - run B on 1,400 training digits, where it generalizes;
 
-both validated on the same 256 held-out digits, with three callbacks attached:
+both validated on the same 256 held-out digits, with these callbacks attached:
 
 - ``GeometryMonitor``: the decoder's Jacobian spectrum (``log_volume`` is psi, the sum of the log
   singular values: Humayun et al. (2024), eq. 2) and the density family (dip and decay of the
@@ -18,15 +18,23 @@ both validated on the same 256 held-out digits, with three callbacks attached:
 - ``RecoveryMonitor``: latent recovery errors (L-BFGS from the encoder's latent and from the
   prior), their median gap ``(MRE_val - MRE_train) / MRE_val`` and the KS test of train against
   validation errors (Webster et al. (2019), eq. 4, 5, sec. 3.3);
-- ``MemorizationEarlyStopping(monitor="memwatch/recovery/ks_pvalue", threshold=0.01,
-  patience=1, report_only=True)``: the rule is evaluated and the epoch where it fires recorded,
-  but training is not stopped, so both runs finish and can be compared.
+- the recommended rule: ``EffectAgreement()`` (the weaker of the recovery errors' and psi's
+  95 % bounds of Cliff's delta, train against validation, on the memorization side:
+  ``memwatch/agreement/bound``) and ``MemorizationEarlyStopping("memwatch/agreement/bound",
+  threshold=0.3, mode="above", report_only=True)``: the rule is evaluated and the epoch where
+  it fires recorded, but training is not stopped, so both runs finish and can be compared;
+- beside it, labelled as the earlier single-key rule, ``MemorizationEarlyStopping(
+  "memwatch/recovery/ks_pvalue", threshold=0.01, patience=1, report_only=True)`` (the KS test
+  of Webster et al. (2019), sec. 3.3; it raised false alarms on 2 of 15 generalizing runs of
+  ``benchmarks/detection.py`` where the recommended rule raised none), logging its decision as
+  ``memwatch/early_stopping/triggered_ks``.
 
 At the end one table gives, per family and key, train, val, gap and KS p of the last measurement
-of both runs, the epoch where the early-stopping rule fired in each run, and the epoch of run A's
-best validation loss. When the rule fires, its reason is also printed on stderr (Lightning's
-console logger) and written to TensorBoard (text ``memwatch/early_stopping``, scalar
-``memwatch/early_stopping/triggered``). TensorBoard logs go under ``--out`` (default
+of both runs, the last agreement bound, the epoch where each rule fired in each run, and the
+epoch of run A's best validation loss. When a rule fires, its reason is also printed on stderr
+(Lightning's console logger) and written to TensorBoard (text ``memwatch/early_stopping``,
+scalar ``memwatch/early_stopping/triggered``); at the end of each run the monitors print their
+summary there too (text ``memwatch/summary``). TensorBoard logs go under ``--out`` (default
 ``outputs/memwatch_logs/``, in the gitignored ``outputs/``), one directory per run
 (``A_32_digits/version_N``, ``B_1400_digits/version_N``); ``examples/plot_curves.py`` draws
 the two runs as a PNG (the command is printed at the end).
@@ -81,14 +89,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits_vae import DigitsDataModule, DigitsVAE, cpu_trainer, quiet
 
 from lightning_memwatch import (
+    EffectAgreement,
     GeometryMonitor,
     MemorizationEarlyStopping,
     RecoveryMonitor,
+    fit_summary,
 )
 
-#: Early-stopping rule of the demo (Webster et al. (2019), sec. 3.3): KS p-value of train vs
-#: validation recovery errors below 0.01 at two consecutive measurements.
-RULE = {"monitor": "memwatch/recovery/ks_pvalue", "threshold": 0.01, "mode": "below", "patience": 1}
+#: The recommended rule (``benchmarks/detection.py``): the agreement bound of the recovery errors
+#: and psi above 0.3 at one check.
+RULE = {"monitor": "memwatch/agreement/bound", "threshold": 0.3, "mode": "above", "patience": 0}
+#: The earlier single-key rule, shown beside it (Webster et al. (2019), sec. 3.3): the KS p-value
+#: of train vs validation recovery errors below 0.01 at two consecutive measurements.
+KS_RULE = {
+    "monitor": "memwatch/recovery/ks_pvalue",
+    "threshold": 0.01,
+    "mode": "below",
+    "patience": 1,
+    "log_key": "memwatch/early_stopping/triggered_ks",
+}
 
 #: Rows of the table: (family, key as logged under memwatch/<family>/, label).
 ROWS = (
@@ -137,7 +156,8 @@ class ValLossHistory(Callback):
 
 
 def callbacks(run: Run, fast: bool, seed: int) -> list[Callback]:
-    """The three memwatch callbacks of a run (see the module docstring for the settings)."""
+    """The memwatch callbacks of a run: the two monitors, ``EffectAgreement``, the recommended
+    rule and the earlier KS rule (see the module docstring for the settings)."""
     common = {
         "decoder": "decoder",
         "encoder": "encode",
@@ -150,7 +170,9 @@ def callbacks(run: Run, fast: bool, seed: int) -> list[Callback]:
     return [
         GeometryMonitor(**common, radii=(0.25, 0.5)),
         RecoveryMonitor(**common, **recovery_steps),
+        EffectAgreement(),
         MemorizationEarlyStopping(**RULE, report_only=True),
+        MemorizationEarlyStopping(**KS_RULE, report_only=True),
     ]
 
 
@@ -163,7 +185,7 @@ def train(run: Run, out: Path, fast: bool, seed: int) -> dict[str, Any]:
     model = DigitsVAE(latent_dim=8)
     history = ValLossHistory()
     monitors = callbacks(run, fast, seed)
-    stopper = monitors[-1]
+    stopper, ks_stopper = monitors[-2:]
     logger = TensorBoardLogger(save_dir=str(out), name=run.name, default_hp_metric=False)
     trainer = cpu_trainer(run.epochs, logger, [*monitors, history])
     start = time.perf_counter()
@@ -173,6 +195,9 @@ def train(run: Run, out: Path, fast: bool, seed: int) -> dict[str, Any]:
         "metrics": final_metrics(trainer),
         "fired_epoch": stopper.fired_epoch,
         "stopping_reason": stopper.stopping_reason_message,
+        "ks_fired_epoch": ks_stopper.fired_epoch,
+        "ks_stopping_reason": ks_stopper.stopping_reason_message,
+        "summary": fit_summary(trainer),
         "best_val_epoch": history.best_epoch,
         "val_loss": history.val_loss,
         "log_dir": logger.log_dir,
@@ -227,15 +252,17 @@ def table(metrics: dict[str, dict[str, float]]) -> str:
 
 
 def rule_text(stopper: MemorizationEarlyStopping) -> str:
-    """The stopper's rule in words: ``memwatch/recovery/ks_pvalue < 0.01 at 2 checks in a row``."""
+    """The stopper's rule in words: ``memwatch/recovery/ks_pvalue < 0.01 at 2 checks in a row``
+    (``at one check`` with ``patience=0``)."""
     symbol = "<" if stopper.mode == "below" else ">"
     checks = stopper.patience + 1
+    when = "at one check" if checks == 1 else f"at {checks} checks in a row"
     report = ", report only" if stopper.report_only else ""
-    return f"{stopper.monitor} {symbol} {stopper.threshold:g} at {checks} checks in a row{report}"
+    return f"{stopper.monitor} {symbol} {stopper.threshold:g} {when}{report}"
 
 
-def fired(run: dict[str, Any]) -> str:
-    epoch = run["fired_epoch"]
+def fired(run: dict[str, Any], key: str = "fired_epoch") -> str:
+    epoch = run[key]
     return "did not fire" if epoch is None else f"fired at epoch {epoch}"
 
 
@@ -271,12 +298,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "except recovery: (MRE_val - MRE_train) / MRE_val.\n"
     )
     print(table({"A": a["metrics"], "B": b["metrics"]}))
-    rule = rule_text(MemorizationEarlyStopping(**RULE, report_only=True))
+    bound = "memwatch/agreement/bound"
     print(
-        f"\nEarly-stopping rule ({rule}):\n"
+        f"| agreement / bound (recommended rule's key) | | | "
+        f"{_cell(a['metrics'].get(bound, math.nan))} | | | | "
+        f"{_cell(b['metrics'].get(bound, math.nan))} | |"
+    )
+    rule = rule_text(MemorizationEarlyStopping(**RULE, report_only=True))
+    ks_rule = rule_text(MemorizationEarlyStopping(**KS_RULE, report_only=True))
+    print(
+        f"\nRecommended rule (EffectAgreement: {rule}):\n"
         f"  run A {fired(a)}; run A's best val_loss was at epoch {a['best_val_epoch']}"
         f" of {a['epochs']}\n"
         f"  run B {fired(b)}\n"
+        f"Earlier single-key rule ({ks_rule}):\n"
+        f"  run A {fired(a, 'ks_fired_epoch')}\n"
+        f"  run B {fired(b, 'ks_fired_epoch')}\n"
     )
     if args.fast:
         print("--fast: a smoke run, too short for run A to memorize; drop it to read the table.")

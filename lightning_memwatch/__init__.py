@@ -1,7 +1,8 @@
 """lightning_memwatch: watch a generative model memorize its training data while it trains.
 
-The public surface is the callbacks, the torchmetrics metrics, the :mod:`functional` module
-and the offline K-fold memorization score; everything else is private.
+The public surface is the callbacks (and :func:`fit_summary`, the verdict they print at the end
+of a fit, as a dict), the torchmetrics metrics, the :mod:`functional` module and the offline
+K-fold memorization score; everything else is private.
 """
 
 from lightning_memwatch import functional
@@ -13,6 +14,7 @@ from lightning_memwatch.callbacks import (
     MemorizationEarlyStopping,
     RecoveryMonitor,
     SampleMonitor,
+    fit_summary,
 )
 from lightning_memwatch.kfold import KFoldMemorization, kfold_memorization_scores
 from lightning_memwatch.metrics import (
@@ -44,6 +46,7 @@ __all__ = [
     "SpectrumGap",
     "TrainValGap",
     "__version__",
+    "fit_summary",
     "functional",
     "kfold_memorization_scores",
 ]

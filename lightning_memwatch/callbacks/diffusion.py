@@ -11,7 +11,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from lightning_memwatch.callbacks.machinery.costs import UnitCosts, Work
 from lightning_memwatch.callbacks.machinery.diffusion_checks import check_denoiser
+from lightning_memwatch.callbacks.machinery.diffusion_costs import diffusion_work, time_denoiser
 from lightning_memwatch.callbacks.machinery.diffusion_measure import logged_keys, measure_diffusion
 from lightning_memwatch.callbacks.machinery.diffusion_model import (
     DenoiserCall,
@@ -217,6 +219,17 @@ class DiffusionMonitor(MemwatchMonitor):
     @property
     def families(self) -> tuple[str, ...]:
         return tuple(f"diffusion/{f}" for f in self._families)
+
+    @property
+    def uses_gradients(self) -> bool:
+        """No family differentiates the denoiser in reverse mode."""
+        return False
+
+    def work(self, family: str, size: int) -> Work:
+        return diffusion_work(self, family, size)
+
+    def unit_costs(self, pl_module: pl.LightningModule) -> UnitCosts:
+        return time_denoiser(self, pl_module)
 
     @property
     def uses_decoder(self) -> bool:

@@ -19,36 +19,24 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 
 from lightning_memwatch.callbacks.machinery.decisions import (
+    PREFIX,
     TRIGGERED_KEY,
     announce,
+    check_count,
     check_distinct_log_keys,
+    check_key,
     lay_out,
     log,
     log_decision,
     write_text,
 )
 from lightning_memwatch.callbacks.machinery.readers import place_after_sources
+from lightning_memwatch.callbacks.machinery.summary import FitVerdict, rule_summary
 
-_PREFIX = "memwatch/"
 _SYMBOL = {"below": "<", "above": ">"}
 
 
-def _check_count(name: str, value: object) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"Expected `{name}` to be a non-negative integer but got {value!r}")
-    return int(value)
-
-
-def _check_key(name: str, value: object, example: str) -> str:
-    if not isinstance(value, str) or not value.startswith(_PREFIX) or value == _PREFIX:
-        raise ValueError(
-            f"Expected `{name}` to be a metric key starting with {_PREFIX!r}, such as"
-            f" {example!r}, but got {value!r}"
-        )
-    return value
-
-
-class MemorizationEarlyStopping(Callback):
+class MemorizationEarlyStopping(FitVerdict, Callback):
     """Stop training when a memwatch metric says the model memorizes its training set.
 
     The memorization condition is ``value < threshold`` (``mode="below"``, e.g. the KS p-value
@@ -127,7 +115,7 @@ class MemorizationEarlyStopping(Callback):
         log_key: str = TRIGGERED_KEY,
     ) -> None:
         super().__init__()
-        _check_key("monitor", monitor, "memwatch/recovery/ks_pvalue")
+        check_key("monitor", monitor, "memwatch/recovery/ks_pvalue")
         if (
             not isinstance(threshold, numbers.Real)
             or isinstance(threshold, bool)
@@ -140,14 +128,16 @@ class MemorizationEarlyStopping(Callback):
             raise ValueError(f"Expected `mode` to be one of {tuple(_SYMBOL)} but got {mode!r}")
         if not isinstance(report_only, bool):
             raise ValueError(f"Expected `report_only` to be a bool but got {report_only!r}")
-        self.log_key = _check_key("log_key", log_key, TRIGGERED_KEY)
+        self.log_key = check_key("log_key", log_key, TRIGGERED_KEY)
         self.monitor = monitor
         self.threshold = float(threshold)
         self.mode = mode
-        self.patience = _check_count("patience", patience)
-        self.min_epochs = _check_count("min_epochs", min_epochs)
+        self.patience = check_count("patience", patience)
+        self.min_epochs = check_count("min_epochs", min_epochs)
         self.report_only = report_only
         self.consecutive = 0
+        self.checks = 0  # fresh checks counted, and the value of the latest
+        self.last_value: float | None = None
         self._last_checked_epoch: int | None = None
         self._validated_epoch: int | None = None
         self.fired_epoch: int | None = None
@@ -164,6 +154,7 @@ class MemorizationEarlyStopping(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            "checks": self.checks,
             "consecutive": self.consecutive,
             "fired_epoch": self.fired_epoch,
             "stopped_epoch": self.stopped_epoch,
@@ -172,16 +163,27 @@ class MemorizationEarlyStopping(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.consecutive = state_dict["consecutive"]
+        self.checks = state_dict.get("checks", 0)
         self.fired_epoch = state_dict["fired_epoch"]
         self.stopped_epoch = state_dict["stopped_epoch"]
         self.stopping_reason_message = state_dict["stopping_reason_message"]
 
     def _owner(self, trainer: pl.Trainer) -> Callback | None:
-        """The attached callback whose ``logged_keys`` contain ``monitor``."""
-        for callback in trainer.callbacks:
-            if callback is not self and self.monitor in getattr(callback, "logged_keys", ()):
-                return callback
-        return None
+        """The attached callback whose ``logged_keys`` contain ``monitor`` (looked up once per
+        list of callbacks: a check runs at every epoch)."""
+        cached = self.__dict__.get("_owner_of")
+        if cached is not None and cached[0] is trainer.callbacks:
+            return cached[1]
+        owner = next(
+            (
+                cb
+                for cb in trainer.callbacks
+                if cb is not self and self.monitor in getattr(cb, "logged_keys", ())
+            ),
+            None,
+        )
+        self._owner_of = (trainer.callbacks, owner)
+        return owner
 
     def memwatch_sources(self, trainer: pl.Trainer) -> list[Callback]:
         """The callback this stopper reads (it must run after it in the same hook)."""
@@ -198,7 +200,7 @@ class MemorizationEarlyStopping(Callback):
             key
             for callback in trainer.callbacks
             for key in getattr(callback, "logged_keys", ())
-            if key.startswith(_PREFIX)
+            if key.startswith(PREFIX)
         )
         if keys:
             raise ValueError(
@@ -216,6 +218,12 @@ class MemorizationEarlyStopping(Callback):
         self._last_checked_epoch = None  # epochs restart in a new fit; a resume goes past it
         self._validated_epoch = None
         self._decision = self._text = None
+        super().on_fit_start(trainer, pl_module)  # the summary is still to print
+
+    def summary(self, trainer: pl.Trainer | None = None) -> dict[str, Any]:
+        """The rule and its state: fired at an epoch, not fired, or not evaluated (fewer fresh
+        checks than ``patience + 1``), its ``checks`` and ``last_value``."""
+        return rule_summary(self)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Put ``log_key`` on TensorBoard's custom-scalars layout, beside the monitors' keys."""
@@ -285,6 +293,7 @@ class MemorizationEarlyStopping(Callback):
             log.debug(f"{self.monitor} is NaN in epoch {epoch}: ignored")
             return None
         self._last_checked_epoch = epoch
+        self.checks, self.last_value = self.checks + 1, value.item()
         # compared at the precision it was logged in (float32 0.1 is not above 0.1), like
         # Lightning's EarlyStopping
         compare = torch.lt if self.mode == "below" else torch.gt

@@ -9,8 +9,10 @@ from typing import Any
 import lightning.pytorch as pl
 from torch import Tensor
 
+from lightning_memwatch.callbacks.machinery.costs import Work
 from lightning_memwatch.callbacks.machinery.geometry_measure import (  # noqa: F401 (the offset is public)
     COMPLEXITY_SEED_OFFSET,
+    geometry_work,
     measure_geometry,
 )
 from lightning_memwatch.callbacks.machinery.latent_views import LatentSize
@@ -251,6 +253,11 @@ class GeometryMonitor(ProbeLatents, MemwatchMonitor):
         rows: Tensor,
     ) -> dict[str, dict[str, Any]]:
         return measure_geometry(self, trainer, pl_module, inputs, rows)
+
+    def work(self, family: str, size: int) -> Work | None:
+        """Decoder work of ``family`` on ``size`` samples per split
+        (:func:`~lightning_memwatch.callbacks.machinery.geometry_measure.geometry_work`)."""
+        return geometry_work(self, family, size)
 
     def spectrum_size(self, m: int, n: int) -> int | None:
         """How many singular values the spectrum pass computes: ``None`` for all (exact)."""

@@ -8,6 +8,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_memwatch.callbacks.machinery.costs import OTHER_FAMILY_OPS, Work
 from lightning_memwatch.callbacks.machinery.latent_views import LatentSize
 from lightning_memwatch.callbacks.machinery.likelihood_checks import (
     BERNOULLI,
@@ -254,6 +255,13 @@ class LikelihoodMonitor(MemwatchMonitor):
                     return torch.empty(0, dtype=torch.float64, device=x.device)
                 z, q = z[:, rank::world_size], posterior(x)
             return importance_estimate(x, q, z, log_likelihood)
+
+    def work(self, family: str, size: int) -> Work:
+        """Decoder work of a measurement: ``num_samples`` posterior draws of each of ``size``
+        samples per split, decoded in a few calls
+        (:mod:`~lightning_memwatch.callbacks.machinery.costs`)."""
+        rows = 2 * size * self.num_samples
+        return Work(forward_calls=4, forward_rows=rows, fixed_ops=OTHER_FAMILY_OPS)
 
     def measure(
         self,

@@ -9,10 +9,17 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_memwatch.callbacks.machinery.costs import Work, recovery_work
 from lightning_memwatch.callbacks.machinery.latent_views import LatentSize, latents_of
-from lightning_memwatch.callbacks.machinery.latents import CHUNK, LatentStore, recover_rows
+from lightning_memwatch.callbacks.machinery.latents import (
+    CHUNK,
+    LatentStore,
+    recover_rows,
+    recovery_starts,
+)
 from lightning_memwatch.callbacks.machinery.monitor import SPLITS, MemwatchMonitor
 from lightning_memwatch.callbacks.machinery.probes import InputKey
+from lightning_memwatch.callbacks.machinery.rolling import slice_indices
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.metrics import RecoveryGap
 from lightning_memwatch.viz import global_step, tensorboard_writer
@@ -147,6 +154,23 @@ class RecoveryMonitor(MemwatchMonitor):
     @property
     def logged_keys(self) -> frozenset[str]:
         return frozenset(f"memwatch/recovery/{key}" for key in KEYS)
+
+    def work(self, family: str, size: int) -> Work:
+        """The next recovery of ``size`` rows per split: per chunk, its starts (warm, cold or a
+        restart, as the latent store says) times its L-BFGS iterations."""
+        rows = slice_indices(self.cursor, size, self.probe_size)
+        work = Work()
+        for starts, steps in recovery_starts(
+            self.latent_store,
+            rows,
+            has_encoder=self.encoder_name is not None,
+            steps=self.steps,
+            restarts=self.restarts,
+            warm_steps=self.warm_steps,
+            restart_every=self.restart_every,
+        ):
+            work = work + recovery_work(min(size, CHUNK), starts, steps, splits=1)
+        return work
 
     def recover(
         self,

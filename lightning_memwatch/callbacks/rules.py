@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from lightning_memwatch.callbacks.machinery.readers import place_after_sources
+from lightning_memwatch.callbacks.machinery.summary import FitVerdict
 from lightning_memwatch.functional.stats import rank_effect
 
 #: ``(family, descriptor, sign)``: the recovery errors and psi, both lower on training samples
@@ -50,7 +51,7 @@ def agreement_bound(
     return math.nan if any(math.isnan(b) for b in bounds) else min(bounds)
 
 
-class EffectAgreement(Callback):
+class EffectAgreement(FitVerdict, Callback):
     """Log ``memwatch/agreement/bound``: the weakest memorization-side effect bound of several
     families, measured on the monitors' rolling probe tables at the same epoch.
 
@@ -93,6 +94,7 @@ class EffectAgreement(Callback):
             raise ValueError(f"Expected `key` to start with 'memwatch/' but got {key!r}")
         self.families, self.key = families, key
         self.last_logged_epoch: int | None = None
+        self.logged, self.last_value = 0, None  # bounds logged, and the latest
 
     @property
     def logged_keys(self) -> frozenset[str]:
@@ -149,12 +151,23 @@ class EffectAgreement(Callback):
         value = agreement_bound(columns)
         pl_module.log(self.key, value, on_step=False, on_epoch=True, sync_dist=False)
         self.last_logged_epoch = epoch
+        self.logged, self.last_value = self.logged + 1, value
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(trainer, pl_module)
+
+    def summary(self, trainer: pl.Trainer | None = None) -> dict[str, Any]:
+        """The key, how many bounds were logged, the last one and its epoch."""
+        return {
+            "callback": type(self).__name__,
+            "key": self.key,
+            "bounds_logged": self.logged,
+            "last_bound": self.last_value,
+            "last_epoch": self.last_logged_epoch,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_logged_epoch": self.last_logged_epoch}

@@ -163,7 +163,9 @@ def test_encoder_model_output_read_by_key():
         max_overhead=math.inf,
     )
     trainer = fit([cb], build())
-    reference = GeometryMonitor(encoder="encode", probe_size=8, families=("spectrum",))
+    reference = GeometryMonitor(
+        encoder="encode", probe_size=8, families=("spectrum",), max_overhead=math.inf
+    )
     reference_trainer = fit([reference], build())
     key = "memwatch/spectrum/log_volume/gap"
     assert trainer.callback_metrics[key].item() == pytest.approx(
@@ -218,7 +220,9 @@ def test_a_decoder_of_latent_maps_given_flat_latents_names_latent_dim_as_a_shape
         fit([cb], model)
     assert "Pass `latent_dim=` the latent size the decoder takes (a shape such as" in str(e.value)
     assert "conv2d" in str(e.value)  # torch's own words, as raised
-    cb = GeometryMonitor(decoder="decode_conv", probe_size=8, latent_dim=(1, 2, 2))
+    cb = GeometryMonitor(
+        decoder="decode_conv", probe_size=8, latent_dim=(1, 2, 2), max_overhead=math.inf
+    )
     assert math.isfinite(fit([cb], MapLatents()).callback_metrics[LOG_VOLUME].item())
 
 
@@ -281,7 +285,9 @@ class Wrapper(L.LightningModule):
 
 def test_dotted_attribute_names_reach_a_wrapped_model():
     """Before: ``... has no model.decoder attribute``."""
-    cb = GeometryMonitor(decoder="model.decoder", encoder="model.encoder", probe_size=8)
+    cb = GeometryMonitor(
+        decoder="model.decoder", encoder="model.encoder", probe_size=8, max_overhead=math.inf
+    )
     model = Wrapper()
     trainer = fit([cb], model)
     with torch.no_grad():

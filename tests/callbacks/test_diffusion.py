@@ -330,6 +330,41 @@ def test_reference_of_a_repeated_training_set_holds_each_image_once():
     assert len(np.unique(monitor.reference.flatten(1).numpy(), axis=0)) == 8
 
 
+def test_a_slow_denoiser_is_priced_before_any_measurement_and_never_paid():
+    """A denoiser with 400 extra operations a call at a 1 % budget over 4 short epochs: the
+    timed denoiser calls price the smallest loss and spectrum measurements above what the run
+    earns, so none is made (probe size 0 at every epoch) and both families are named."""
+    model = DiffusionModule()
+    net = model.net
+
+    class Slow(nn.Module):
+        def forward(self, x_t, t):
+            total = x_t.new_zeros(())
+            for _ in range(200):  # busy work, same output
+                total = total + (x_t * 0).sum()
+            return net(x_t, t) + total
+
+    model.slow = Slow()
+    families = ("loss", "spectrum")
+    monitor = DiffusionMonitor(
+        denoiser="slow", schedule="alphas_cumprod", prediction="epsilon", families=families,
+        probe_size=16, max_overhead=0.01, data_range=(0, 1),
+    )  # fmt: skip
+    sizes = []
+
+    class Sizes(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            metrics = trainer.callback_metrics
+            sizes.append([int(metrics[f"memwatch/diffusion/{f}/probe_size"]) for f in families])
+
+    L.seed_everything(0, verbose=False)
+    trainer = quiet_trainer(callbacks=[monitor, Sizes()], max_epochs=4)
+    trainer.fit(model, *digits_loaders(64, 32))
+    assert sizes == [[0, 0]] * 4 and monitor.measurements == 0
+    assert set(monitor.budget.never) == {f"diffusion/{f}" for f in families}
+    assert all(predicted > earned for predicted, earned in monitor.budget.never.values())
+
+
 def test_attention_unet_measures_every_family_and_its_spectrum_equals_a_reverse_mode_one():
     """A UNet with attention in its mid block: all three families measured, and the spectrum
     of its x0-estimate (forward mode on SDPA's math kernel) equal to the singular values of a

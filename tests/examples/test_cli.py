@@ -28,12 +28,16 @@ def test_config_names_the_memwatch_callbacks_with_valid_arguments():
     assert [type(c).__name__ for c in callbacks] == [
         "GeometryMonitor",
         "RecoveryMonitor",
+        "EffectAgreement",
+        "MemorizationEarlyStopping",
         "MemorizationEarlyStopping",
     ]
-    geometry, recovery, stopper = callbacks
+    geometry, recovery, agreement, stopper, ks_stopper = callbacks
     assert geometry.radii == (0.25, 0.5) and geometry.encoder_name == "encode"
     assert recovery.encoder_name == "encode"
-    assert stopper.monitor in recovery.logged_keys and stopper.report_only
+    assert stopper.monitor in agreement.logged_keys and stopper.report_only
+    assert (stopper.threshold, stopper.mode) == (0.3, "above")
+    assert ks_stopper.monitor in recovery.logged_keys and ks_stopper.report_only
     digits_vae = load_example("digits_vae")
     model = digits_vae.DigitsVAE(**config["model"])
     data = digits_vae.DigitsDataModule(**config["data"])
@@ -110,6 +114,9 @@ def test_config_is_the_demos_run_a():
         "mode",
         "patience",
         "report_only",
+        "log_key",
+        "families",
+        "key",
     )
     for yaml_cb, demo_cb in zip(from_yaml, from_demo, strict=True):
         for name in attributes:
@@ -148,8 +155,9 @@ def test_cli_prints_the_demo_table_and_measures_what_the_demo_measures(tmp_path,
     assert out.count("| family / key | A train | A val | A gap | A KS p |") == 1
     rows = _table_rows(out)
     assert len(rows) == len(demo.ROWS) == 7 and all(len(r) == 4 for r in rows.values())
+    assert "Early-stopping rule (memwatch/agreement/bound > 0.3 at one check" in out
     assert "Early-stopping rule (memwatch/recovery/ks_pvalue < 0.01 at 2 checks in a row" in out
-    assert re.search(r"report only\): (did not fire|fired at epoch \d+)", out)
+    assert len(re.findall(r"report only\): (did not fire|fired at epoch \d+)", out)) == 2
     assert f"Curves: tensorboard --logdir {tmp_path / 'cli'}" in out
 
     metrics = demo.final_metrics(cli.trainer)
@@ -162,4 +170,5 @@ def test_cli_prints_the_demo_table_and_measures_what_the_demo_measures(tmp_path,
     assert "memwatch/recovery/ks_pvalue" in keys and "memwatch/density/dip/gap" in keys
     for key in keys:
         assert metrics[key] == pytest.approx(reference[key], rel=1e-6, abs=1e-9, nan_ok=True), key
+    assert "memwatch/agreement/bound" in keys
     assert math.isfinite(metrics["memwatch/recovery/mre_gap"])

@@ -143,16 +143,29 @@ def test_logged_gaps_follow_their_definitions(events):
                     assert gap == pytest.approx(train - val, abs=tolerance)
 
 
+def fires_at(values: list[tuple[int, float]], rule: dict) -> int | None:
+    """The first epoch where ``rule`` held at ``patience + 1`` logged values in a row."""
+    beyond = (
+        (lambda v: v < rule["threshold"])
+        if rule["mode"] == "below"
+        else (lambda v: v > rule["threshold"])
+    )
+    streak = 0
+    for epoch, value in values:
+        streak = streak + 1 if beyond(value) else 0
+        if streak > rule["patience"]:
+            return epoch
+    return None
+
+
 def test_rule_epoch_and_best_epoch_recomputed_from_the_event_files(demo_fast, events):
-    rule = demo_fast.module.RULE
     for name in ("A", "B"):
         result = demo_fast.results[name]
-        fired, streak = None, 0
-        for epoch, value in series(events[name], rule["monitor"]):
-            streak = streak + 1 if value < rule["threshold"] else 0
-            if streak > rule["patience"] and fired is None:
-                fired = epoch
-        assert result["fired_epoch"] == fired, name
+        for rule, key in (
+            (demo_fast.module.RULE, "fired_epoch"),
+            (demo_fast.module.KS_RULE, "ks_fired_epoch"),
+        ):
+            assert result[key] == fires_at(series(events[name], rule["monitor"]), rule), name
         val_loss = series(events[name], "val_loss")
         best = min(val_loss, key=lambda pair: pair[1])[0]
         assert result["best_val_epoch"] == best, name
@@ -167,33 +180,61 @@ def test_fast_run_orders_the_train_val_comparisons(demo_fast):
     assert a["memwatch/spectrum/log_volume/gap"] < b["memwatch/spectrum/log_volume/gap"]
     assert a["memwatch/recovery/mre_gap"] > b["memwatch/recovery/mre_gap"]
     assert a["memwatch/recovery/ks_pvalue"] < b["memwatch/recovery/ks_pvalue"]
-    assert demo_fast.results["A"]["fired_epoch"] is not None
-    assert demo_fast.results["B"]["fired_epoch"] is None
+    for key in ("fired_epoch", "ks_fired_epoch"):  # the recommended rule and the KS rule
+        assert demo_fast.results["A"][key] is not None
+        assert demo_fast.results["B"][key] is None
 
 
 def test_rule_firing_reaches_the_console_and_the_event_files(demo_fast, events):
-    """The report-only rule's reason goes through Lightning's console handler once, in run A
-    only, and into A's event files as a text entry at the step where ``triggered`` is 1.0."""
+    """Each report-only rule's reason goes through Lightning's console handler once, in run A
+    only, and into A's event files as a text entry at the step where its ``triggered`` scalar
+    is 1.0."""
     from tests.conftest import read_events
 
     a = demo_fast.results["A"]
-    message = a["stopping_reason"] + " Reporting only."
-    assert f"epoch {a['fired_epoch']}" in message
-    assert [m for m in demo_fast.console if m.startswith("Memorization:")] == [message]
+    rules = (
+        ("stopping_reason", "fired_epoch", "memwatch/early_stopping/triggered"),
+        ("ks_stopping_reason", "ks_fired_epoch", demo_fast.module.KS_RULE["log_key"]),
+    )
+    messages = [a[reason] + " Reporting only." for reason, _, _ in rules]
+    assert [m for m in demo_fast.console if m.startswith("Memorization:")] == sorted(
+        messages, key=lambda m: int(m.rsplit("epoch ", 1)[1].split(".")[0])
+    )
     runs = dict(zip("AB", demo_fast.module.runs(fast=True), strict=True))
     for name, run in runs.items():
-        triggered = series(events[name], "memwatch/early_stopping/triggered")
         scheduled = list(range(run.every_n_epochs - 1, run.epochs, run.every_n_epochs))
-        assert [epoch for epoch, _ in triggered] == scheduled, name
-        fired = demo_fast.results[name]["fired_epoch"]
-        first = next((epoch for epoch, value in triggered if value == 1.0), None)
-        assert first == fired, name
         acc = read_events(demo_fast.results[name]["log_dir"])
         tag = "memwatch/early_stopping/text_summary"
         entries = acc.Tensors(tag) if tag in acc.Tags()["tensors"] else []
-        texts = [(e.step, e.tensor_proto.string_val[0].decode()) for e in entries]
-        if fired is None:
-            assert texts == [], name
-        else:
-            steps = [s for s, v in events[name]["memwatch/early_stopping/triggered"] if v == 1.0]
-            assert texts == [(steps[0], message)]
+        texts = {(e.step, e.tensor_proto.string_val[0].decode()) for e in entries}
+        expected = set()
+        for (_, fired_key, key), message in zip(rules, messages, strict=True):
+            triggered = series(events[name], key)
+            assert [epoch for epoch, _ in triggered] == scheduled, (name, key)
+            fired = demo_fast.results[name][fired_key]
+            first = next((epoch for epoch, value in triggered if value == 1.0), None)
+            assert first == fired, (name, key)
+            if fired is not None:
+                steps = [s for s, v in events[name][key] if v == 1.0]
+                expected.add((steps[0], message))
+        assert texts == expected, name
+
+
+def test_each_run_prints_one_summary_with_what_it_measured(demo_fast):
+    """The monitors' summary, once per run on the console, and as the demo's dict."""
+    printed = [m for m in demo_fast.console if m.startswith("memwatch summary")]
+    assert len(printed) == 2
+    runs = dict(zip("AB", demo_fast.module.runs(fast=True), strict=True))
+    for (name, run), text in zip(runs.items(), printed, strict=True):
+        summary = demo_fast.results[name]["summary"]
+        scheduled = len(range(run.every_n_epochs - 1, run.epochs, run.every_n_epochs))
+        monitors = [s for s in summary["callbacks"] if "measured_epochs" in s]
+        assert [s["measured_epochs"] for s in monitors] == [scheduled, scheduled]
+        assert all(s["probe_share"] == 1.0 for s in monitors)
+        assert f"GeometryMonitor: measured {scheduled} of {run.epochs} epochs" in text
+        state = (
+            "fired at epoch"
+            if demo_fast.results[name]["fired_epoch"] is not None
+            else ("not fired")
+        )
+        assert f"MemorizationEarlyStopping(memwatch/agreement/bound > 0.3): {state}" in text

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,6 +25,8 @@ from lightning_memwatch.viz import add_layout, global_step
 #: The stopper's logger: its records propagate to ``lightning.pytorch``'s console handler.
 log = logging.getLogger("lightning.pytorch.callbacks.memwatch")
 
+#: What every memwatch key starts with.
+PREFIX = "memwatch/"
 #: Default key of the decision scalar.
 TRIGGERED_KEY = "memwatch/early_stopping/triggered"
 #: TensorBoard text tag of the message written when the rule fires.
@@ -86,3 +89,18 @@ def check_distinct_log_keys(stopper: Any, callbacks: Iterable[Any]) -> None:
                 f" their decision as {stopper.log_key!r}: Lightning would average the two. Pass"
                 f" a distinct `log_key=` to one of them, such as {suggestion!r}"
             )
+
+
+def check_count(name: str, value: object) -> int:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"Expected `{name}` to be a non-negative integer but got {value!r}")
+    return int(value)
+
+
+def check_key(name: str, value: object, example: str) -> str:
+    if not isinstance(value, str) or not value.startswith(PREFIX) or value == PREFIX:
+        raise ValueError(
+            f"Expected `{name}` to be a metric key starting with {PREFIX!r}, such as"
+            f" {example!r}, but got {value!r}"
+        )
+    return value

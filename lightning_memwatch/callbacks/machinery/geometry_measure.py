@@ -11,11 +11,21 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from lightning_memwatch.callbacks.machinery.costs import (
+    OTHER_FAMILY_OPS,
+    Work,
+    density_work,
+    recovery_work,
+    spectrum_work,
+)
+from lightning_memwatch.callbacks.machinery.latents import CHUNK, DEFAULT_SCHEDULE, recovery_starts
 from lightning_memwatch.callbacks.machinery.monitor import SPLITS
 from lightning_memwatch.callbacks.machinery.probe_latents import nearest_train_neighbours
 from lightning_memwatch.callbacks.machinery.probes import shard
+from lightning_memwatch.callbacks.machinery.rolling import slice_indices
 from lightning_memwatch.callbacks.machinery.spectra import spectral_head
 from lightning_memwatch.functional import decay_terms, dip_terms, local_complexity
+from lightning_memwatch.functional.decay import AUTO_RADII_FRACTIONS
 from lightning_memwatch.functional.priors import sample_prior
 from lightning_memwatch.functional.profiles import line_profile, path_profile
 from lightning_memwatch.viz import global_step, tensorboard_writer
@@ -23,6 +33,25 @@ from lightning_memwatch.viz.geometry import write_geometry
 
 #: Offset of the seed of the complexity family's ball samples (fixed across epochs).
 COMPLEXITY_SEED_OFFSET = 104729
+
+
+def geometry_work(monitor: Any, family: str, size: int) -> Work:
+    """Decoder work of ``family`` on ``size`` samples per split (exact spectra: a top-k pass
+    is priced as exact), and, without an encoder, the latent recovery of the slice that the
+    first family pays for (:mod:`~lightning_memwatch.callbacks.machinery.costs`)."""
+    if family == "spectrum":
+        work = spectrum_work(size)
+    elif family == "density":
+        work = density_work(size, len(monitor.radii or AUTO_RADII_FRACTIONS))
+    else:  # complexity: each ball's vertices and samples, both splits
+        rows = 2 * size * (2 * (monitor.latent_dim or 0) + monitor.complexity_samples)
+        work = Work(forward_calls=2, forward_rows=rows, fixed_ops=OTHER_FAMILY_OPS)
+    if monitor.encoder_name is None and family == monitor.families[0]:
+        rows_now = slice_indices(monitor.cursor, size, monitor.probe_size)
+        store, schedule = monitor.latent_store, DEFAULT_SCHEDULE
+        for starts, steps in recovery_starts(store, rows_now, has_encoder=False, **schedule):
+            work = work + recovery_work(min(size, CHUNK), starts, steps, splits=1)
+    return work
 
 
 def measure_geometry(
@@ -163,5 +192,5 @@ def measure_geometry(
             if writer is None
             else lambda f=family: write_geometry(writer, step, f, artifacts, figures),
         )
-        for family in monitor._families
+        for family in monitor.families_now or monitor._families
     }

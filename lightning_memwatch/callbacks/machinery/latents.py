@@ -34,6 +34,9 @@ from lightning_memwatch.metrics.train_val import SPLITS
 CHUNK = 64
 #: L-BFGS curvature pairs kept (torch's default is 100): 10 is 0.75x, errors within 1%.
 HISTORY_SIZE = 10
+#: :func:`recover_rows`'s schedule when a caller does not set one (a geometry monitor's
+#: recovery without an encoder).
+DEFAULT_SCHEDULE = {"steps": 50, "restarts": 2, "warm_steps": 20, "restart_every": 5}
 
 
 def chunk_seed(seed: int, split: str, first_row: int, visit: int) -> int:
@@ -92,6 +95,52 @@ class LatentStore:
             setattr(self, name, {s: v.clone() for s, v in state[name].items()})
 
 
+def recovery_schedule(
+    store: LatentStore,
+    split: str,
+    rows: Tensor,
+    *,
+    has_encoder: bool,
+    steps: int,
+    restarts: int,
+    warm_steps: int,
+    restart_every: int,
+) -> tuple[bool, int, int]:
+    """How :func:`recover_rows` recovers probe ``rows`` of ``split`` now: whether it starts
+    from the kept latents, its L-BFGS iterations per start and its prior draws (see there).
+    The budget counts the same to predict a recovery's cost."""
+    kept, _ = store.get(split, rows)
+    visits = store.visits[split][rows.cpu()]
+    known = kept is not None and bool(torch.isfinite(kept).all())
+    # cold: nothing to start from, or a restart is due (visits 5, 10, ... with restart_every 5);
+    # a first visit with an encoder starts warm from the encoder's latent
+    due = bool(((visits > 0) & (visits % restart_every == 0)).any())
+    cold = due or not (known or has_encoder)
+    if steps == 0:  # the encoder's latents as they are
+        return False, 0, 0
+    n_steps, n_restarts = (steps, restarts) if cold else (warm_steps, 0)
+    if not (known or has_encoder) and n_restarts == 0:
+        n_restarts = 1
+    return known, n_steps, n_restarts
+
+
+def recovery_starts(
+    store: LatentStore, rows: Tensor, *, has_encoder: bool, **schedule: int
+) -> list[tuple[int, int]]:
+    """Per split and chunk of :data:`CHUNK` rows: ``(starts, iterations)`` of its recovery now
+    (:func:`recovery_schedule`), what the budget prices."""
+    out = []
+    for split in SPLITS:
+        for first in range(0, len(rows), CHUNK):
+            chunk = rows[first : first + CHUNK]
+            known, steps, restarts = recovery_schedule(
+                store, split, chunk, has_encoder=has_encoder, **schedule
+            )
+            starts = 1 if schedule["steps"] == 0 else restarts + known + has_encoder
+            out.append((starts, steps))
+    return out
+
+
 def recover_rows(
     decoder: Callable[[Tensor], Tensor],
     x: Tensor,
@@ -123,21 +172,20 @@ def recover_rows(
         assert z is not None and errors is not None
         return z.to(x.device), errors.to(x.device)
     kept, _ = store.get(split, rows)
-    visits = store.visits[split][rows.cpu()]
-    known = kept is not None and bool(torch.isfinite(kept).all())
-    # cold: nothing to start from, or a restart is due (visits 5, 10, ... with restart_every 5);
-    # a first visit with an encoder starts warm from the encoder's latent
-    due = bool(((visits > 0) & (visits % restart_every == 0)).any())
-    cold = due or not (known or z_encoder is not None)
+    known, n_steps, n_restarts = recovery_schedule(
+        store,
+        split,
+        rows,
+        has_encoder=z_encoder is not None,
+        steps=steps,
+        restarts=restarts,
+        warm_steps=warm_steps,
+        restart_every=restart_every,
+    )
     starts = [s for s in (kept if known else None, z_encoder) if s is not None]
     if steps == 0:  # the encoder's latents as they are: an autoencoder's reconstruction errors
-        starts, n_steps, n_restarts = [z_encoder], 0, 0
-    elif not cold:
-        n_steps, n_restarts = warm_steps, 0
-    else:
-        n_steps, n_restarts = steps, restarts
-    if not starts and n_restarts == 0:
-        n_restarts = 1
+        starts = [z_encoder]
+    visits = store.visits[split][rows.cpu()]
     generator = torch.Generator(device=x.device).manual_seed(
         chunk_seed(seed, split, int(rows[0]), int(visits.max()))
     )

@@ -13,7 +13,7 @@ maths lives here.
 from __future__ import annotations
 
 import logging
-import time
+import math
 from typing import Any
 
 import lightning.pytorch as pl
@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lightning_memwatch.callbacks.machinery.attach import check_setup, prepare_probes
 from lightning_memwatch.callbacks.machinery.budget import CostBudget
+from lightning_memwatch.callbacks.machinery.costs import UnitCosts, Work, time_decoder
 from lightning_memwatch.callbacks.machinery.latent_views import LatentSize, latent_shape, numel
 from lightning_memwatch.callbacks.machinery.measuring import Measuring
 from lightning_memwatch.callbacks.machinery.naming import check_name
@@ -32,6 +33,12 @@ from lightning_memwatch.callbacks.machinery.readers import (
     silence_sync_dist_advice,
 )
 from lightning_memwatch.callbacks.machinery.rolling import RollingTable
+from lightning_memwatch.callbacks.machinery.summary import (
+    FitVerdict,
+    last_trainer,
+    monitor_summary,
+    remember_trainer,
+)
 from lightning_memwatch.functional.checks import check_int
 
 log = logging.getLogger(__name__)
@@ -40,7 +47,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
 
 
-class MemwatchMonitor(Measuring, ModelParts, Callback):
+class MemwatchMonitor(Measuring, ModelParts, FitVerdict, Callback):
     """Base class of the monitors: the probe / context / schedule / budget / logging glue.
 
     Before the first training step every monitor draws its probes and runs the encoder and the
@@ -171,9 +178,15 @@ class MemwatchMonitor(Measuring, ModelParts, Callback):
         self.dataset_sizes: dict[str, int] = {}
         self.last_logged_epoch: int | None = None
         self.last_checked_epoch: int | None = None
+        #: the values of the latest measurement, as floats (``summary()`` reads them)
+        self.last_scalars: dict[str, float] = {}
         self._fitting = True
         self._warned_no_probe = False
         self._layout_written = False
+        self._figures_at = 0  # the measurement that last drew the figures
+        self._stale = False  # whether callback_metrics may hold this monitor's earlier values
+        self._costs: dict[str, tuple[float, float, bool]] = {}
+        self._keys: dict[str, tuple[str, ...]] | None = None
 
     # ----------------------------------------------------------------- configuration
     @property
@@ -190,6 +203,8 @@ class MemwatchMonitor(Measuring, ModelParts, Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._resolve_names(pl_module)
         check_setup(self, trainer, pl_module, stage)
+        self._keys = None
+        remember_trainer(self, trainer)
         self.budget.attach(trainer, self.state_key)
         check_lightning_readers(self, trainer)
         silence_sync_dist_advice()
@@ -206,9 +221,38 @@ class MemwatchMonitor(Measuring, ModelParts, Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.budget.start()
-        start = time.perf_counter()
-        self._prepare_probes(trainer, pl_module)  # also when Lightning loads no validation data
-        self.budget.charge(time.perf_counter() - start)  # the probe and its checks count too
+        with self.budget.charged_start():  # the probe, its checks and the timing count too
+            self._prepare_probes(trainer, pl_module)  # also without validation data loaded
+            if self.max_overhead != math.inf:
+                self.budget.configure(self, self.unit_costs(pl_module))
+
+    def unit_costs(self, pl_module: pl.LightningModule) -> UnitCosts | None:
+        """The model's calls timed when training starts, which :meth:`work` is priced in
+        (:func:`~lightning_memwatch.callbacks.machinery.costs.time_decoder`)."""
+        return time_decoder(self, pl_module)
+
+    @property
+    def uses_gradients(self) -> bool:
+        """Whether a measurement differentiates the decoder in reverse mode (latent recovery)."""
+        return "recovery" in self.families or self.encoder_name is None
+
+    def work(self, family: str, size: int) -> Work | None:
+        """The decoder work of ``family`` on ``size`` samples per split
+        (:class:`~lightning_memwatch.callbacks.machinery.costs.Work`), which the budget prices
+        with the timed decoder calls; ``None``: not counted (the budget then assumes a
+        generous number of forward passes)."""
+        return None
+
+    # ---------------------------------------------------------------------- verdict
+    def summary(self, trainer: pl.Trainer | None = None) -> dict[str, Any]:
+        """What this monitor did in the latest fit, as a dict: the epochs it measured
+        (``measured_epochs`` of ``epochs``), the share of its probe covered, the last train /
+        val / gap / effect bound of each family (``values``), the seconds it spent and their
+        ``share`` of the run, the families its budget could never afford, and ``advice``: for
+        a monitor with fewer than 3 measurements the one setting to change and its predicted
+        seconds (:mod:`~lightning_memwatch.callbacks.machinery.summary`). ``trainer``: the one
+        it was last attached to by default."""
+        return monitor_summary(self, trainer or last_trainer(self))
 
     @property
     def families(self) -> tuple[str, ...]:

@@ -60,14 +60,42 @@ def check_lightning_readers(monitor: Any, trainer: pl.Trainer) -> None:
                 )
 
 
-def drop_stale(monitor: Any, trainer: pl.Trainer) -> None:
-    """Take this monitor's earlier values out of ``trainer.callback_metrics``: an epoch that
-    is not measured must not show ``ModelCheckpoint`` or ``EarlyStopping`` an old value as
-    if it were this epoch's."""
+def keys_by_family(monitor: Any) -> dict[str, tuple[str, ...]]:
+    """``monitor``'s keys per family, ``probe_size`` left out (what an unmeasured epoch takes
+    out of ``trainer.callback_metrics``); kept on the monitor until its next setup (``_keys``)."""
+    if getattr(monitor, "_keys", None) is None:
+        keys: dict[str, list[str]] = {}
+        for key in sorted(monitor.logged_keys):
+            if not key.endswith("/probe_size"):
+                keys.setdefault(key.split("/")[1], []).append(key)
+        monitor._keys = {family: tuple(k) for family, k in keys.items()}
+    return monitor._keys
+
+
+def drop_stale(monitor: Any, trainer: pl.Trainer, keep: tuple[str, ...] = ()) -> None:
+    """Take this monitor's earlier values out of ``trainer.callback_metrics`` (but those of
+    the families in ``keep``): an epoch that is not measured must not show ``ModelCheckpoint``
+    or ``EarlyStopping`` an old value as if it were this epoch's."""
     metrics = trainer.callback_metrics
-    for key in monitor.logged_keys:
-        if not key.endswith("/probe_size"):
-            metrics.pop(key, None)
+    for family, keys in keys_by_family(monitor).items():
+        if family not in keep:
+            for key in keys:
+                metrics.pop(key, None)
+
+
+def measured_together(monitor: Any, trainer: pl.Trainer) -> list[Any]:
+    """The other monitors that a reader of several (``EffectAgreement``: a callback whose
+    ``memwatch_sources(trainer)`` lists more than one) combines with ``monitor`` at the same
+    epoch: they measure at the same epochs, or the reader has nothing to combine."""
+    together: list[Any] = []
+    for callback in trainer.callbacks:
+        sources = getattr(callback, "memwatch_sources", None)
+        if not callable(sources):
+            continue
+        found = sources(trainer)
+        if len(found) > 1 and any(source is monitor for source in found):
+            together += [s for s in found if s is not monitor and s not in together]
+    return together
 
 
 def place_after_sources(trainer: pl.Trainer) -> None:
