@@ -1,14 +1,151 @@
-"""Shared fixtures: small decoders with known structure and float64 reference computations."""
+"""Shared fixtures: small decoders with known structure and float64 reference computations,
+and the test device.
+
+``MEMWATCH_TEST_DEVICE=cuda python -m pytest tests/functional tests/metrics tests/callbacks``
+runs the converted tests on CUDA: their inputs and modules go to :data:`DEVICE` and the results
+come back with ``.cpu()`` before numpy; :func:`quiet_trainer` trains with
+``accelerator="gpu"`` and ``deterministic="warn"``; tests marked
+``@pytest.mark.cpu_only(reason=...)`` are deselected (with the reason in the marker). Unset
+(or ``cpu``), nothing changes and nothing is deselected.
+"""
 
 from __future__ import annotations
 
 import copy
+import os
+from collections.abc import Iterable, Mapping
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+# ---------------------------------------------------------------- the test device
+#: The environment variable that names the test device (a ``torch.device`` string).
+DEVICE_VARIABLE = "MEMWATCH_TEST_DEVICE"
+#: Lightning's accelerator for each device type the tests can run on.
+ACCELERATORS = {"cpu": "cpu", "cuda": "gpu", "mps": "mps"}
+#: CUDA's deterministic cuBLAS workspace (what ``Trainer(deterministic=True)`` sets), set before
+#: the first cuBLAS call so that every handle of the test process gets it.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+def device_from_environment(environ: Mapping[str, str]) -> torch.device:
+    """The device that ``MEMWATCH_TEST_DEVICE`` names (unset or empty: the CPU)."""
+    name = environ.get(DEVICE_VARIABLE, "").strip() or "cpu"
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise pytest.UsageError(
+            f"{DEVICE_VARIABLE}={name!r} is not a torch device ({error}): use cpu or cuda"
+        ) from error
+
+
+def accelerator_for(device: torch.device) -> dict[str, object]:
+    """``Trainer`` options that train on ``device``: the accelerator, the device index, and on
+    CUDA ``deterministic="warn"`` (deterministic algorithms, a warning where an op has none), the
+    setting under which CUDA training is bit-identical from run to run."""
+    if device.type not in ACCELERATORS:
+        raise ValueError(
+            f"Expected a {DEVICE_VARIABLE} of type {', '.join(ACCELERATORS)} to train on but got "
+            f"{device}"
+        )
+    options: dict[str, object] = {"accelerator": ACCELERATORS[device.type]}
+    options["devices"] = [device.index] if device.index is not None else 1
+    if device.type == "cuda":
+        options["deterministic"] = "warn"
+    return options
+
+
+def cpu_only_reason(item: pytest.Item) -> str | None:
+    """The reason of a test's ``cpu_only`` marker (``None``: not marked); a marker without one
+    is a usage error, on every device."""
+    marker = item.get_closest_marker("cpu_only")
+    if marker is None:
+        return None
+    reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+    if not isinstance(reason, str) or not reason.strip():
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.cpu_only needs reason=... (why it cannot run on CUDA)"
+        )
+    return reason
+
+
+def split_cpu_only(
+    items: Iterable[pytest.Item], device: torch.device
+) -> tuple[list[pytest.Item], list[pytest.Item]]:
+    """``(kept, deselected)``: on a device other than the CPU, the tests marked ``cpu_only``
+    are deselected; on the CPU every test is kept."""
+    kept, deselected = [], []
+    for item in items:
+        marked = cpu_only_reason(item) is not None
+        (deselected if marked and device.type != "cpu" else kept).append(item)
+    return kept, deselected
+
+
+DEVICE = device_from_environment(os.environ)
+if DEVICE.type == "cuda":
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, deselected = split_cpu_only(items, DEVICE)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"memwatch test device: {DEVICE} ({DEVICE_VARIABLE}; cpu when unset)"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_device_is_there() -> None:
+    """Stop at once when the named device is missing (rather than fail every test)."""
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        pytest.exit(f"{DEVICE_VARIABLE}={DEVICE} but torch.cuda.is_available() is False", 2)
+
+
+@pytest.fixture(autouse=True)
+def _torch_flags_restored():
+    """``Trainer(deterministic=...)`` sets process-wide flags and never unsets them: put them back
+    after each test, so that one test's trainer does not change the next test's algorithms."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark
+    if workspace is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return DEVICE
+
+
+def device_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` on the test device (the original stays where it is, for references
+    computed on the CPU)."""
+    return copy.deepcopy(module).to(DEVICE)
+
+
+def rng_states() -> list[torch.Tensor]:
+    """The global RNG streams a callback must leave alone: the CPU's, and on a CUDA test device
+    every CUDA device's."""
+    states = [torch.get_rng_state()]
+    if DEVICE.type == "cuda":
+        states += torch.cuda.get_rng_state_all()
+    return states
+
+
+def same_rng_states(before: list[torch.Tensor], after: list[torch.Tensor]) -> bool:
+    return len(before) == len(after) and all(map(torch.equal, before, after))
 
 
 def random_orthogonal(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -61,8 +198,8 @@ def finite_difference_jacobian(module: nn.Module, z: torch.Tensor, h: float = 1e
     Truncation error ``O(h^2) ~ 1e-10`` and rounding ``O(1e-16 / h) ~ 1e-11``: far below the
     float32 error of the method under test.
     """
-    ref = copy.deepcopy(module).double().eval()
-    z64 = z.detach().double()
+    ref = copy.deepcopy(module).cpu().double().eval()
+    z64 = z.detach().cpu().double()
     cols = []
     with torch.no_grad():
         for j in range(z64.shape[1]):
@@ -101,7 +238,8 @@ class SoftNearestCentre(nn.Module):
     def __init__(self, images: torch.Tensor, scale: float = 1.0, tau: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("images", images)
-        self.register_buffer("centres", scale * torch.eye(len(images), dtype=images.dtype))
+        eye = torch.eye(len(images), dtype=images.dtype, device=images.device)
+        self.register_buffer("centres", scale * eye)
         self.tau = tau
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -195,9 +333,9 @@ def make_autoencoder(
 
 
 def quiet_trainer(**kwargs):
+    """A ``Trainer`` on the test device (:func:`accelerator_for`), quiet; ``kwargs`` win."""
     options = {
-        "accelerator": "cpu",
-        "devices": 1,
+        **accelerator_for(DEVICE),
         "logger": False,
         "enable_progress_bar": False,
         "enable_checkpointing": False,
