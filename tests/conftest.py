@@ -129,6 +129,11 @@ def device() -> torch.device:
     return DEVICE
 
 
+def on_device(values: object) -> torch.Tensor:
+    """``values`` (a tensor, an array, a list) as a tensor on the test device, dtype kept."""
+    return torch.as_tensor(values, device=DEVICE)
+
+
 def device_copy(module: nn.Module) -> nn.Module:
     """A copy of ``module`` on the test device (the original stays where it is, for references
     computed on the CPU)."""

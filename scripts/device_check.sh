@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Issue 26's checks on one device in one command: the functional, metric and callback tests
+# on it, benchmarks/gpu.py, and bit-identical training with and without every monitor.
+#
+# On the device machine (one GPU; no network: prepare the wheels here first with
+#     bash scripts/prepare_device_wheels.sh
+# which fills the git-ignored .whl/), paste into the `run` tool:
+#     command:   bash scripts/device_check.sh --device cuda
+#     carry:     [".whl"]
+#     timeout_s: 600
+# Every part stops at its own limit (tests 300 s, benchmark 150 s, bit-identical 2 x 45 s:
+# about 9.5 minutes at worst, 10 at most with the install) so that what it wrote comes back.
+# A rerun of one part on the still-warm machine: add `--only tests`, `--only bench` or
+# `--only bits` (repeatable).
+#
+# Here, the same steps on the CPU, with no limits (outputs under outputs/device_check/):
+#     bash scripts/device_check.sh --device cpu
+#
+# Writes under $OUT (the device machine's return folder; else --out, else
+# outputs/device_check): env.txt (machine, driver, versions), pytest.log (one line per test,
+# the slowest 25), pytest.xml (JUnit), gpu_table.md (the benchmark's tables), gpu_bench.log,
+# bit_identical.log (deterministic=True, then False), summary.txt (each part's exit status and
+# seconds).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+DEVICE=cuda
+PARTS=()
+QUICK=()
+OUTDIR=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --device) DEVICE=$2; shift 2 ;;
+        --only) PARTS+=("$2"); shift 2 ;;
+        --quick) QUICK=(--quick); shift ;;
+        --out) OUTDIR=$2; shift 2 ;;
+        *) echo "usage: $0 [--device cuda|cpu] [--only tests|bench|bits]... [--quick] [--out DIR]"
+           exit 2 ;;
+    esac
+done
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(tests bench bits)
+OUT=${OUT:-${OUTDIR:-outputs/device_check}}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD MPLBACKEND=Agg
+if [ "$DEVICE" = cuda ]; then
+    LIMIT_TESTS=300 LIMIT_BENCH=150 LIMIT_BITS=45
+    export CUBLAS_WORKSPACE_CONFIG=:4096:8  # before any cuBLAS handle: deterministic runs
+else
+    LIMIT_TESTS=0 LIMIT_BENCH=0 LIMIT_BITS=0  # 0: no limit
+fi
+
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/memwatch_site .whl/*.whl && export PYTHONPATH=/tmp/memwatch_site:$PWD
+fi
+
+{
+    date -u
+    command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total \
+        --format=csv
+    python3 - << 'EOF'
+import platform, sys
+import lightning, torch, torchmetrics
+print("python", sys.version.split()[0], platform.machine())
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
+print("lightning", lightning.__version__, "torchmetrics", torchmetrics.__version__)
+for name in ("diffusers", "jsonargparse", "xdist", "pytest_timeout"):
+    try:
+        module = __import__(name)
+        print(name, getattr(module, "__version__", "present"))
+    except ImportError as error:
+        print(name, "missing:", error)
+EOF
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+
+: > "$OUT/summary.txt"
+part() {  # part NAME LIMIT LOG COMMAND...: run, keep its exit status and seconds
+    local name=$1 limit=$2 log=$3
+    shift 3
+    local start=$SECONDS
+    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
+    local status=${PIPESTATUS[0]}
+    echo "$name: exit $status, $((SECONDS - start)) s (limit ${limit} s; 0 = none)" \
+        | tee -a "$OUT/summary.txt"
+}
+
+for p in "${PARTS[@]}"; do
+    case "$p" in
+        tests)
+            EXTRA=()
+            if [ "$DEVICE" = cuda ] && python3 -c "import xdist" 2> /dev/null; then
+                EXTRA+=(-n 4)  # four test processes on the one GPU
+            fi
+            if python3 -c "import pytest_timeout" 2> /dev/null; then
+                EXTRA+=(--timeout=120)
+            fi
+            part tests "$LIMIT_TESTS" pytest.log env MEMWATCH_TEST_DEVICE="$DEVICE" \
+                python3 -m pytest tests/functional tests/metrics tests/callbacks \
+                -p no:cacheprovider -v -rfE --maxfail=25 --durations=25 \
+                --junitxml="$OUT/pytest.xml" ${EXTRA[@]+"${EXTRA[@]}"}
+            ;;
+        bench)
+            part bench "$LIMIT_BENCH" gpu_bench.log \
+                python3 benchmarks/gpu.py --device "$DEVICE" --out "$OUT/gpu_table.md" ${QUICK[@]+"${QUICK[@]}"}
+            ;;
+        bits)
+            for deterministic in true false; do
+                part "bits (deterministic=$deterministic)" "$LIMIT_BITS" bit_identical.log \
+                    python3 scripts/bit_identical.py --device "$DEVICE" \
+                    --deterministic "$deterministic" ${QUICK[@]+"${QUICK[@]}"}
+            done
+            ;;
+        *) echo "unknown part $p (tests, bench, bits)"; exit 2 ;;
+    esac
+done
+cat "$OUT/summary.txt"
