@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import io
 import re
 import sys
@@ -75,11 +76,11 @@ def test_every_row_is_there_with_numbers(gpu, quick):
         *(f"{vae}: {m}" for m in ("one epoch", "GeometryMonitor", "RecoveryMonitor")),
         f"{vae}: LikelihoodMonitor",
         *(f"{dcgan}: {m}" for m in ("one epoch", "GeometryMonitor (top_k=4)", "RecoveryMonitor")),
-        f"{ddpm}: one epoch",
     ]
-    diffusion = hasattr(lightning_memwatch, "DiffusionMonitor")
-    if diffusion:  # after the diffusion branch's merge
-        expected.append(f"{ddpm}: DiffusionMonitor")
+    diffusers = importlib.util.find_spec("diffusers") is not None  # an optional extra
+    diffusion = diffusers and hasattr(lightning_memwatch, "DiffusionMonitor")
+    expected += [f"{ddpm}: one epoch"] if diffusers else []
+    expected += [f"{ddpm}: DiffusionMonitor"] if diffusion else []
     assert sorted(got) == sorted(expected)
     for name, cells in got.items():
         assert float(cells[0]) > 0, name  # seconds, never "failed"
@@ -125,3 +126,16 @@ def test_bit_identical_smoke_run_on_the_cpu(gpu):
     for label, row in got.items():
         assert row["losses"] and row["parameters"] and row["rng"], label
         assert row["steps"] == "4 / 4" and row["largest"] == 0.0
+
+
+def test_the_ddpm_case_says_what_is_missing(gpu, monkeypatch):
+    monitors = gpu.gpu_monitors
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if not installed
+    case, status = monitors.diffusion_case(monitors.QUICK)
+    assert case is None and status.startswith("absent: diffusers does not import")
+    monkeypatch.undo()
+    monkeypatch.delattr(lightning_memwatch, "DiffusionMonitor", raising=False)
+    if importlib.util.find_spec("diffusers") is not None:
+        case, status = monitors.diffusion_case(monitors.QUICK)
+        assert status == "absent: no lightning_memwatch.DiffusionMonitor here"
+        assert case.monitors(4) == {}  # the DDPM's epoch is still timed, with no monitor
