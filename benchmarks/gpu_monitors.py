@@ -258,10 +258,13 @@ def cases(scale: Scale) -> tuple[list[Case], str]:
     return ([*found, ddpm] if ddpm else found), status
 
 
-def trainer(device: torch.device, epochs: int, callbacks: list[Callback], logger: Any) -> L.Trainer:
-    accelerator = "gpu" if device.type == "cuda" else device.type
+def trainer(
+    device: torch.device, epochs: int, callbacks: list[Callback], logger: Any, **kwargs: Any
+) -> L.Trainer:
+    """A ``Trainer`` on ``device`` with no checkpoints, bar, summary or sanity check (so that
+    times are of training and the callbacks); ``kwargs`` go to it too."""
     return L.Trainer(
-        accelerator=accelerator,
+        accelerator="gpu" if device.type == "cuda" else device.type,
         devices=[device.index] if device.index is not None else 1,
         max_epochs=epochs,
         logger=logger,
@@ -270,6 +273,7 @@ def trainer(device: torch.device, epochs: int, callbacks: list[Callback], logger
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        **kwargs,
     )
 
 

@@ -31,9 +31,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
 
 from digits_vae import DigitsDataModule, DigitsVAE, quiet
+from gpu_monitors import trainer
 
 from lightning_memwatch import (
     EffectAgreement,
@@ -84,19 +86,10 @@ def fit(device: torch.device, deterministic: bool | str, callbacks: list[Callbac
     L.seed_everything(0, verbose=False)
     model = DigitsVAE(latent_dim=8)
     data = DigitsDataModule(sizes["n_train"], 256, 64, seed=0)
-    trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else device.type,
-        devices=[device.index] if device.index is not None else 1,
-        deterministic=deterministic,
-        max_epochs=sizes["epochs"],
-        callbacks=[*callbacks, losses],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
+    fitted = trainer(
+        device, sizes["epochs"], [*callbacks, losses], False, deterministic=deterministic
     )
-    trainer.fit(model, datamodule=data)
+    fitted.fit(model, datamodule=data)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return losses.losses, state, rng_states(device)
 
