@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from tests.callbacks import test_early_stopping as early_stopping
-from tests.conftest import (
+from tests.conftest import quiet_trainer
+from tests.devices import (
     DEVICE,
     DEVICE_VARIABLE,
     accelerator_for,
     device_from_environment,
-    quiet_trainer,
     split_cpu_only,
 )
 

@@ -24,7 +24,8 @@ from tests.callbacks.test_early_stopping import (
     TinyModule,
     loader,
 )
-from tests.conftest import DEVICE, accelerator_for, read_events
+from tests.conftest import read_events
+from tests.devices import DEVICE, accelerator_for
 
 KEY = "memwatch/early_stopping/triggered"
 TEXT = "memwatch/early_stopping/text_summary"  # TensorBoard's tag for add_text("...early_stopping")

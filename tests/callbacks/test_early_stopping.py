@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_memwatch.callbacks import MemorizationEarlyStopping
-from tests.conftest import DEVICE, accelerator_for
+from tests.devices import DEVICE, accelerator_for
 
 KS = "memwatch/recovery/ks_pvalue"
 GAP = "memwatch/recovery/mre_gap"

@@ -12,7 +12,7 @@ from scipy import stats
 from lightning_memwatch.callbacks import MemorizationEarlyStopping
 from lightning_memwatch.metrics.recovery import RecoveryGap
 from tests.callbacks.test_early_stopping import ScriptedMonitor, TinyModule, loader, make_trainer
-from tests.conftest import DEVICE, on_device
+from tests.devices import DEVICE, on_device
 
 KEY, THRESHOLD, PROBE, CHECKS = "memwatch/recovery/effect_upper", -0.5, 32, 10
 

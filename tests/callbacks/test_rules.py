@@ -11,7 +11,8 @@ from scipy import stats
 from lightning_memwatch import EffectAgreement, GeometryMonitor, RecoveryMonitor
 from lightning_memwatch.callbacks import MemorizationEarlyStopping
 from lightning_memwatch.callbacks.rules import agreement_bound
-from tests.conftest import digits_loaders, make_autoencoder, on_device, quiet_trainer
+from tests.conftest import digits_loaders, make_autoencoder, quiet_trainer
+from tests.devices import on_device
 
 KEY = "memwatch/agreement/bound"
 

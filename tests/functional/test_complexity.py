@@ -11,7 +11,7 @@ from torch import nn
 from lightning_memwatch.functional import complexity as complexity_module
 from lightning_memwatch.functional import local_complexity
 from lightning_memwatch.functional.complexity import ball_points, l1_ball_offsets
-from tests.conftest import DEVICE, rng_states, same_rng_states
+from tests.devices import DEVICE, rng_states, same_rng_states
 
 
 def shallow(w: np.ndarray, b: np.ndarray, activation: nn.Module) -> nn.Sequential:

@@ -26,7 +26,8 @@ from lightning_memwatch.functional import (
 )
 from lightning_memwatch.functional.paths import LATENT_LIMIT
 from lightning_memwatch.functional.priors import search_bound
-from tests.conftest import DEVICE, device_copy, finite_difference_jacobian, linear_map
+from tests.conftest import finite_difference_jacobian, linear_map
+from tests.devices import DEVICE, device_copy
 
 LINEAR_CASES = [  # (n, m, singular values)
     (7, 3, [2.0, 1.0, 0.5]),

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from lightning_memwatch.functional import decay_terms, dip_scores, dip_terms
-from tests.conftest import DEVICE, device_copy, linear_map, random_orthogonal
+from tests.conftest import linear_map, random_orthogonal
+from tests.devices import DEVICE, device_copy
 
 K = 8
 

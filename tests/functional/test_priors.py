@@ -21,7 +21,8 @@ from lightning_memwatch.functional.priors import (
     search_bound,
 )
 from lightning_memwatch.functional.profiles import line_profile, path_profile
-from tests.conftest import DEVICE, linear_map, rng_states, same_rng_states
+from tests.conftest import linear_map
+from tests.devices import DEVICE, rng_states, same_rng_states
 
 
 def test_check_prior_canonical_forms():

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from lightning_memwatch.functional.profiles import line_profile, path_profile
-from tests.conftest import DEVICE, linear_map
+from tests.conftest import linear_map
+from tests.devices import DEVICE
 
 
 def log_normal(z: np.ndarray) -> np.ndarray:

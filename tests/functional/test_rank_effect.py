@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from lightning_memwatch.functional.stats import Z_95, rank_effect
-from tests.conftest import DEVICE
+from tests.devices import DEVICE
 
 
 def delong_numpy(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -18,14 +18,8 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from lightning_memwatch.functional import ks_pvalue, mre_gap, recover_latents
-from tests.conftest import (
-    DEVICE,
-    SoftNearestCentre,
-    linear_map,
-    random_orthogonal,
-    rng_states,
-    same_rng_states,
-)
+from tests.conftest import SoftNearestCentre, linear_map, random_orthogonal
+from tests.devices import DEVICE, rng_states, same_rng_states
 
 
 class OrthoTanh(nn.Module):

@@ -13,7 +13,8 @@ from lightning_memwatch.functional import (
     log_condition,
     singular_values,
 )
-from tests.conftest import DEVICE, finite_difference_jacobian, linear_map
+from tests.conftest import finite_difference_jacobian, linear_map
+from tests.devices import DEVICE
 
 SIGMA_TOL = 1e-5  # singular values within 1e-5 * s_1 (the accuracy target)
 

@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 
 from lightning_memwatch.functional.stats import ks_pvalue, mre_gap
-from tests.conftest import DEVICE
+from tests.devices import DEVICE
 
 
 @pytest.mark.parametrize("n", [3, 5, 8])

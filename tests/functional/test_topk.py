@@ -19,7 +19,8 @@ from lightning_memwatch.functional import (
     top_singular_values,
     top_singular_values_and_vector,
 )
-from tests.conftest import DEVICE, random_orthogonal, rng_states, same_rng_states
+from tests.conftest import random_orthogonal
+from tests.devices import DEVICE, rng_states, same_rng_states
 
 K = 32
 #: (m, n): n > m and n < m, m from 64 to 1,024.

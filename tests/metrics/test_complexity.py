@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_memwatch.metrics import ComplexityGap, TrainValGap
-from tests.conftest import DEVICE, on_device
+from tests.devices import DEVICE, on_device
 from tests.metrics.test_train_val import reference
 
 

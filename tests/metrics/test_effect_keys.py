@@ -10,7 +10,7 @@ from lightning_memwatch.metrics.density import DensityGap
 from lightning_memwatch.metrics.likelihood import LikelihoodGap
 from lightning_memwatch.metrics.recovery import RecoveryGap
 from lightning_memwatch.metrics.spectrum import SpectrumGap
-from tests.conftest import DEVICE, on_device
+from tests.devices import DEVICE, on_device
 
 
 def cliffs_delta(a: np.ndarray, b: np.ndarray) -> float:

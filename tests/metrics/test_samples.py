@@ -9,7 +9,7 @@ import torch
 from scipy import stats
 
 from lightning_memwatch.metrics import DataCopying
-from tests.conftest import DEVICE, on_device
+from tests.devices import DEVICE, on_device
 
 
 def reference_ct(p_d, p_c, q_d, q_c, cells: int) -> float:

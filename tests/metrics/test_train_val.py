@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from lightning_memwatch.metrics import DensityGap, SpectrumGap
-from tests.conftest import DEVICE, on_device
+from tests.devices import DEVICE, on_device
 
 
 def reference(train: np.ndarray, val: np.ndarray) -> dict[str, float]:
