@@ -68,15 +68,22 @@ QUICK = Sizes(4, ((4, 784, 32),), 256, 4, 1, gpu_monitors.QUICK)
 
 
 class Report:
-    """Markdown lines, printed as they come and kept for ``--out``."""
+    """Markdown lines, printed as they come, kept, and written to ``out`` as they come (so a
+    run stopped at a time limit leaves the tables it finished)."""
 
-    def __init__(self) -> None:
+    def __init__(self, out: Path | None = None) -> None:
         self.lines: list[str] = []
+        self.out = out
+        if out is not None:
+            out.write_text("")
 
     def add(self, *lines: str) -> None:
         for line in lines:
             print(line, flush=True)
             self.lines.append(line)
+            if self.out is not None:
+                with self.out.open("a") as handle:
+                    handle.write(line + "\n")
 
     def table(self, title: str, header: list[str], rows: list[list[str]]) -> None:
         self.add("", f"### {title}", "", "| " + " | ".join(header) + " |")
@@ -284,7 +291,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         parser.error("--device cuda but torch.cuda.is_available() is False")
     device = torch.device(args.device)
     repeats, sizes = (1, QUICK) if args.quick else (args.repeats, FULL)
-    report = Report()
+    report = Report(args.out)
     report.add(
         f"## {device_name(device)}",
         "",
@@ -326,8 +333,6 @@ def main(argv: list[str] | None = None) -> list[str]:
         rows,
     )
     report.add("", f"- DDPM with DiffusionMonitor: {status}")
-    if args.out:
-        args.out.write_text("\n".join(report.lines) + "\n")
     return report.lines
 
 

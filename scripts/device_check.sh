@@ -8,19 +8,21 @@
 #     command:   bash scripts/device_check.sh --device cuda
 #     carry:     [".whl"]
 #     timeout_s: 600
-# Every part stops at its own limit (tests 300 s, benchmark 150 s, bit-identical 2 x 45 s:
-# about 9.5 minutes at worst, 10 at most with the install) so that what it wrote comes back.
-# A rerun of one part on the still-warm machine: add `--only tests`, `--only bench` or
-# `--only bits` (repeatable).
+# Parts, most wanted first, each stopped at its own limit by SIGINT (pytest then prints what
+# failed so far) so that what it wrote comes back: functional and metric tests 140 s,
+# bit-identical with deterministic=True 45 s, the benchmark 150 s, callback tests 170 s,
+# bit-identical with deterministic=False 45 s: 550 s at worst, plus the install. A rerun of
+# parts on the still-warm machine: `--only functional`, `--only bits`, `--only bench`,
+# `--only callbacks` (repeatable; `bits` runs both settings).
 #
 # Here, the same steps on the CPU, with no limits (outputs under outputs/device_check/):
 #     bash scripts/device_check.sh --device cpu
 #
 # Writes under $OUT (the device machine's return folder; else --out, else
-# outputs/device_check): env.txt (machine, driver, versions), pytest.log (one line per test,
-# the slowest 25), pytest.xml (JUnit), gpu_table.md (the benchmark's tables), gpu_bench.log,
-# bit_identical.log (deterministic=True, then False), summary.txt (each part's exit status and
-# seconds).
+# outputs/device_check): env.txt (machine, driver, versions), pytest_functional.log and
+# pytest_callbacks.log (one line per test, then the failures and the 25 slowest),
+# gpu_table.md (the benchmark's tables, written as they finish), gpu_bench.log,
+# bit_identical.log, summary.txt (each part's exit status and seconds).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,19 +36,20 @@ while [ $# -gt 0 ]; do
         --only) PARTS+=("$2"); shift 2 ;;
         --quick) QUICK=(--quick); shift ;;
         --out) OUTDIR=$2; shift 2 ;;
-        *) echo "usage: $0 [--device cuda|cpu] [--only tests|bench|bits]... [--quick] [--out DIR]"
+        *) echo "usage: $0 [--device cuda|cpu] [--only functional|callbacks|bench|bits]..." \
+               "[--quick] [--out DIR]"
            exit 2 ;;
     esac
 done
-[ ${#PARTS[@]} -eq 0 ] && PARTS=(tests bench bits)
+[ ${#PARTS[@]} -eq 0 ] && PARTS=(functional bits-true bench callbacks bits-false)
 OUT=${OUT:-${OUTDIR:-outputs/device_check}}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD MPLBACKEND=Agg
+declare -A LIMIT=([functional]=140 [callbacks]=170 [bench]=150 [bits]=45)
 if [ "$DEVICE" = cuda ]; then
-    LIMIT_TESTS=300 LIMIT_BENCH=150 LIMIT_BITS=45
     export CUBLAS_WORKSPACE_CONFIG=:4096:8  # before any cuBLAS handle: deterministic runs
 else
-    LIMIT_TESTS=0 LIMIT_BENCH=0 LIMIT_BITS=0  # 0: no limit
+    LIMIT=([functional]=0 [callbacks]=0 [bench]=0 [bits]=0)  # 0: no limit
 fi
 
 if compgen -G ".whl/*.whl" > /dev/null; then
@@ -77,43 +80,49 @@ EOF
 cat "$OUT/env.txt"
 
 : > "$OUT/summary.txt"
-part() {  # part NAME LIMIT LOG COMMAND...: run, keep its exit status and seconds
+part() {  # part NAME LIMIT LOG COMMAND...: run it, keep its exit status and seconds
     local name=$1 limit=$2 log=$3
     shift 3
     local start=$SECONDS
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
+    timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$OUT/$log"
     local status=${PIPESTATUS[0]}
     echo "$name: exit $status, $((SECONDS - start)) s (limit ${limit} s; 0 = none)" \
         | tee -a "$OUT/summary.txt"
 }
 
+tests() {  # tests NAME PATH...: the tests under PATH on the device
+    local name=$1
+    shift
+    local extra=(-p no:cacheprovider -v -rfE --maxfail=25 --durations=25)
+    if [ "$DEVICE" = cuda ] && python3 -c "import xdist" 2> /dev/null; then
+        extra+=(-n 4)  # four test processes on the one GPU
+    fi
+    if python3 -c "import pytest_timeout" 2> /dev/null; then
+        extra+=(--timeout=100)
+    fi
+    part "$name tests" "${LIMIT[$name]}" "pytest_$name.log" \
+        env MEMWATCH_TEST_DEVICE="$DEVICE" python3 -m pytest "$@" "${extra[@]}"
+}
+
+bits() {  # bits true|false
+    part "bits (deterministic=$1)" "${LIMIT[bits]}" bit_identical.log \
+        python3 scripts/bit_identical.py --device "$DEVICE" --deterministic "$1" \
+        ${QUICK[@]+"${QUICK[@]}"}
+}
+
 for p in "${PARTS[@]}"; do
     case "$p" in
-        tests)
-            EXTRA=()
-            if [ "$DEVICE" = cuda ] && python3 -c "import xdist" 2> /dev/null; then
-                EXTRA+=(-n 4)  # four test processes on the one GPU
-            fi
-            if python3 -c "import pytest_timeout" 2> /dev/null; then
-                EXTRA+=(--timeout=120)
-            fi
-            part tests "$LIMIT_TESTS" pytest.log env MEMWATCH_TEST_DEVICE="$DEVICE" \
-                python3 -m pytest tests/functional tests/metrics tests/callbacks \
-                -p no:cacheprovider -v -rfE --maxfail=25 --durations=25 \
-                --junitxml="$OUT/pytest.xml" ${EXTRA[@]+"${EXTRA[@]}"}
-            ;;
+        functional) tests functional tests/functional tests/metrics ;;
+        callbacks) tests callbacks tests/callbacks ;;
         bench)
-            part bench "$LIMIT_BENCH" gpu_bench.log \
-                python3 benchmarks/gpu.py --device "$DEVICE" --out "$OUT/gpu_table.md" ${QUICK[@]+"${QUICK[@]}"}
+            part bench "${LIMIT[bench]}" gpu_bench.log \
+                python3 benchmarks/gpu.py --device "$DEVICE" --out "$OUT/gpu_table.md" \
+                ${QUICK[@]+"${QUICK[@]}"}
             ;;
-        bits)
-            for deterministic in true false; do
-                part "bits (deterministic=$deterministic)" "$LIMIT_BITS" bit_identical.log \
-                    python3 scripts/bit_identical.py --device "$DEVICE" \
-                    --deterministic "$deterministic" ${QUICK[@]+"${QUICK[@]}"}
-            done
-            ;;
-        *) echo "unknown part $p (tests, bench, bits)"; exit 2 ;;
+        bits) bits true; bits false ;;
+        bits-true) bits true ;;
+        bits-false) bits false ;;
+        *) echo "unknown part $p (functional, callbacks, bench, bits)"; exit 2 ;;
     esac
 done
 cat "$OUT/summary.txt"
