@@ -16,11 +16,12 @@ that names the device, torch and CUDA:
    float64 Gram + ``eigvalsh``, a float32 Gram + ``eigvalsh``, a float32 Householder QR of ``J``
    then float64 or float32 ``svdvals`` of the ``m x m`` factor ``R``; seconds and the error of
    the smallest value against a float64 SVD of the same float32 ``J``. The device's float64 /
-   float32 matrix-product rate is measured beside it, and the line under the table names the
-   fastest way whose error stays within 10x the float64 Gram's: the per-device choice.
+   float32 matrix-product rate is measured beside it, and the lines under the table name the
+   fastest way that keeps every value within ``1e-5 s_1`` and ``s_m`` within 1%: the
+   per-device choice.
 3. **Recovery, batched vs per image**: ``benchmarks/recovery.py``'s problem (128 targets),
    ``recover_latents`` on all of them against Webster et al.'s one L-BFGS per image, the loop
-   timed on the first ``--loop-targets`` targets and scaled to 128.
+   timed on the first 16 targets (``--quick``: 4 targets, 1 timed) and scaled.
 4. **A whole measurement vs one training epoch** (``benchmarks/gpu_monitors.py``): each monitor
    of the demo VAE, the DCGAN and, where ``lightning_memwatch.DiffusionMonitor`` exists, a DDPM.
 """
