@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,27 @@ def build(model: str, seed: int) -> tuple[L.LightningModule, L.LightningDataModu
     return ConvVAE(latent_dim=100), UpsampledDigitsDataModule(1400, 256, 64, seed)
 
 
-def time_hooks(callback: Callback, seconds: dict[int, float]) -> None:
-    """Add the wall time of ``callback``'s epoch-end hooks to ``seconds[epoch]``."""
+def wall_seconds(run: Callable[[], None]) -> float:
+    """Seconds ``run()`` takes by ``time.perf_counter``."""
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def time_hooks(
+    callback: Callback,
+    seconds: dict[int, float],
+    timer: Callable[[Callable[[], None]], float] = wall_seconds,
+) -> None:
+    """Add the time of ``callback``'s epoch-end hooks to ``seconds[epoch]``, as ``timer`` takes
+    it (``timer(run)`` calls ``run()`` and returns its seconds; ``benchmarks/gpu.py`` passes
+    one that synchronizes CUDA and records peak memory)."""
     for name in HOOKS:
         original = getattr(callback, name)
 
         def wrapper(trainer: L.Trainer, pl_module: L.LightningModule, _f: Any = original) -> None:
-            start = time.perf_counter()
-            _f(trainer, pl_module)
-            seconds[trainer.current_epoch] += time.perf_counter() - start
+            spent = timer(lambda: _f(trainer, pl_module))
+            seconds[trainer.current_epoch] += spent
 
         setattr(callback, name, wrapper)
 

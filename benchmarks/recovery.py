@@ -37,8 +37,8 @@ TARGET_SPEEDUP, TARGET_MEDIAN_TOLERANCE = 10.0, 0.05
 def webster_loop(decoder: nn.Module, x: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
     """One L-BFGS per image and start; each image's best final error over its starts."""
     target = x.reshape(len(x), -1)
-    best_z = torch.empty(len(x), starts.shape[-1])
-    best = torch.full((len(x),), torch.inf, dtype=torch.float64)
+    best_z = torch.empty(len(x), starts.shape[-1], device=x.device)
+    best = torch.full((len(x),), torch.inf, dtype=torch.float64, device=x.device)
     for i in range(len(x)):
         for start in starts[:, i : i + 1]:
             z = start.clone().requires_grad_(True)
@@ -64,7 +64,9 @@ def webster_loop(decoder: nn.Module, x: Tensor, starts: Tensor) -> tuple[Tensor,
     return best_z, best
 
 
-def main() -> None:
+def problem(device: str | torch.device = "cpu") -> tuple[nn.Module, Tensor, float]:
+    """The decoder, the ``TARGETS`` noisy targets (drawn on the CPU from ``SEED``, so the same
+    on every device) on ``device``, and the noise floor of the recovery error."""
     torch.manual_seed(SEED)
     decoder = nn.Sequential(
         nn.Linear(LATENT, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, OUTPUT), nn.Sigmoid()
@@ -73,13 +75,27 @@ def main() -> None:
     with torch.no_grad():
         z_true = torch.randn(TARGETS, LATENT)
         x = decoder(z_true) + NOISE * torch.randn(TARGETS, OUTPUT)
-    floor = NOISE**2 * (1 - LATENT / OUTPUT)
+    return decoder.to(device), x.to(device), NOISE**2 * (1 - LATENT / OUTPUT)
+
+
+def batched_recovery(decoder: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The package's call: one L-BFGS on all targets, starts from a generator seeded ``SEED``."""
+    generator = torch.Generator().manual_seed(SEED)
+    return recover_latents(
+        decoder, x, latent_dim=LATENT, steps=STEPS, restarts=RESTARTS, generator=generator
+    )
+
+
+def loop_starts() -> Tensor:
+    """The per-image loop's ``RESTARTS`` starts per target: the package's prior draws."""
+    return torch.randn(RESTARTS, TARGETS, LATENT, generator=torch.Generator().manual_seed(SEED))
+
+
+def main() -> None:
+    decoder, x, floor = problem()
 
     def batched() -> tuple[Tensor, Tensor]:
-        generator = torch.Generator().manual_seed(SEED)
-        return recover_latents(
-            decoder, x, latent_dim=LATENT, steps=STEPS, restarts=RESTARTS, generator=generator
-        )
+        return batched_recovery(decoder, x)
 
     batched()  # warm-up
     times = []
@@ -89,9 +105,8 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     batched_s = min(times)
 
-    starts = torch.randn(RESTARTS, TARGETS, LATENT, generator=torch.Generator().manual_seed(SEED))
     start = time.perf_counter()
-    _, loop_errors = webster_loop(decoder, x, starts)
+    _, loop_errors = webster_loop(decoder, x, loop_starts())
     loop_s = time.perf_counter() - start
 
     print(

@@ -1,14 +1,68 @@
-"""Shared fixtures: small decoders with known structure and float64 reference computations."""
+"""Shared fixtures: small decoders with known structure and float64 reference computations,
+and the test device.
+
+``MEMWATCH_TEST_DEVICE=cuda python -m pytest tests/functional tests/metrics tests/callbacks``
+runs the converted tests on CUDA: their inputs and modules go to ``tests.devices.DEVICE`` and
+the results come back with ``.cpu()`` before numpy; :func:`quiet_trainer` trains with
+``accelerator="gpu"`` and ``deterministic="warn"``; tests marked
+``@pytest.mark.cpu_only(reason=...)`` are deselected by the hook below (the reason in the
+marker). Unset (or ``cpu``), nothing changes and nothing is deselected.
+"""
 
 from __future__ import annotations
 
 import copy
+import os
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from tests.devices import DEVICE, DEVICE_VARIABLE, accelerator_for, split_cpu_only
+
+# ---------------------------------------------------------- the test device (tests/devices.py)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, deselected = split_cpu_only(items, DEVICE)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"memwatch test device: {DEVICE} ({DEVICE_VARIABLE}; cpu when unset)"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_device_is_there() -> None:
+    """Stop at once when the named device is missing (rather than fail every test)."""
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        pytest.exit(f"{DEVICE_VARIABLE}={DEVICE} but torch.cuda.is_available() is False", 2)
+
+
+@pytest.fixture(autouse=True)
+def _torch_flags_restored():
+    """``Trainer(deterministic=...)`` sets process-wide flags and never unsets them: put them back
+    after each test, so that one test's trainer does not change the next test's algorithms."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    yield
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.backends.cudnn.benchmark = benchmark
+    if workspace is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = workspace
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return DEVICE
 
 
 def random_orthogonal(dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -61,8 +115,8 @@ def finite_difference_jacobian(module: nn.Module, z: torch.Tensor, h: float = 1e
     Truncation error ``O(h^2) ~ 1e-10`` and rounding ``O(1e-16 / h) ~ 1e-11``: far below the
     float32 error of the method under test.
     """
-    ref = copy.deepcopy(module).double().eval()
-    z64 = z.detach().double()
+    ref = copy.deepcopy(module).cpu().double().eval()
+    z64 = z.detach().cpu().double()
     cols = []
     with torch.no_grad():
         for j in range(z64.shape[1]):
@@ -111,7 +165,8 @@ class SoftNearestCentre(nn.Module):
     def __init__(self, images: torch.Tensor, scale: float = 1.0, tau: float = 1.0) -> None:
         super().__init__()
         self.register_buffer("images", images)
-        self.register_buffer("centres", scale * torch.eye(len(images), dtype=images.dtype))
+        eye = torch.eye(len(images), dtype=images.dtype, device=images.device)
+        self.register_buffer("centres", scale * eye)
         self.tau = tau
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -205,9 +260,9 @@ def make_autoencoder(
 
 
 def quiet_trainer(**kwargs):
+    """A ``Trainer`` on the test device (:func:`accelerator_for`), quiet; ``kwargs`` win."""
     options = {
-        "accelerator": "cpu",
-        "devices": 1,
+        **accelerator_for(DEVICE),
         "logger": False,
         "enable_progress_bar": False,
         "enable_checkpointing": False,

@@ -43,9 +43,11 @@ def direct_counts(cb: GeometryMonitor, model: ReluAutoencoder) -> dict[str, np.n
     for split in ("train", "val"):
         with torch.no_grad():
             z = model.encoder(cb.inputs[split])
-        counts[split] = local_complexity(
-            model.decoder, z, radius=0.1, num_samples=64, generator=generator
-        ).numpy()
+        counts[split] = (
+            local_complexity(model.decoder, z, radius=0.1, num_samples=64, generator=generator)
+            .cpu()
+            .numpy()
+        )
     return counts
 
 

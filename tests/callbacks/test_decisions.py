@@ -25,6 +25,7 @@ from tests.callbacks.test_early_stopping import (
     loader,
 )
 from tests.conftest import read_events
+from tests.devices import DEVICE, accelerator_for
 
 KEY = "memwatch/early_stopping/triggered"
 TEXT = "memwatch/early_stopping/text_summary"  # TensorBoard's tag for add_text("...early_stopping")
@@ -50,7 +51,7 @@ def fit_logged(tmp_path: Path, values, stopper, max_epochs: int, *extra: Callbac
     trainer = L.Trainer(
         max_epochs=max_epochs,
         callbacks=[ScriptedMonitor(values, key=stopper.monitor), stopper, *extra],
-        accelerator="cpu",
+        **accelerator_for(DEVICE),
         logger=logger,
         enable_progress_bar=False,
         enable_checkpointing=False,
@@ -124,6 +125,7 @@ def test_two_stoppers_need_distinct_log_keys(tmp_path):
     trainer = L.Trainer(
         max_epochs=1,
         callbacks=[ScriptedMonitor([HIGH]), ScriptedMonitor([0.0], key=gap), first, second],
+        **accelerator_for(DEVICE),
         logger=False,
         enable_progress_bar=False,
         enable_checkpointing=False,
@@ -139,6 +141,7 @@ def test_two_stoppers_need_distinct_log_keys(tmp_path):
     trainer = L.Trainer(
         max_epochs=2,
         callbacks=[*monitors, first, second, seen, seen_gap],
+        **accelerator_for(DEVICE),
         logger=False,
         enable_progress_bar=False,
         enable_checkpointing=False,

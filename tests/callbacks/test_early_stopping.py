@@ -1,4 +1,5 @@
-"""MemorizationEarlyStopping in real (tiny, CPU) Lightning runs, driven by a scripted monitor."""
+"""MemorizationEarlyStopping in real (tiny) Lightning runs on the test device, driven by a
+scripted monitor."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_memwatch.callbacks import MemorizationEarlyStopping
+from tests.devices import DEVICE, accelerator_for
 
 KS = "memwatch/recovery/ks_pvalue"
 GAP = "memwatch/recovery/mre_gap"
@@ -96,16 +98,15 @@ def loader(n: int = 8, batch_size: int = 8) -> DataLoader:
 
 
 def make_trainer(callbacks, max_epochs: int, **kwargs) -> L.Trainer:
-    return L.Trainer(
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
+    """A quiet ``Trainer`` on the test device; ``kwargs`` win."""
+    options = {
+        **accelerator_for(DEVICE),
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(max_epochs=max_epochs, callbacks=callbacks, **{**options, **kwargs})
 
 
 def fit(values, stopper, max_epochs: int = 8, model=None, ckpt_path=None, **kwargs):
@@ -368,6 +369,7 @@ def test_another_rank_can_stop_this_one(monkeypatch):
     assert stopper.stopping_reason_message == "Rule fired on another rank, epoch 2."
 
 
+@pytest.mark.cpu_only(reason="two ddp_fork processes on the CPU (gloo); CUDA has one GPU here")
 def test_ddp_ranks_stop_together(tmp_path):
     # rank 1 sees memorization at epoch 2, rank 0 never: both stop after epoch 2
     values = {0: [HIGH] * 6, 1: [HIGH, HIGH, LOW, HIGH, HIGH, HIGH]}

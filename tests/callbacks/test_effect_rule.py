@@ -7,12 +7,12 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from lightning_memwatch.callbacks import MemorizationEarlyStopping
 from lightning_memwatch.metrics.recovery import RecoveryGap
 from tests.callbacks.test_early_stopping import ScriptedMonitor, TinyModule, loader, make_trainer
+from tests.devices import DEVICE, on_device
 
 KEY, THRESHOLD, PROBE, CHECKS = "memwatch/recovery/effect_upper", -0.5, 32, 10
 
@@ -26,11 +26,11 @@ def shift_for(delta: float) -> float:
 def logged_upper(generator: np.random.Generator, delta: float) -> float:
     """``effect_upper`` that ``RecoveryGap`` computes for one check: log-normal errors, the
     train probe's log-errors shifted so that the true Cliff's delta is ``delta``."""
-    metric = RecoveryGap()
+    metric = RecoveryGap().to(DEVICE)
     train = np.exp(generator.normal(shift_for(delta), 1.0, PROBE))
     val = np.exp(generator.normal(0.0, 1.0, PROBE))
-    metric.update(torch.tensor(train), "train")
-    metric.update(torch.tensor(val), "val")
+    metric.update(on_device(train), "train")
+    metric.update(on_device(val), "val")
     return float(metric.compute()["effect_upper"])
 
 

@@ -3,6 +3,7 @@ latents are measured, against closed forms and scipy."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import lightning as L
@@ -62,7 +63,7 @@ def recovered_norms(model, prior):
     fit(model, cb)
     rows = torch.arange(16)
     z = cb.probe_latents(cb_trainer(cb), model, cb.inputs["train"], "train", rows)
-    return z.double().norm(dim=1).numpy()
+    return z.double().norm(dim=1).cpu().numpy()
 
 
 def cb_trainer(cb):
@@ -128,21 +129,27 @@ def test_top_k_auto_is_exact_below_512_latents_and_32_from_there():
         GeometryMonitor(top_k=0)
 
 
+@functools.cache
+def flat_memorizer(device: torch.device):
+    """The three-centre memorizer of the density tests on ``device`` (built once per device)."""
+    from tests.functional.test_density import centres_on_a_line
+
+    return centres_on_a_line(tau=2.0, dtype=torch.float32, n=64, device=device)[0]
+
+
 class FlatMemorizer(FixedDecoderModule):
     """The three-centre memorizer of the density tests (centres 10 apart on a line, flat around
-    each) as a decoder to 8 x 8 images, with a fixed linear encoder that spreads the digits
-    over all three centres' flat regions and their crossfades."""
+    each) as a decoder to 8 x 8 images, on the device of its latents, with a fixed linear
+    encoder that spreads the digits over all three centres' flat regions and their
+    crossfades."""
 
     def __init__(self) -> None:
-        from tests.functional.test_density import centres_on_a_line
-
-        self.f = centres_on_a_line(tau=2.0, dtype=torch.float32, n=64)[0]
         super().__init__(nn.Unflatten(1, (1, 8, 8)), 2)
         generator = torch.Generator().manual_seed(3)
         self.register_buffer("w", torch.randn(64, 2, generator=generator) * torch.tensor([3, 0.2]))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.f(z))
+        return self.decoder(flat_memorizer(z.device)(z))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1) @ self.w - 5.0

@@ -6,13 +6,13 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
 from lightning_memwatch import EffectAgreement, GeometryMonitor, RecoveryMonitor
 from lightning_memwatch.callbacks import MemorizationEarlyStopping
 from lightning_memwatch.callbacks.rules import agreement_bound
 from tests.conftest import digits_loaders, make_autoencoder, quiet_trainer
+from tests.devices import on_device
 
 KEY = "memwatch/agreement/bound"
 
@@ -31,7 +31,7 @@ def test_agreement_bound_is_the_weakest_signed_bound(rng):
     a1, b1 = rng.normal(-1.0, 1, 30), rng.normal(0, 1, 30)  # family 1: train below val
     a2, b2 = rng.normal(0.4, 1, 25), rng.normal(0, 1, 20)  # family 2: train above val
     expected = min(-delong_bounds(a1, b1)[1], delong_bounds(a2, b2)[0])
-    got = agreement_bound([(torch.tensor(a1), b1, -1), (a2, torch.tensor(b2), +1)])
+    got = agreement_bound([(on_device(a1), b1, -1), (a2, on_device(b2), +1)])
     assert got == pytest.approx(expected, abs=1e-12)
     assert math.isnan(agreement_bound([(a1, np.array([np.nan]), -1), (a2, b2, +1)]))
 

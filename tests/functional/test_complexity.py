@@ -11,12 +11,14 @@ from torch import nn
 from lightning_memwatch.functional import complexity as complexity_module
 from lightning_memwatch.functional import local_complexity
 from lightning_memwatch.functional.complexity import ball_points, l1_ball_offsets
+from tests.devices import DEVICE, rng_states, same_rng_states
 
 
 def shallow(w: np.ndarray, b: np.ndarray, activation: nn.Module) -> nn.Sequential:
-    """``z -> activation(w z + b) -> sum``, float64, with the hyperplanes ``w_j . z + b_j = 0``."""
+    """``z -> activation(w z + b) -> sum``, float64, with the hyperplanes ``w_j . z + b_j = 0``,
+    on the test device."""
     net = nn.Sequential(nn.Linear(w.shape[1], w.shape[0]), activation, nn.Linear(w.shape[0], 3))
-    net = net.double()
+    net = net.double().to(DEVICE)
     with torch.no_grad():
         net[0].weight.copy_(torch.from_numpy(w))
         net[0].bias.copy_(torch.from_numpy(b))
@@ -56,10 +58,10 @@ def test_one_hidden_layer_counts_the_hyperplanes_that_cut_the_ball(
 ):
     w, b, z0, r = plane_setup
     net = shallow(w, b, activation)
-    got = local_complexity(net, torch.from_numpy(z0), radius=r, num_samples=num_samples)
+    got = local_complexity(net, torch.from_numpy(z0).to(DEVICE), radius=r, num_samples=num_samples)
     expected = cut_count(w, b, z0, r)
-    assert got.dtype == torch.float64
-    np.testing.assert_array_equal(got.numpy(), expected)
+    assert got.dtype == torch.float64 and got.device == DEVICE
+    np.testing.assert_array_equal(got.cpu().numpy(), expected)
     assert 0 < expected.min() < expected.max()  # the balls differ: the test can fail
 
 
@@ -69,9 +71,9 @@ def test_hardtanh_and_relu6_count_both_knots(rng):
     z0 = 2 * rng.standard_normal((batch, m))
     for activation, knots in ((nn.ReLU6(), (0.0, 6.0)), (nn.Hardtanh(-1.0, 2.0), (-1.0, 2.0))):
         assert margin(w, b, z0, r, knots) > 1e-6
-        got = local_complexity(shallow(w, b, activation), torch.from_numpy(z0), radius=r)
+        got = local_complexity(shallow(w, b, activation), torch.from_numpy(z0).to(DEVICE), radius=r)
         expected = cut_count(w, b, z0, r, knots)
-        np.testing.assert_array_equal(got.numpy(), expected)
+        np.testing.assert_array_equal(got.cpu().numpy(), expected)
         assert (cut_count(w, b, z0, r, knots[1:]) > 0).any()  # the second knot matters
 
 
@@ -79,8 +81,8 @@ def test_float32_module_and_latents(plane_setup):
     w, b, z0, r = plane_setup
     net = shallow(w, b, nn.ReLU()).float()
     ok = np.abs(np.abs(z0 @ w.T + b) - r * np.abs(w).max(axis=1)).min(axis=1) > 1e-3
-    got = local_complexity(net, torch.from_numpy(z0).float(), radius=r)
-    np.testing.assert_array_equal(got.numpy()[ok], cut_count(w, b, z0, r)[ok])
+    got = local_complexity(net, torch.from_numpy(z0).float().to(DEVICE), radius=r)
+    np.testing.assert_array_equal(got.cpu().numpy()[ok], cut_count(w, b, z0, r)[ok])
     assert ok.sum() > 30
 
 
@@ -90,20 +92,20 @@ def test_zero_inside_one_region_and_positive_once_the_ball_reaches_a_boundary():
     net = shallow(w, b, nn.ReLU())
     z0 = torch.tensor([[1.0, 1.0]], dtype=torch.float64)  # distances (l_inf-dual): 1, 1, 1
     for r, expected in ((0.5, 0), (0.99, 0), (1.01, 3)):
-        assert local_complexity(net, z0, radius=r, num_samples=256).item() == expected
+        assert local_complexity(net, z0.to(DEVICE), radius=r, num_samples=256).item() == expected
         assert cut_count(w, b, z0.numpy(), r)[0] == expected
 
 
 def test_batched_equals_per_point_and_chunking_does_not_matter(monkeypatch, rng):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 16), nn.LeakyReLU(0.1))
-    net = net.append(nn.Linear(16, 5)).double()
-    z = torch.from_numpy(rng.standard_normal((9, 3)))
+    net = net.append(nn.Linear(16, 5)).double().to(DEVICE)
+    z = torch.from_numpy(rng.standard_normal((9, 3))).to(DEVICE)
     options = {"radius": 0.5, "num_samples": 32}
     whole = local_complexity(net, z, generator=torch.Generator().manual_seed(3), **options)
-    # each ball's count from its own points (the same draws), in numpy
+    # each ball's count from its own points (the same draws, made on the CPU), in numpy
     offsets = l1_ball_offsets(9, 32, 3, generator=torch.Generator().manual_seed(3))
-    points = ball_points(z, 0.5, offsets).numpy()
+    points = ball_points(z.cpu(), 0.5, offsets).numpy()
     for i in range(9):
         pres = numpy_mlp_preactivations(net, points[i])
         assert whole[i].item() == sum(((p > 0).any(0) & (p < 0).any(0)).sum() for p in pres)
@@ -125,8 +127,8 @@ def numpy_mlp_preactivations(net: nn.Sequential, points: np.ndarray) -> list[np.
     layers = list(net)
     for i, layer in enumerate(layers):
         if isinstance(layer, nn.Linear):
-            w = layer.weight.detach().double().numpy()
-            bias = layer.bias.detach().double().numpy()
+            w = layer.weight.detach().double().cpu().numpy()
+            bias = layer.bias.detach().double().cpu().numpy()
             h = h @ w.T + bias
             if i + 1 < len(layers):
                 pres.append(h)
@@ -155,15 +157,24 @@ def test_deeper_counts_are_lower_bounds_that_reach_dense_sampling(rng):
     torch.manual_seed(1)
     layers = [nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU()]
     net = nn.Sequential(*layers, nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)).double()
+    net = net.to(DEVICE)
     z0 = rng.standard_normal((16, 2))
     r = 1.0
     reference = dense_reference(net, z0, r, steps=100)
-    z = torch.from_numpy(z0)
+    z = torch.from_numpy(z0).to(DEVICE)
     means = []
     for num_samples in (0, 16, 256, 4096):
-        got = local_complexity(
-            net, z, radius=r, num_samples=num_samples, generator=torch.Generator().manual_seed(0)
-        ).numpy()
+        got = (
+            local_complexity(
+                net,
+                z,
+                radius=r,
+                num_samples=num_samples,
+                generator=torch.Generator().manual_seed(0),
+            )
+            .cpu()
+            .numpy()
+        )
         assert (got <= reference).all(), num_samples
         means.append(got.mean())
     assert means == sorted(means)
@@ -171,8 +182,8 @@ def test_deeper_counts_are_lower_bounds_that_reach_dense_sampling(rng):
     np.testing.assert_array_equal(got, reference)
     # the first hidden layer alone is exact from the vertices
     first = nn.Sequential(net[0], net[1])
-    layer1 = local_complexity(first, z, radius=r, num_samples=0).numpy()
-    w, b = net[0].weight.detach().numpy(), net[0].bias.detach().numpy()
+    layer1 = local_complexity(first, z, radius=r, num_samples=0).cpu().numpy()
+    w, b = net[0].weight.detach().cpu().numpy(), net[0].bias.detach().cpu().numpy()
     np.testing.assert_array_equal(layer1, cut_count(w, b, z0, r))
 
 
@@ -195,20 +206,21 @@ def test_conv_pre_activations_are_counted_per_element(rng):
 
     net = Conv().double()
     z0 = rng.standard_normal((20, 3))
-    with torch.no_grad():  # the affine map's matrix and offset, from basis vectors
+    with torch.no_grad():  # the affine map's matrix and offset, from basis vectors, on the CPU
         b = net.affine(torch.zeros(1, 3, dtype=torch.float64)).flatten().numpy()
         w = (net.affine(torch.eye(3, dtype=torch.float64)).flatten(1).numpy() - b).T
     r = 0.3
     assert margin(w, b, z0, r) > 1e-6
-    got = local_complexity(net, torch.from_numpy(z0), radius=r)
-    np.testing.assert_array_equal(got.numpy(), cut_count(w, b, z0, r))
+    got = local_complexity(net.to(DEVICE), torch.from_numpy(z0).to(DEVICE), radius=r)
+    np.testing.assert_array_equal(got.cpu().numpy(), cut_count(w, b, z0, r))
     assert got.max() > 0
 
 
 def test_uniform_samples_in_the_l1_ball():
     """``||u||_1 <= t`` has probability ``t^m``; ``|u_1| <= t`` has ``1 - (1 - t)^m``."""
     m = 4
-    u = l1_ball_offsets(1, 4000, m, generator=torch.Generator().manual_seed(0))[0].numpy()
+    generator = torch.Generator(device=DEVICE).manual_seed(0)  # drawn on the test device
+    u = l1_ball_offsets(1, 4000, m, generator=generator)[0].cpu().numpy()
     norm = np.abs(u).sum(1)
     assert norm.max() < 1
     assert stats.kstest(norm, lambda t: np.clip(t, 0, 1) ** m).pvalue > 0.01
@@ -220,27 +232,27 @@ def test_uniform_samples_in_the_l1_ball():
 
 
 def test_ball_points_are_the_vertices_then_the_samples():
-    z = torch.tensor([[1.0, -2.0]])
-    offsets = torch.tensor([[[0.25, -0.5]]], dtype=torch.float64)
+    z = torch.tensor([[1.0, -2.0]], device=DEVICE)
+    offsets = torch.tensor([[[0.25, -0.5]]], dtype=torch.float64, device=DEVICE)
     points = ball_points(z, 0.5, offsets)[0]
     expected = [[1.5, -2.0], [1.0, -1.5], [0.5, -2.0], [1.0, -2.5], [1.125, -2.25]]
-    assert torch.equal(points, torch.tensor(expected))
+    assert torch.equal(points.cpu(), torch.tensor(expected))
 
 
 def test_generator_reproducible_global_rng_untouched_module_unchanged(rng):
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-    net.train()
+    net.train().to(DEVICE)
     net[2].eval()
     modes = [m.training for m in net.modules()]
-    z = torch.from_numpy(rng.standard_normal((6, 3))).float()
-    state = torch.get_rng_state()
+    z = torch.from_numpy(rng.standard_normal((6, 3))).float().to(DEVICE)
+    states = rng_states()
     a = local_complexity(net, z, radius=0.7, generator=torch.Generator().manual_seed(5))
     b = local_complexity(net, z, radius=0.7, generator=torch.Generator().manual_seed(5))
     c = local_complexity(net, z, radius=0.7)  # None: seeded 0, deterministic
     d = local_complexity(net, z, radius=0.7)
     assert torch.equal(a, b) and torch.equal(c, d)
-    assert torch.equal(torch.get_rng_state(), state)
+    assert same_rng_states(states, rng_states())
     assert [m.training for m in net.modules()] == modes
     assert all(p.grad is None and p.requires_grad for p in net.parameters())
     with torch.inference_mode():
@@ -279,8 +291,8 @@ def test_a_bound_method_counts_only_the_activations_it_runs():
         def decode(self, z):
             return self.decoder(z)
 
-    model = Model().double()
-    z = torch.randn(10, 2, dtype=torch.float64)
+    model = Model().double().to(DEVICE)
+    z = torch.randn(10, 2, dtype=torch.float64).to(DEVICE)
     via_method = local_complexity(model.decode, z, radius=1.0)
     assert torch.equal(via_method, local_complexity(model.decoder, z, radius=1.0))
     assert via_method.sum() > 0
@@ -296,7 +308,8 @@ def test_nan_pre_activations_give_nan_for_that_ball_only():
             h = self.fc(z)
             return self.act(torch.where(z[:, :1] > 10, torch.nan, h))
 
-    got = local_complexity(Half(), torch.tensor([[0.0, 0.0], [20.0, 0.0]]), radius=0.1)
+    z = torch.tensor([[0.0, 0.0], [20.0, 0.0]], device=DEVICE)
+    got = local_complexity(Half().to(DEVICE), z, radius=0.1)
     assert torch.isfinite(got[0]) and torch.isnan(got[1])
 
 

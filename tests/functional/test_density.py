@@ -28,6 +28,7 @@ from lightning_memwatch.functional import (
 from lightning_memwatch.functional.paths import LATENT_LIMIT
 from lightning_memwatch.functional.priors import search_bound
 from tests.conftest import finite_difference_jacobian, linear_map, numpy_distinct_radii
+from tests.devices import DEVICE, device_copy
 
 LINEAR_CASES = [  # (n, m, singular values)
     (7, 3, [2.0, 1.0, 0.5]),
@@ -69,40 +70,41 @@ def test_induced_log_density_linear_map(n, m, s, k, rng):
     """``lp = log N(z; 0, I) - sum_{i <= k} log s_i`` (Feiszli (2017), eq. 2); ``k = None``: all
     of s."""
     s = np.array(s)
-    a = torch.tensor(linear_map(n, m, s, rng))
+    a = torch.tensor(linear_map(n, m, s, rng), device=DEVICE)
     z = rng.standard_normal((5, m))
     ks = {None: np.full(5, len(s)), 2: np.full(5, 2), "per-row": np.arange(5) % len(s)}[k]
-    k_arg = torch.tensor(ks) if k == "per-row" else k
-    got = induced_log_density(lambda x: x @ a.T, torch.tensor(z), k=k_arg)
+    k_arg = torch.tensor(ks, device=DEVICE) if k == "per-row" else k
+    got = induced_log_density(lambda x: x @ a.T, torch.tensor(z, device=DEVICE), k=k_arg)
     psi = np.array([np.log(s[:ki]).sum() for ki in ks])
-    assert got.dtype == torch.float64
-    np.testing.assert_allclose(got.numpy(), log_normal(z) - psi, rtol=0, atol=1e-10)
+    assert got.dtype == torch.float64 and got.device == DEVICE
+    np.testing.assert_allclose(got.cpu().numpy(), log_normal(z) - psi, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("kind", ["mvn", "independent", "elementwise"])
 def test_induced_log_density_with_a_prior(kind, rng):
     """A non-standard prior: ``lp = log p(z) - psi``; ``(B, m)`` log-probs are summed."""
     s = np.array([2.5, 1.0, 0.3])
-    a = torch.tensor(linear_map(9, 3, s, rng))
+    a = torch.tensor(linear_map(9, 3, s, rng), device=DEVICE)
     z = rng.standard_normal((6, 3))
     loc, scale = np.array([0.5, -1.0, 2.0]), np.array([0.5, 2.0, 1.5])
     cov = np.diag(scale**2) + 0.1
+    tl, ts = torch.tensor(loc, device=DEVICE), torch.tensor(scale, device=DEVICE)
     prior, expected = {
         "mvn": (
-            D.MultivariateNormal(torch.tensor(loc), torch.tensor(cov)),
+            D.MultivariateNormal(tl, torch.tensor(cov, device=DEVICE)),
             stats.multivariate_normal(loc, cov).logpdf(z),
         ),
         "independent": (
-            D.Independent(D.Normal(torch.tensor(loc), torch.tensor(scale)), 1),
+            D.Independent(D.Normal(tl, ts), 1),
             stats.norm(loc, scale).logpdf(z).sum(-1),
         ),
         "elementwise": (
-            D.Normal(torch.tensor(loc), torch.tensor(scale)),
+            D.Normal(tl, ts),
             stats.norm(loc, scale).logpdf(z).sum(-1),
         ),
     }[kind]
-    got = induced_log_density(lambda x: x @ a.T, torch.tensor(z), prior=prior)
-    np.testing.assert_allclose(got.numpy(), expected - np.log(s).sum(), rtol=0, atol=1e-10)
+    got = induced_log_density(lambda x: x @ a.T, torch.tensor(z, device=DEVICE), prior=prior)
+    np.testing.assert_allclose(got.cpu().numpy(), expected - np.log(s).sum(), rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize(("n", "m", "s"), LINEAR_CASES)
@@ -119,15 +121,15 @@ def test_dip_linear_map_closed_form(n, m, s, steps, rng):
     a = linear_map(n, m, np.array(s), rng)
     z0, z1 = rng.standard_normal((6, m)), rng.standard_normal((6, m))
     expected = -((z0 - z1) ** 2).sum(-1) / 4
-    a64 = torch.tensor(a)
-    got = dip_scores(lambda x: x @ a64.T, torch.tensor(z0), torch.tensor(z1), steps=steps)
-    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
+    a64 = torch.tensor(a, device=DEVICE)
+    z0_64, z1_64 = torch.tensor(z0, device=DEVICE), torch.tensor(z1, device=DEVICE)
+    got = dip_scores(lambda x: x @ a64.T, z0_64, z1_64, steps=steps)
+    np.testing.assert_allclose(got.cpu().numpy(), expected, rtol=1e-6)
     # float32: the Jacobian is A exactly, so psi cancels; what is left is float32 rounding of the
     # path points and outputs (about 1e-7 relative), well inside 1e-5.
-    a32 = torch.tensor(a, dtype=torch.float32)
-    z0_32, z1_32 = torch.tensor(z0, dtype=torch.float32), torch.tensor(z1, dtype=torch.float32)
+    a32, z0_32, z1_32 = (t.float() for t in (a64, z0_64, z1_64))
     got32 = dip_scores(lambda x: x @ a32.T, z0_32, z1_32, steps=steps)
-    np.testing.assert_allclose(got32.numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(got32.cpu().numpy(), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize(("n", "m", "s"), LINEAR_CASES)
@@ -147,20 +149,20 @@ def test_decay_linear_map_closed_form(n, m, s, rng):
     assert bound > 1.5 * LATENT_LIMIT
     radii = (0.25, 0.5, 1.0, 2.0, 1.4 * s[0] * LATENT_LIMIT, 1.1 * s[0] * bound)
     expected = np.broadcast_to(-np.array(radii[:-1]) / s[0] ** 2, (5, 5))
-    a64 = torch.tensor(a)
-    got = decay_scores(lambda x: x @ a64.T, torch.tensor(z), radii=radii)
+    a64, z64 = torch.tensor(a, device=DEVICE), torch.tensor(z, device=DEVICE)
+    got = decay_scores(lambda x: x @ a64.T, z64, radii=radii)
     assert got.shape == (5, len(radii)) and got.dtype == torch.float64
-    np.testing.assert_allclose(got[:, :-1].numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(got[:, :-1].cpu().numpy(), expected, rtol=1e-6)
     assert torch.isnan(got[:, -1]).all()
-    terms = decay_terms(lambda x: x @ a64.T, torch.tensor(z), radii=radii)
-    np.testing.assert_allclose(terms.prior[:, :-1].numpy(), expected, rtol=1e-6)
-    np.testing.assert_allclose(terms.volume[:, :-1].numpy(), 0.0, atol=1e-9)
+    terms = decay_terms(lambda x: x @ a64.T, z64, radii=radii)
+    np.testing.assert_allclose(terms.prior[:, :-1].cpu().numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(terms.volume[:, :-1].cpu().numpy(), 0.0, atol=1e-9)
     assert terms.unreached[:, -1].all() and not terms.unreached[:, :-1].any()
     # float32: the offsets come from float32 output chords (relative error ~1e-6); the term
     # (z . v)(t_+ + t_-) amplifies it by about |z| s_1 / r <= 40 here, so 1e-3 relative.
-    a32 = torch.tensor(a, dtype=torch.float32)
-    got32 = decay_scores(lambda x: x @ a32.T, torch.tensor(z, dtype=torch.float32), radii=radii)
-    np.testing.assert_allclose(got32[:, :-1].numpy(), expected, rtol=1e-3)
+    a32 = a64.float()
+    got32 = decay_scores(lambda x: x @ a32.T, z64.float(), radii=radii)
+    np.testing.assert_allclose(got32[:, :-1].cpu().numpy(), expected, rtol=1e-3)
 
 
 @pytest.mark.parametrize("steps", [16, 17])
@@ -169,9 +171,11 @@ def test_dip_matches_float64_reference_on_an_mlp(tanh_mlp, steps):
     ``np.interp`` of ``t`` at half the arclength, ``lp`` evaluated at ``z_{t*}`` itself."""
     module = Scaled(tanh_mlp, 3.0).double()
     z0, z1 = torch.randn(4, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
-    terms = dip_terms(module, z0, z1, steps=steps)
-    got = dip_scores(module, z0, z1, steps=steps)
+    on_device, z0_device, z1_device = device_copy(module), z0.to(DEVICE), z1.to(DEVICE)
+    terms = dip_terms(on_device, z0_device, z1_device, steps=steps)
+    got = dip_scores(on_device, z0_device, z1_device, steps=steps)
     assert torch.equal(got, terms.prior + terms.volume)
+    got, terms = got.cpu(), terms._replace(prior=terms.prior.cpu())
     t = np.linspace(0.0, 1.0, steps)
     for i in range(4):
         a, b = z0[i].numpy(), z1[i].numpy()
@@ -196,7 +200,7 @@ def test_decay_matches_a_fine_grid_reference(tanh_mlp):
     module = Scaled(tanh_mlp, 3.0).double()
     z = torch.randn(5, 5, dtype=torch.float64)
     radii = (0.25, 0.5, 1.0)
-    got = decay_scores(module, z, radii=radii).numpy()
+    got = decay_scores(device_copy(module), z.to(DEVICE), radii=radii).cpu().numpy()
     ts = np.linspace(0.0, LATENT_LIMIT, 64001)
     for i, zi in enumerate(z.numpy()):
         jac = finite_difference_jacobian(module, torch.as_tensor(zi[None]))[0]
@@ -216,18 +220,18 @@ def test_decay_matches_a_fine_grid_reference(tanh_mlp):
             assert got[i, j] == pytest.approx(expected, rel=2e-3, abs=1e-4)
 
 
-def soft_nearest_centre(tau: float):
+def soft_nearest_centre(tau: float, device: torch.device = DEVICE):
     """A memorizing generator: ``f(z) = sum_j softmax_j(-|z - c_j|^2 / tau) x_j``.
 
     Four centres in R^2 (the origin and three at radius 2, 120 degrees apart) and four fixed
-    outputs in R^16. Each centre's neighbourhood maps to almost one output, and the output
-    crossfades near the Voronoi boundaries (distance 1 from the origin): the induced density is
-    concentrated on the four outputs.
+    outputs in R^16 (drawn on the CPU, moved to ``device``). Each centre's neighbourhood maps to
+    almost one output, and the output crossfades near the Voronoi boundaries (distance 1 from
+    the origin): the induced density is concentrated on the four outputs.
     """
     gen = torch.Generator().manual_seed(7)
     angles = torch.tensor([90.0, 210.0, 330.0]) * math.pi / 180
     centres = torch.cat([torch.zeros(1, 2), 2 * torch.stack([angles.cos(), angles.sin()], -1)])
-    outputs = torch.randn(4, 16, generator=gen)
+    centres, outputs = centres.to(device), torch.randn(4, 16, generator=gen).to(device)
 
     def f(z: torch.Tensor) -> torch.Tensor:
         d2 = (z[:, None, :] - centres).square().sum(-1)
@@ -248,14 +252,14 @@ def test_memorizing_generator_dips_and_decays(tau):
     tau = 1.0: dip 6.7 to 7.1; decay -3.7 to -6.0 (r = 0.5), -3.2 to -4.3 (r = 1).
     """
     f, centres, outputs = soft_nearest_centre(tau)
-    dip = dip_scores(f, centres[:1].expand(3, 2), centres[1:])
+    dip = dip_scores(f, centres[:1].expand(3, 2), centres[1:]).cpu()
     s_bar = ((outputs[1:] - outputs[0]).norm(dim=-1) / 2).mean().item()
     print(f"tau={tau}: dip {dip.numpy().round(2)}, s_bar {s_bar:.2f}")
     assert (dip > 1.0).all(), "a memorizing map's density sags between its outputs"
     gen = torch.Generator().manual_seed(0)
     near_centre = torch.cat([torch.zeros(1, 2), 0.1 * torch.randn(3, 2, generator=gen)])
     radii = (0.5, 1.0)
-    decay = decay_scores(f, near_centre, radii=radii)
+    decay = decay_scores(f, near_centre.to(DEVICE), radii=radii).cpu()
     linear = -torch.tensor(radii, dtype=torch.float64) / s_bar**2
     print(f"tau={tau}: decay {decay.numpy().round(2).tolist()}, linear {linear.numpy().round(3)}")
     assert (decay < 10 * linear).all(), "at least ten times steeper than a linear map's"
@@ -273,10 +277,11 @@ def test_fixed_rank_keeps_lp_continuous_when_the_rank_falls():
     def f(z):
         return torch.stack([z[:, 0], torch.exp(-1.5 * z[:, 0] ** 2) * z[:, 1]], dim=-1)
 
-    z0 = torch.zeros(1, 2, dtype=torch.float64)
-    z1 = torch.tensor([[3.0, 0.0]], dtype=torch.float64)
+    z0 = torch.zeros(1, 2, dtype=torch.float64, device=DEVICE)
+    z1 = torch.tensor([[3.0, 0.0]], dtype=torch.float64, device=DEVICE)
     assert dip_scores(f, z0, z1).item() == pytest.approx(4.5, rel=1e-9)
     path = torch.stack([torch.linspace(0, 3, 61, dtype=torch.float64), torch.zeros(61)], -1)
+    path = path.to(DEVICE)
     fixed = induced_log_density(f, path, k=2)
     expected = path[:, 0] ** 2 - math.log(2 * math.pi)
     torch.testing.assert_close(fixed, expected, rtol=0, atol=1e-9)
@@ -287,13 +292,16 @@ def test_fixed_rank_keeps_lp_continuous_when_the_rank_falls():
 def test_non_finite_paths_are_nan_only_there(tanh_mlp):
     """A decoder that is NaN wherever ``z_1 > 50``: paths that touch that half-space are NaN."""
 
+    tanh_mlp.to(DEVICE)
+
     def f(z):
         return tanh_mlp(z) * torch.where(z[:, :1] > 50, torch.nan, 3.0)
 
     z0, z1 = torch.randn(6, 5), torch.randn(6, 5)
     z0[1, 0] = 100.0  # starts in the NaN region
     z1[4, 0] = 100.0  # ends in it
-    bad = torch.tensor([False, True, False, False, True, False])
+    z0, z1 = z0.to(DEVICE), z1.to(DEVICE)
+    bad = torch.tensor([False, True, False, False, True, False], device=DEVICE)
     dip = dip_scores(f, z0, z1)
     assert torch.isnan(dip[bad]).all()
     torch.testing.assert_close(dip[~bad], dip_scores(f, z0[~bad], z1[~bad]), rtol=0, atol=1e-6)
@@ -363,7 +371,8 @@ def test_invalid_arguments_raise(call, match):
 
 
 def test_grad_modes_give_the_same_values(tanh_mlp):
-    z0, z1 = torch.randn(4, 5), torch.randn(4, 5)
+    tanh_mlp.to(DEVICE)
+    z0, z1 = torch.randn(4, 5).to(DEVICE), torch.randn(4, 5).to(DEVICE)
     calls = {
         "lp": lambda a, b: induced_log_density(tanh_mlp, a),
         "dip": lambda a, b: dip_scores(tanh_mlp, a, b),
@@ -389,8 +398,9 @@ def test_batched_equals_per_path(tanh_mlp, dtype, atol):
     batch of 1 differently (about 1e-7 relative in each Jacobian entry), which moves ``psi`` by a
     few 1e-7 and ``eta = (...) / r`` by up to ``2e-6`` at ``r = 0.5``: 1e-5.
     """
-    module = Scaled(tanh_mlp, 3.0).to(dtype)
-    z0, z1 = torch.randn(6, 5, dtype=dtype), torch.randn(6, 5, dtype=dtype)
+    module = Scaled(tanh_mlp, 3.0).to(DEVICE, dtype)
+    z0 = torch.randn(6, 5, dtype=dtype).to(DEVICE)
+    z1 = torch.randn(6, 5, dtype=dtype).to(DEVICE)
     batched = {
         "lp": induced_log_density(module, z0),
         "dip": dip_scores(module, z0, z1),
@@ -412,21 +422,25 @@ def test_dip_terms_with_priors(rng):
     term is 0 and the prior term is ``log p(z_0) + log p(z_1) - 2 log p((z_0 + z_1) / 2)``:
     scipy's log-density for an independent normal prior, exactly 0 for the sphere's constant."""
     s = np.array([2.0, 1.0, 0.5])
-    a = torch.tensor(linear_map(7, 3, s, rng))
+    a = torch.tensor(linear_map(7, 3, s, rng), device=DEVICE)
+    f = lambda x: x @ a.T  # noqa: E731
     z0, z1 = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    ends = torch.tensor(z0, device=DEVICE), torch.tensor(z1, device=DEVICE)
     loc, scale = np.array([0.5, -1.0, 2.0]), np.array([0.5, 2.0, 1.5])
-    prior = D.Independent(D.Normal(torch.tensor(loc), torch.tensor(scale)), 1)
-    terms = dip_terms(lambda x: x @ a.T, torch.tensor(z0), torch.tensor(z1), prior=prior)
+    prior = D.Independent(
+        D.Normal(torch.tensor(loc, device=DEVICE), torch.tensor(scale, device=DEVICE)), 1
+    )
+    terms = dip_terms(f, *ends, prior=prior)
     ref = stats.norm(loc, scale)
     logpdf = lambda z: ref.logpdf(z).sum(-1)  # noqa: E731
     expected = logpdf(z0) + logpdf(z1) - 2 * logpdf((z0 + z1) / 2)
-    np.testing.assert_allclose(terms.prior.numpy(), expected, rtol=1e-9)
-    np.testing.assert_allclose(terms.volume.numpy(), 0.0, atol=1e-9)
-    sphere = dip_terms(lambda x: x @ a.T, torch.tensor(z0), torch.tensor(z1), prior="sphere")
-    assert torch.equal(sphere.prior, torch.zeros(5, dtype=torch.float64))
-    np.testing.assert_allclose(sphere.volume.numpy(), 0.0, atol=1e-9)
-    normal = dip_scores(lambda x: x @ a.T, torch.tensor(z0), torch.tensor(z1), prior="normal")
-    np.testing.assert_allclose(normal.numpy(), -((z0 - z1) ** 2).sum(-1) / 4, rtol=1e-9)
+    np.testing.assert_allclose(terms.prior.cpu().numpy(), expected, rtol=1e-9)
+    np.testing.assert_allclose(terms.volume.cpu().numpy(), 0.0, atol=1e-9)
+    sphere = dip_terms(f, *ends, prior="sphere")
+    assert torch.equal(sphere.prior.cpu(), torch.zeros(5, dtype=torch.float64))
+    np.testing.assert_allclose(sphere.volume.cpu().numpy(), 0.0, atol=1e-9)
+    normal = dip_scores(f, *ends, prior="normal")
+    np.testing.assert_allclose(normal.cpu().numpy(), -((z0 - z1) ** 2).sum(-1) / 4, rtol=1e-9)
 
 
 def test_decay_terms_with_priors(rng):
@@ -435,12 +449,13 @@ def test_decay_terms_with_priors(rng):
     gives the same sum); the sphere prior's term is 0."""
     s = np.array([2.0, 1.0, 0.5])
     a_np = linear_map(7, 3, s, rng)
-    a = torch.tensor(a_np)
+    a = torch.tensor(a_np, device=DEVICE)
     z = rng.standard_normal((4, 3))
     loc, scale = np.array([0.5, -1.0, 2.0]), np.array([0.5, 2.0, 1.5])
-    prior = D.Normal(torch.tensor(loc), torch.tensor(scale))
+    prior = D.Normal(torch.tensor(loc, device=DEVICE), torch.tensor(scale, device=DEVICE))
     radii = (0.5, 1.0)
-    terms = decay_terms(lambda x: x @ a.T, torch.tensor(z), radii=radii, prior=prior)
+    terms = decay_terms(lambda x: x @ a.T, torch.tensor(z, device=DEVICE), radii=radii, prior=prior)
+    terms = type(terms)(*(t.cpu() for t in terms))
     v = np.linalg.svd(a_np)[2][0]
     logpdf = lambda x: stats.norm(loc, scale).logpdf(x).sum(-1)  # noqa: E731
     for j, r in enumerate(radii):
@@ -449,13 +464,15 @@ def test_decay_terms_with_priors(rng):
         np.testing.assert_allclose(terms.prior[:, j].numpy(), expected, rtol=1e-6)
     np.testing.assert_allclose(terms.volume.numpy(), 0.0, atol=1e-9)
     assert not terms.unreached.any()
-    sphere = decay_terms(lambda x: x @ a.T, torch.tensor(z), radii=radii, prior="sphere")
-    assert torch.equal(sphere.prior, torch.zeros(4, 2, dtype=torch.float64))
+    sphere = decay_terms(
+        lambda x: x @ a.T, torch.tensor(z, device=DEVICE), radii=radii, prior="sphere"
+    )
+    assert torch.equal(sphere.prior.cpu(), torch.zeros(4, 2, dtype=torch.float64))
 
 
 def test_scores_are_the_sum_of_their_terms(tanh_mlp):
-    module = Scaled(tanh_mlp, 3.0)
-    z0, z1 = torch.randn(6, 5), torch.randn(6, 5)
+    module = Scaled(tanh_mlp, 3.0).to(DEVICE)
+    z0, z1 = torch.randn(6, 5).to(DEVICE), torch.randn(6, 5).to(DEVICE)
     dip = dip_terms(module, z0, z1)
     assert torch.equal(dip_scores(module, z0, z1), dip.prior + dip.volume)
     decay = decay_terms(module, z0)
@@ -474,8 +491,9 @@ def test_precomputed_spectra_give_the_same_scores_with_fewer_jacobians(tanh_mlp,
         gram_singular_values_and_top_vector,
     )
 
-    module = Scaled(tanh_mlp, 3.0).double()
-    z0, z1 = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    module = Scaled(tanh_mlp, 3.0).double().to(DEVICE)
+    z0 = torch.randn(6, 5, dtype=torch.float64).to(DEVICE)
+    z1 = torch.randn(6, 5, dtype=torch.float64).to(DEVICE)
     s0 = map_jacobian_chunks(module, z0, gram_singular_values)
     s1 = map_jacobian_chunks(module, z1, gram_singular_values)
     head = map_jacobian_chunks(module, z0, gram_singular_values_and_top_vector)
@@ -504,24 +522,27 @@ def test_precomputed_spectra_give_the_same_scores_with_fewer_jacobians(tanh_mlp,
 
 
 # ---------------------------------------------------------------- flat regions
-def centres_on_a_line(tau: float, gap: float = 10.0, dtype=torch.float64, n: int = 16):
+def centres_on_a_line(
+    tau: float, gap: float = 10.0, dtype=torch.float64, n: int = 16, device: str = "cpu"
+):
     """A memorizer flat around its training points: ``f(z) = sum_j softmax_j(-|z - c_j|^2 /
     tau) x_j`` with centres ``(-gap, 0), (0, 0), (gap, 0)`` in R^2, outputs ``x_j`` in R^n.
 
     The output crossfades only near the Voronoi boundaries, ``gap / 2 = 5`` from the middle
     centre: past ``LATENT_LIMIT``. Along ``v = e_1`` the middle centre reaches both neighbours'
     outputs; an outer centre's line leaves on its outer side where the output never moves.
-    Returns ``f``, the centres, the outputs and the analytic float64 Jacobian (numpy) of ``f``.
+    Returns ``f``, the centres, the outputs (on ``device``; drawn on the CPU) and the analytic
+    float64 Jacobian (numpy) of ``f``.
     """
     gen = torch.Generator().manual_seed(7)
-    centres = torch.tensor([[-gap, 0.0], [0.0, 0.0], [gap, 0.0]], dtype=dtype)
-    outputs = torch.randn(3, n, generator=gen).to(dtype)
+    centres = torch.tensor([[-gap, 0.0], [0.0, 0.0], [gap, 0.0]], dtype=dtype, device=device)
+    outputs = torch.randn(3, n, generator=gen).to(device, dtype)
 
     def f(z: torch.Tensor) -> torch.Tensor:
         d2 = (z[:, None, :] - centres).square().sum(-1)
         return torch.softmax(-d2 / tau, dim=-1) @ outputs
 
-    c, x = centres.double().numpy(), outputs.double().numpy()
+    c, x = centres.double().cpu().numpy(), outputs.double().cpu().numpy()
 
     def jacobian(z: np.ndarray) -> np.ndarray:
         """``J = sum_j x_j grad p_j^T``, ``grad p_j = p_j (g_j - sum_k p_k g_k)``,
@@ -546,7 +567,9 @@ def test_flat_region_decay_is_measured_past_the_first_limit():
     """
     f, centres, outputs, jac = centres_on_a_line(tau=2.0)
     radii = (0.5, 1.0)
-    terms = decay_terms(f, centres, radii=radii)
+    f_device, centres_device, *_ = centres_on_a_line(tau=2.0, device=DEVICE)
+    terms = decay_terms(f_device, centres_device, radii=radii)
+    terms = type(terms)(*(t.cpu() for t in terms))
     bound = search_bound(None, 2)
     ts = np.linspace(0.0, bound, 400_001)
     at_limit = int(np.searchsorted(ts, LATENT_LIMIT))
@@ -581,12 +604,12 @@ def test_unreached_is_apart_from_other_nans():
     """``f(z) = a tanh(z_1)``: the arclength from 0 along ``e_1`` is ``|a| tanh |t| < |a|``, so
     a radius above ``|a|`` is never reached (unreached), one below is (finite); a decoder that
     is NaN past ``z_1 > 2`` gives NaN there that is not "unreached"."""
-    a = torch.tensor([0.6, 0.8], dtype=torch.float64)  # |a| = 1
+    a = torch.tensor([0.6, 0.8], dtype=torch.float64, device=DEVICE)  # |a| = 1
 
     def f(z):
         return torch.tanh(z[:, :1]) * a
 
-    z = torch.zeros(3, 2, dtype=torch.float64)
+    z = torch.zeros(3, 2, dtype=torch.float64, device=DEVICE)
     terms = decay_terms(f, z, radii=(0.5, 1.5))
     assert torch.isfinite(terms.prior[:, 0]).all() and not terms.unreached[:, 0].any()
     assert terms.unreached[:, 1].all() and torch.isnan(terms.volume[:, 1]).all()
@@ -610,7 +633,7 @@ def test_saturated_memorizer_centres_are_counted_unreached():
     gen = torch.Generator().manual_seed(0)
     f = SoftNearestCentre(torch.rand(4, 16, generator=gen, dtype=torch.float64), scale=6.0)
     centres = f.centres.clone()
-    terms = decay_terms(f, centres, radii=(0.5, 1.0))
+    terms = decay_terms(device_copy(f), centres.to(DEVICE), radii=(0.5, 1.0))
     assert terms.unreached.all() and torch.isnan(terms.prior).all()
     ts = torch.linspace(0.0, search_bound(None, 4), 20_001, dtype=torch.float64)[:, None]
     v = torch.linalg.svd(torch.func.jacrev(f)(centres[:1])[0, :, 0]).Vh[0]  # reverse mode
@@ -618,7 +641,7 @@ def test_saturated_memorizer_centres_are_counted_unreached():
         arcs = [f(centres[0] + sign * ts * v).diff(dim=0).norm(dim=1).sum() for sign in (1, -1)]
     shortest = min(arc.item() for arc in arcs)
     assert shortest < 0.5 < max(arc.item() for arc in arcs)
-    smooth, centres2, _ = soft_nearest_centre(0.5)
+    smooth, centres2, _ = soft_nearest_centre(0.5)  # on the test device
     measured = decay_terms(smooth, centres2[:1], radii=(0.5, 1.0))
     assert torch.isfinite(measured.prior).all() and not measured.unreached.any()
 
@@ -656,16 +679,17 @@ def test_unreached_count_on_separated_centres_equals_a_dense_float64_count():
     z = np.array(
         [[-12.0, 0.3], [-6.5, 0.5], [-3.0, -0.2], [2.0, 0.4], [5.5, 0.0], [9.0, -0.3], [13, 0.2]]
     )
-    z = np.concatenate([centres.numpy(), z])
+    z = np.concatenate([centres.cpu().numpy(), z])
     radii = (0.5, 1.0, 5.5)  # the crossfade moves the output 4.95 or 6.68: 5.5 splits them
     bound = search_bound(None, 2)
     expected, ends, limits = dense_unreached(f, jac, z, radii, bound)
     # the counts cannot hinge on the coarse chords' shortfall: no shorter side within 2% of r
     assert np.abs(ends.min(axis=1)[:, None] / np.asarray(radii) - 1).min() > 0.02
     assert (limits[:3].min(axis=1) < min(radii)).all(), "at LATENT_LIMIT every centre is NaN"
-    terms = decay_terms(f, torch.as_tensor(z), radii=radii)
-    np.testing.assert_array_equal(terms.unreached.numpy(), expected)
-    score = (terms.prior + terms.volume).numpy()
+    f_device = centres_on_a_line(tau=2.0, device=DEVICE)[0]
+    terms = decay_terms(f_device, torch.as_tensor(z, device=DEVICE), radii=radii)
+    np.testing.assert_array_equal(terms.unreached.cpu().numpy(), expected)
+    score = (terms.prior + terms.volume).cpu().numpy()
     np.testing.assert_array_equal(np.isfinite(score), ~expected)
     assert 0 < expected.sum() < expected.size and expected[:, 2].sum() > expected[:, 0].sum()
     assert not expected[1, :2].any(), "the middle centre is measured below its crossfade"

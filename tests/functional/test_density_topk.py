@@ -10,6 +10,7 @@ from torch import nn
 
 from lightning_memwatch.functional import decay_terms, dip_scores, dip_terms
 from tests.conftest import linear_map, random_orthogonal
+from tests.devices import DEVICE, device_copy
 
 K = 8
 
@@ -25,15 +26,16 @@ def test_top_k_on_a_linear_map_is_the_closed_form(n, m, rng):
     ``-r / s_1^2`` (psi constant, so both are their prior parts), top-k as exact; the decay
     needs the top right-singular vector (another one gives ``-r / s_i^2``)."""
     s = gapped_spectrum(m)[: min(n, m)]
-    a = torch.tensor(linear_map(n, m, s, rng))
-    z0, z1 = torch.tensor(rng.standard_normal((4, m))), torch.tensor(rng.standard_normal((4, m)))
-    dip = dip_scores(lambda x: x @ a.T, z0, z1, top_k=K)
-    np.testing.assert_allclose(dip.numpy(), -((z0 - z1) ** 2).sum(-1).numpy() / 4, rtol=1e-6)
+    a = torch.tensor(linear_map(n, m, s, rng), device=DEVICE)
+    z0 = torch.tensor(rng.standard_normal((4, m)), device=DEVICE)
+    z1 = torch.tensor(rng.standard_normal((4, m)), device=DEVICE)
+    dip = dip_scores(lambda x: x @ a.T, z0, z1, top_k=K).cpu()
+    np.testing.assert_allclose(dip.numpy(), -((z0 - z1) ** 2).sum(-1).cpu().numpy() / 4, rtol=1e-6)
     radii = (0.5, 1.0)
     terms = decay_terms(lambda x: x @ a.T, z0, radii=radii, top_k=K)
     expected = np.broadcast_to(-np.array(radii) / s[0] ** 2, (4, 2))
-    np.testing.assert_allclose((terms.prior + terms.volume).numpy(), expected, rtol=1e-6)
-    np.testing.assert_allclose(terms.volume.numpy(), 0.0, atol=1e-9)
+    np.testing.assert_allclose((terms.prior + terms.volume).cpu().numpy(), expected, rtol=1e-6)
+    np.testing.assert_allclose(terms.volume.cpu().numpy(), 0.0, atol=1e-9)
 
 
 class Separable(nn.Module):
@@ -68,20 +70,20 @@ def test_top_k_equals_exact_where_the_tail_is_constant(dtype, rng):
     """:class:`Separable`: top-``K`` dip and decay (and their parts) equal the exact ones within
     1e-3 relative (observed: at most 4.6e-6 in float64, 9.4e-5 in float32)."""
     m = 48
-    f = Separable(m, rng).to(dtype)
-    z0 = torch.tensor(rng.standard_normal((6, m)), dtype=dtype)
-    z1 = torch.tensor(rng.standard_normal((6, m)), dtype=dtype)
+    f = Separable(m, rng).to(DEVICE, dtype)
+    z0 = torch.tensor(rng.standard_normal((6, m)), dtype=dtype, device=DEVICE)
+    z1 = torch.tensor(rng.standard_normal((6, m)), dtype=dtype, device=DEVICE)
     radii = (0.5, 1.0)
     exact = {"dip": dip_terms(f, z0, z1), "decay": decay_terms(f, z0, radii=radii)}
     top = {"dip": dip_terms(f, z0, z1, top_k=K), "decay": decay_terms(f, z0, radii=radii, top_k=K)}
     worst = 0.0
     for name in exact:
-        want, got = exact[name].prior + exact[name].volume, top[name].prior + top[name].volume
-        assert torch.isfinite(want).all() and not torch.equal(top[name].volume, 0 * want), name
+        want = (exact[name].prior + exact[name].volume).cpu()
+        got = (top[name].prior + top[name].volume).cpu()
+        top_volume, exact_volume = top[name].volume.cpu(), exact[name].volume.cpu()
+        assert torch.isfinite(want).all() and not torch.equal(top_volume, 0 * want), name
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-3, err_msg=name)
-        np.testing.assert_allclose(
-            top[name].volume.numpy(), exact[name].volume.numpy(), rtol=1e-3, atol=1e-4
-        )
+        np.testing.assert_allclose(top_volume.numpy(), exact_volume.numpy(), rtol=1e-3, atol=1e-4)
         worst = max(worst, ((got - want).abs() / want.abs()).max().item())
     print(f"{dtype}: worst relative difference {worst:.1e}")
 
@@ -113,10 +115,12 @@ def test_top_k_on_an_mlp_at_m_128_is_near_the_exact_top_k(rng):
     torch.manual_seed(0)
     f = nn.Sequential(nn.Linear(128, 256), nn.Tanh(), nn.Linear(256, 784)).double()
     z0, z1 = rng.standard_normal((4, 128)), rng.standard_normal((4, 128))
-    dip = dip_scores(f, torch.as_tensor(z0), torch.as_tensor(z1), top_k=32).numpy()
+    on_device = device_copy(f)
+    ends = torch.as_tensor(z0, device=DEVICE), torch.as_tensor(z1, device=DEVICE)
+    dip = dip_scores(on_device, *ends, top_k=32).cpu().numpy()
     radii = (0.5, 1.0)
-    decay = decay_terms(f, torch.as_tensor(z0), radii=radii, top_k=32)
-    decay = (decay.prior + decay.volume).numpy()
+    decay = decay_terms(on_device, ends[0], radii=radii, top_k=32)
+    decay = (decay.prior + decay.volume).cpu().numpy()
     t = np.linspace(0.0, 1.0, 17)
     ts = np.linspace(0.0, LATENT_LIMIT, 8001)
     dip_err, decay_err = [], []

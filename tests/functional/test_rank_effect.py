@@ -10,6 +10,7 @@ import torch
 from scipy import stats
 
 from lightning_memwatch.functional.stats import Z_95, rank_effect
+from tests.devices import DEVICE
 
 
 def delong_numpy(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -25,7 +26,7 @@ def delong_numpy(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def test_delta_is_scaled_mann_whitney_u(n_a, n_b, shift, rng):
     a, b = rng.normal(shift, 1.0, size=n_a), rng.normal(0.0, 1.0, size=n_b)
     u = stats.mannwhitneyu(a, b, alternative="two-sided").statistic  # U of a: #(a > b) + ties/2
-    delta, _, _ = rank_effect(torch.tensor(a), b)
+    delta, _, _ = rank_effect(torch.tensor(a, device=DEVICE), b)
     assert delta == pytest.approx(2 * u / (n_a * n_b) - 1, abs=1e-12)
 
 
@@ -33,7 +34,9 @@ def test_bounds_are_delong_with_ties(rng):
     a = rng.integers(0, 5, size=25).astype(float)  # many ties
     b = rng.integers(1, 6, size=18).astype(float)
     auc, variance = delong_numpy(a, b)
-    delta, lower, upper = rank_effect(torch.tensor(a), torch.tensor(b))
+    delta, lower, upper = rank_effect(
+        torch.tensor(a, device=DEVICE), torch.tensor(b, device=DEVICE)
+    )
     half = Z_95 * 2 * math.sqrt(variance)
     assert delta == pytest.approx(2 * auc - 1, abs=1e-12)
     assert lower == pytest.approx(max(-1.0, 2 * auc - 1 - half), abs=1e-12)

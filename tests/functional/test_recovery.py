@@ -19,6 +19,7 @@ from torch import nn
 
 from lightning_memwatch.functional import ks_pvalue, mre_gap, recover_latents
 from tests.conftest import SoftNearestCentre, linear_map, random_orthogonal
+from tests.devices import DEVICE, rng_states, same_rng_states
 
 
 class OrthoTanh(nn.Module):
@@ -38,9 +39,10 @@ class OrthoTanh(nn.Module):
 
 @pytest.fixture(scope="module")
 def digits() -> torch.Tensor:
-    """The 1,797 digits flattened to 64 pixels, scaled to [0, 1], float64, shuffled (seed 0)."""
+    """The 1,797 digits flattened to 64 pixels, scaled to [0, 1], float64, shuffled (seed 0), on
+    the test device."""
     data = load_digits().data / 16.0
-    return torch.tensor(data[np.random.default_rng(0).permutation(len(data))])
+    return torch.tensor(data[np.random.default_rng(0).permutation(len(data))], device=DEVICE)
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -51,12 +53,12 @@ def seeded(seed: int = 0) -> torch.Generator:
 def test_recovers_targets_on_the_range(dtype):
     # Targets decoded from known latents: defaults (50 steps, 2 restarts) reach error < 1e-8.
     # float32 reaches it too: the error is a mean of squared residuals of ~1e-7 each.
-    decoder = OrthoTanh(np.random.default_rng(0), dtype)
-    z0 = torch.randn(32, 4, generator=seeded(1), dtype=dtype)
+    decoder = OrthoTanh(np.random.default_rng(0), dtype).to(DEVICE)
+    z0 = torch.randn(32, 4, generator=seeded(1), dtype=dtype).to(DEVICE)
     with torch.no_grad():
         x = decoder(z0)
     z, errors = recover_latents(decoder, x, latent_dim=4, generator=seeded(2))
-    assert z.shape == (32, 4) and z.dtype == dtype
+    assert z.shape == (32, 4) and z.dtype == dtype and z.device == errors.device == DEVICE
     assert errors.shape == (32,) and errors.dtype == torch.float64
     assert errors.max() < 1e-8
     with torch.no_grad():
@@ -68,20 +70,21 @@ def test_linear_map_gives_the_least_squares_solution():
     rng = np.random.default_rng(3)
     a = linear_map(30, 6, np.array([3.0, 2.0, 1.0, 0.5, 0.2, 0.1]), rng)
     x = rng.standard_normal((16, 30))  # off the range: a non-zero residual
-    weight = torch.tensor(a)
-    z, errors = recover_latents(lambda z: z @ weight.T, torch.tensor(x), latent_dim=6)
+    weight = torch.tensor(a, device=DEVICE)
+    targets = torch.tensor(x, device=DEVICE)
+    z, errors = recover_latents(lambda z: z @ weight.T, targets, latent_dim=6)
     ref = np.linalg.lstsq(a, x.T, rcond=None)[0].T
-    np.testing.assert_allclose(z.numpy(), ref, atol=1e-6)
-    np.testing.assert_allclose(errors.numpy(), ((ref @ a.T - x) ** 2).mean(1), rtol=1e-9)
+    np.testing.assert_allclose(z.cpu().numpy(), ref, atol=1e-6)
+    np.testing.assert_allclose(errors.cpu().numpy(), ((ref @ a.T - x) ** 2).mean(1), rtol=1e-9)
 
 
 def test_batch_gives_each_sample_its_own_optimum():
     rng = np.random.default_rng(4)
-    decoder = OrthoTanh(rng)
-    z0 = torch.tensor(rng.standard_normal((8, 4)))
+    decoder = OrthoTanh(rng).to(DEVICE)
+    z0 = torch.tensor(rng.standard_normal((8, 4)), device=DEVICE)
     with torch.no_grad():
-        x = decoder(z0) + 0.05 * torch.tensor(rng.standard_normal((8, 30)))
-    start = torch.tensor(rng.standard_normal((8, 4)))
+        x = decoder(z0) + 0.05 * torch.tensor(rng.standard_normal((8, 30)), device=DEVICE)
+    start = torch.tensor(rng.standard_normal((8, 4)), device=DEVICE)
     z, errors = recover_latents(decoder, x, latent_dim=4, z_init=start, restarts=0)
     for i in range(8):
         zi, ei = recover_latents(
@@ -117,9 +120,9 @@ def test_generalizing_decoder_recovers_train_and_val_alike(digits):
     errors = []
     for targets in (train, val):
         _, e = recover_latents(lambda z: mean + z @ basis.T, targets, latent_dim=20)
-        centred = (targets - mean).numpy()
-        pca_residual = centred - centred @ basis.numpy() @ basis.numpy().T
-        np.testing.assert_allclose(e.numpy(), (pca_residual**2).mean(1), rtol=1e-6)
+        centred, v = (targets - mean).cpu().numpy(), basis.cpu().numpy()
+        pca_residual = centred - centred @ v @ v.T
+        np.testing.assert_allclose(e.cpu().numpy(), (pca_residual**2).mean(1), rtol=1e-6)
         errors.append(e)
     # Observed: gap -0.004, KS p 0.86 (medians ~7e-3). Why 450 a side: the PCA residuals spread
     # (std / mean ~0.45), and over random splits of the digits |gap| > 0.1 in 38% of them at 40
@@ -129,13 +132,14 @@ def test_generalizing_decoder_recovers_train_and_val_alike(digits):
 
 
 def test_steps_zero_returns_z_init_and_its_exact_error():
-    decoder = OrthoTanh(np.random.default_rng(6))
-    z0 = torch.randn(10, 4, generator=seeded(7), dtype=torch.float64)
+    decoder = OrthoTanh(np.random.default_rng(6)).to(DEVICE)
+    z0 = torch.randn(10, 4, generator=seeded(7), dtype=torch.float64).to(DEVICE)
     noise = 0.1 * torch.randn(10, 30, generator=seeded(8), dtype=torch.float64)
     with torch.no_grad():
-        x = decoder(z0) + noise
+        x = decoder(z0) + noise.to(DEVICE)
     z, errors = recover_latents(decoder, x, latent_dim=4, z_init=z0, steps=0)
     assert torch.equal(z, z0)
+    errors = errors.cpu()
     np.testing.assert_allclose(errors.numpy(), (noise.numpy() ** 2).mean(1), rtol=1e-12)
 
 
@@ -147,7 +151,8 @@ def test_best_start_wins_per_sample(digits):
     train = digits[:16]
     decoder = SoftNearestCentre(train, scale=3.0)
     wrong = 100 * decoder.centres.roll(1, dims=0)
-    z_init = torch.where((torch.arange(16) % 2 == 0)[:, None], decoder.centres, wrong)
+    even = torch.arange(16, device=DEVICE) % 2 == 0
+    z_init = torch.where(even[:, None], decoder.centres, wrong)
     _, from_init = recover_latents(decoder, train, latent_dim=16, z_init=z_init, restarts=0)
     _, from_prior = recover_latents(decoder, train, latent_dim=16, generator=seeded(0))
     z, both = recover_latents(decoder, train, latent_dim=16, z_init=z_init, generator=seeded(0))
@@ -162,17 +167,17 @@ def test_best_start_wins_per_sample(digits):
 
 
 def test_reproducible_and_global_rng_untouched():
-    decoder = OrthoTanh(np.random.default_rng(9))
-    x = torch.tensor(np.random.default_rng(10).standard_normal((6, 30)))
-    cpu_state = torch.get_rng_state()
+    decoder = OrthoTanh(np.random.default_rng(9)).to(DEVICE)
+    x = torch.tensor(np.random.default_rng(10).standard_normal((6, 30)), device=DEVICE)
+    states = rng_states()
     first = recover_latents(decoder, x, latent_dim=4, generator=seeded(11), steps=5)
     second = recover_latents(decoder, x, latent_dim=4, generator=seeded(11), steps=5)
-    assert torch.equal(torch.get_rng_state(), cpu_state)
+    assert same_rng_states(states, rng_states())
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     default_a = recover_latents(decoder, x, latent_dim=4, steps=5)
     default_b = recover_latents(decoder, x, latent_dim=4, steps=5)
     assert torch.equal(default_a[0], default_b[0])
-    assert torch.equal(torch.get_rng_state(), cpu_state)
+    assert same_rng_states(states, rng_states())
     other = recover_latents(decoder, x, latent_dim=4, generator=seeded(12), steps=5)
     assert not torch.equal(other[0], first[0])  # the seed does set the starts
 
@@ -180,15 +185,16 @@ def test_reproducible_and_global_rng_untouched():
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 @pytest.mark.parametrize("training", [False, True])
 def test_grad_modes_leave_the_decoder_alone(mode, training):
-    decoder = OrthoTanh(np.random.default_rng(13)).train(training)
+    decoder = OrthoTanh(np.random.default_rng(13)).to(DEVICE).train(training)
     decoder.hidden.bias.requires_grad_(False)  # a mix of flags, which must survive as it is
     flags = [p.requires_grad for p in decoder.parameters()]
     x_np = np.random.default_rng(14).standard_normal((6, 30))
-    reference = recover_latents(decoder, torch.tensor(x_np), latent_dim=4, generator=seeded(15))
+    x_device = torch.tensor(x_np, device=DEVICE)
+    reference = recover_latents(decoder, x_device, latent_dim=4, generator=seeded(15))
     context = torch.no_grad() if mode == "no_grad" else torch.inference_mode()
     with context:
-        x = torch.tensor(x_np)  # an inference tensor under inference_mode
-        z_init = torch.zeros(6, 4, dtype=torch.float64)
+        x = torch.tensor(x_np, device=DEVICE)  # an inference tensor under inference_mode
+        z_init = torch.zeros(6, 4, dtype=torch.float64, device=DEVICE)
         z, errors = recover_latents(decoder, x, latent_dim=4, generator=seeded(15))
         recover_latents(decoder, x, latent_dim=4, z_init=z_init, steps=3)
     torch.testing.assert_close(z, reference[0], rtol=0, atol=0)
@@ -200,18 +206,18 @@ def test_grad_modes_leave_the_decoder_alone(mode, training):
 
 def test_non_finite_samples_do_not_poison_the_batch():
     rng = np.random.default_rng(16)
-    a = torch.tensor(linear_map(12, 3, np.array([2.0, 1.0, 0.5]), rng))
+    a = torch.tensor(linear_map(12, 3, np.array([2.0, 1.0, 0.5]), rng), device=DEVICE)
 
     def decoder(z: torch.Tensor) -> torch.Tensor:  # NaN wherever z_0 > 2
         return torch.where(z[:, :1] > 2.0, torch.nan, z @ a.T)
 
-    z0 = torch.tensor(rng.uniform(-1.0, 1.0, (8, 3)))
+    z0 = torch.tensor(rng.uniform(-1.0, 1.0, (8, 3)), device=DEVICE)
     x = z0 @ a.T
     x[5] = torch.inf  # a corrupt target
-    z_init = torch.zeros(8, 3, dtype=torch.float64)
+    z_init = torch.zeros(8, 3, dtype=torch.float64, device=DEVICE)
     z_init[[1, 3], 0] = 3.0  # these start where the decoder is NaN (zero gradient there)
     z, errors = recover_latents(decoder, x, latent_dim=3, z_init=z_init, restarts=0)
-    bad = torch.zeros(8, dtype=torch.bool)
+    bad = torch.zeros(8, dtype=torch.bool, device=DEVICE)
     bad[[1, 3, 5]] = True
     assert not torch.isfinite(errors[bad]).any()
     assert errors[~bad].max() < 1e-12
@@ -237,9 +243,9 @@ def test_non_finite_samples_do_not_poison_the_batch():
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        recover_latents(lambda z: z.repeat(1, 2), torch.zeros(3, 4), **kwargs)
+        recover_latents(lambda z: z.repeat(1, 2), torch.zeros(3, 4, device=DEVICE), **kwargs)
 
 
 def test_empty_batch_is_rejected():
     with pytest.raises(ValueError, match="`x` to be a non-empty"):
-        recover_latents(lambda z: z, torch.zeros(0, 2), latent_dim=2)
+        recover_latents(lambda z: z, torch.zeros(0, 2, device=DEVICE), latent_dim=2)

@@ -10,6 +10,7 @@ import torch
 
 from lightning_memwatch.metrics import DataCopying
 from tests.conftest import meehan_ct
+from tests.devices import DEVICE, on_device
 
 
 @pytest.mark.parametrize("tie_correction", [False, True])
@@ -25,14 +26,14 @@ def test_compute_equals_the_pooled_reference_in_any_batching(tie_correction, rng
     want = meehan_ct(p_d, p_c, np.delete(q_d, 7), np.delete(q_c, 7), cells, None, tie_correction)
     results = []
     for shards in (1, 2, 3):  # as many "ranks", each a strided share, in reversed order
-        metric = DataCopying(cells, tie_correction=tie_correction)
+        metric = DataCopying(cells, tie_correction=tie_correction).to(DEVICE)
         for rank in reversed(range(shards)):
             for name, d, c, k in (("heldout", p_d, p_c, p_copy), ("generated", q_d, q_c, q_copy)):
                 part = slice(rank, None, shards)
                 metric.update(
-                    torch.from_numpy(d[part]),
-                    torch.from_numpy(c[part]),
-                    torch.from_numpy(k[part]),
+                    on_device(d[part]),
+                    on_device(c[part]),
+                    on_device(k[part]),
                     name,
                 )
         results.append({key: value.item() for key, value in metric.compute().items()})
@@ -44,11 +45,12 @@ def test_compute_equals_the_pooled_reference_in_any_batching(tie_correction, rng
 
 
 def test_scalars_reset_and_an_empty_metric_is_nan():
-    metric = DataCopying(2)
+    metric = DataCopying(2).to(DEVICE)
     with pytest.warns(UserWarning, match="before the ``update``"):
         out = metric.compute()
     assert out["ct"].isnan() and out["copy_fraction"].isnan() and out["nonfinite"] == 0
-    metric.update(torch.ones(3), torch.zeros(3, dtype=torch.long), torch.ones(3), "heldout")
+    ones, zeros = torch.ones(3, device=DEVICE), torch.zeros(3, dtype=torch.long, device=DEVICE)
+    metric.update(ones, zeros, ones, "heldout")
     assert metric.scalars()["heldout_copy_fraction"].dtype == torch.float32
     assert metric.samples("heldout", "distances").numel() == 0  # reset
 

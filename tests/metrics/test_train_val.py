@@ -8,6 +8,7 @@ import torch
 from scipy import stats
 
 from lightning_memwatch.metrics import DensityGap, SpectrumGap
+from tests.devices import DEVICE, on_device
 
 
 def reference(train: np.ndarray, val: np.ndarray) -> dict[str, float]:
@@ -36,12 +37,12 @@ def density_scores(rng: np.random.Generator, n: int, shift: float) -> tuple[np.n
 
 
 def test_density_gap_matches_numpy(rng):
-    metric = DensityGap()
+    metric = DensityGap().to(DEVICE)
     dip_t, decay_t = density_scores(rng, 40, 1.0)
     dip_v, decay_v = density_scores(rng, 30, 0.0)
-    metric.update("train", dip=torch.tensor(dip_t[:25]), decay=torch.tensor(decay_t[:25]))
-    metric.update("train", dip=torch.tensor(dip_t[25:]), decay=torch.tensor(decay_t[25:]))
-    metric.update("val", dip=torch.tensor(dip_v), decay=torch.tensor(decay_v))
+    metric.update("train", dip=on_device(dip_t[:25]), decay=on_device(decay_t[:25]))
+    metric.update("train", dip=on_device(dip_t[25:]), decay=on_device(decay_t[25:]))
+    metric.update("val", dip=on_device(dip_v), decay=on_device(decay_v))
     out = metric.compute()
     assert_matches(out, "dip", dip_t, dip_v)
     assert_matches(out, "decay", decay_t.mean(axis=1), decay_v.mean(axis=1))
@@ -54,9 +55,9 @@ def test_spectrum_gap_matches_numpy(rng):
     s_val = np.sort(rng.uniform(0.1, 1.0, size=(15, 4)))[:, ::-1].copy()
     s_val[2, 3] = 1e-9  # one degenerate direction: k = 3 there
     s_train[5] = np.nan
-    metric = SpectrumGap(rtol=1e-4)
-    metric.update(torch.tensor(s_train), "train")
-    metric.update(torch.tensor(s_val), "val")
+    metric = SpectrumGap(rtol=1e-4).to(DEVICE)
+    metric.update(on_device(s_train), "train")
+    metric.update(on_device(s_val), "val")
     out = metric.compute()
 
     def descriptors(s: np.ndarray) -> dict[str, np.ndarray]:
@@ -83,11 +84,11 @@ def test_spectrum_gap_matches_numpy(rng):
 def test_merged_states_equal_one_metric_fed_everything(rng):
     """What DDP does: each rank's `cat` states are gathered, then computed once."""
     values = {split: density_scores(rng, 24, 0.5) for split in ("train", "val")}
-    whole, rank0, rank1 = DensityGap(), DensityGap(), DensityGap()
+    whole, rank0, rank1 = (DensityGap().to(DEVICE) for _ in range(3))
     for split, (dip, decay) in values.items():
-        whole.update(split, dip=torch.tensor(dip), decay=torch.tensor(decay))
-        rank0.update(split, dip=torch.tensor(dip[:10]), decay=torch.tensor(decay[:10]))
-        rank1.update(split, dip=torch.tensor(dip[10:]), decay=torch.tensor(decay[10:]))
+        whole.update(split, dip=on_device(dip), decay=on_device(decay))
+        rank0.update(split, dip=on_device(dip[:10]), decay=on_device(decay[:10]))
+        rank1.update(split, dip=on_device(dip[10:]), decay=on_device(decay[10:]))
     rank0.merge_state(rank1)
     merged, expected = rank0.compute(), whole.compute()
     assert merged.keys() == expected.keys()
@@ -96,8 +97,8 @@ def test_merged_states_equal_one_metric_fed_everything(rng):
 
 
 def test_empty_split_gives_nan_not_an_error():
-    metric = DensityGap()
-    metric.update("train", dip=torch.tensor([1.0, 2.0]))
+    metric = DensityGap().to(DEVICE)
+    metric.update("train", dip=on_device([1.0, 2.0]))
     out = metric.compute()
     assert out["dip/train"].item() == 1.5
     assert torch.isnan(out["dip/val"]) and torch.isnan(out["dip/gap"])
@@ -118,10 +119,10 @@ def test_bad_arguments_are_rejected():
 
 
 def test_scalars_fold_the_nonfinite_counts_into_the_largest_and_reset():
-    metric = DensityGap()
+    metric = DensityGap().to(DEVICE)
     nan = float("nan")
-    metric.update("train", dip=torch.tensor([1.0, nan]), decay=torch.tensor([nan, nan, -1.0]))
-    metric.update("val", dip=torch.tensor([0.5]), decay=torch.tensor([-2.0]))
+    metric.update("train", dip=on_device([1.0, nan]), decay=on_device([nan, nan, -1.0]))
+    metric.update("val", dip=on_device([0.5]), decay=on_device([-2.0]))
     expected = {k: v for k, v in metric.compute().items() if not k.endswith("/nonfinite")}
     got = metric.scalars()
     assert got.pop("nonfinite").item() == 2.0  # dip drops 1 value, decay 2
@@ -135,15 +136,15 @@ def test_density_parts_and_unreached_share_against_numpy():
     from lightning_memwatch.metrics import DensityGap
 
     rng = np.random.default_rng(1)
-    metric, want = DensityGap(), {}
+    metric, want = DensityGap().to(DEVICE), {}
     for split in ("train", "val"):
         prior, volume = rng.normal(size=(5, 2)), rng.normal(size=(5, 2))
         unreached = rng.random((5, 2)) < 0.3
         decay = np.where(unreached, np.nan, prior + volume)
         metric.update(
             split,
-            decay=torch.from_numpy(decay),
-            decay_terms=tuple(map(torch.from_numpy, (prior, volume, unreached))),
+            decay=on_device(decay),
+            decay_terms=tuple(map(on_device, (prior, volume, unreached))),
         )
         want[split] = (prior.mean(1).mean(), unreached.any(1).mean(), np.nanmean(decay.mean(1)))
     out = metric.compute()
