@@ -6,8 +6,9 @@
 
 1. **Fit time with / without README's snippet** (``GeometryMonitor``, ``RecoveryMonitor``,
    ``EffectAgreement``, ``MemorizationEarlyStopping("memwatch/agreement/bound", 0.3, "above")``
-   at their defaults but ``probe_size=32`` where the training set has 32 samples, and the
-   encoder named), a ``TensorBoardLogger`` in every fit, on
+   exactly as README gives them: ``decoder="auto", encoder="auto"``, every other argument at
+   its default, the probe of 64 cut to what the data allows), a ``TensorBoardLogger`` in
+   every fit, on
 
    - a conv autoencoder (``benchmarks/conv_models.py``: ``ConvAutoencoder``, ``self.encoder`` /
      ``self.decoder``, 16 x 16 digits, 32 training and 64 validation digits, batch 32) over 300
@@ -28,7 +29,7 @@
    after, the epochs each monitor measured, and the summary the monitors printed at the end
    of the last fit with them.
 2. **The demo's runs A and B at the defaults** (``examples/vae_memorization.py``'s ``runs()``,
-   ``probe_size=32``, the budget on) with the recommended rule (report only): the summary each
+   README's snippet, the budget on) with the recommended rule (report only): the summary each
    prints, and where the rule fired against A's best validation loss.
 3. **Cost of measuring every sample of a 64 + 64 probe once** against commit ``47f86a5``
    (``benchmarks/probe_compare.py``).
@@ -74,21 +75,17 @@ from lightning_memwatch.callbacks.machinery.summary import fit_summary
 
 #: The recommended rule (README's snippet).
 RULE = {"monitor": "memwatch/agreement/bound", "threshold": 0.3, "mode": "above"}
-#: model -> (module, datamodule(seed), encoder attribute, probe size, epochs, quick epochs)
+#: model -> (module, datamodule(seed), epochs, quick epochs)
 CASES: dict[str, tuple[Any, ...]] = {
     "conv autoencoder": (
         ConvAutoencoder,
         lambda seed: UpsampledDigitsDataModule(32, 64, 32, seed, 1, side=16),
-        "encoder",
-        32,
         300,
         30,
     ),
     "demo VAE": (
         lambda: DigitsVAE(latent_dim=8),
         lambda seed: DigitsDataModule(1400, 256, 64, seed),
-        "encode",
-        64,
         300,
         10,
     ),
@@ -96,12 +93,11 @@ CASES: dict[str, tuple[Any, ...]] = {
 TARGETS = {"conv autoencoder": 1.15, "demo VAE": 1.05}
 
 
-def snippet(encoder: str, probe_size: int) -> list[Callback]:
-    """README's snippet at its defaults (the encoder named, the probe what the data allows)."""
-    common = {"decoder": "decoder", "encoder": encoder, "probe_size": probe_size}
+def snippet() -> list[Callback]:
+    """README's snippet, as it is written there."""
     return [
-        GeometryMonitor(**common),
-        RecoveryMonitor(**common),
+        GeometryMonitor(decoder="auto", encoder="auto"),
+        RecoveryMonitor(decoder="auto", encoder="auto"),
         EffectAgreement(),
         MemorizationEarlyStopping(**RULE),
     ]
@@ -131,9 +127,9 @@ class Captured(logging.Handler):
 
 def one_fit(case: str, config: str, seed: int, epochs: int, log_dir: str) -> dict[str, Any]:
     """One fit in this process: its wall time and, with the monitors, their books."""
-    model, data, encoder, probe_size, *_ = CASES[case]
+    model, data, *_ = CASES[case]
     L.seed_everything(seed, verbose=False)
-    callbacks = snippet(encoder, probe_size) if config == "with" else []
+    callbacks = snippet() if config == "with" else []
     seconds = Seconds()
     logger = TensorBoardLogger(log_dir, name=config, default_hp_metric=False)
     trainer = cpu_trainer(epochs, logger, [*callbacks, seconds])
@@ -240,7 +236,7 @@ def part_2(quick: bool, seed: int) -> None:
         for run in runs(quick):
             L.seed_everything(seed, verbose=False)
             data = DigitsDataModule(run.n_train, 256, run.batch_size, seed, run.passes)
-            callbacks = snippet("encode", 32)
+            callbacks = snippet()
             callbacks[-1] = MemorizationEarlyStopping(**RULE, report_only=True)
             history = ValLossHistory()
             logger = TensorBoardLogger(tmp, name=run.name, default_hp_metric=False)

@@ -34,7 +34,7 @@ from lightning_memwatch.callbacks.machinery.diffusion_probes import (
     resolve_timesteps,
     timestep_name,
 )
-from lightning_memwatch.callbacks.machinery.monitor import SPLITS, MemwatchMonitor
+from lightning_memwatch.callbacks.machinery.monitor import MemwatchMonitor
 from lightning_memwatch.callbacks.machinery.probes import InputKey
 from lightning_memwatch.functional.checks import check_int
 from lightning_memwatch.functional.denoiser_spectrum import random_orthonormal
@@ -303,9 +303,6 @@ class DiffusionMonitor(MemwatchMonitor):
             generator = torch.Generator().manual_seed(self.seed * 8 + SPECTRUM_STREAM)
             self.projection = random_orthonormal(dim, k, generator)
         check_denoiser(self, pl_module)
-
-    def slice_inputs(self, rows: Tensor) -> dict[str, Tensor]:
-        return {split: self.inputs[split][rows] for split in SPLITS}
 
     def measure(
         self,
