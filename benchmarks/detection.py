@@ -6,8 +6,8 @@
     python benchmarks/detection.py --fast            # a seconds-long smoke run (the tests)
 
 Runs: for each of ``--seeds`` seeds (default 12: 0-11) and each model class of the registry
-(``detection_classes.py``: mlp VAE, conv VAE, GLO, GAN without encoder; one module per class),
-one memorizing run on 32 digits and one generalizing run on 1,400, the same 256 held-out
+(``detection_classes.py``: mlp VAE, conv VAE, GLO, GAN without encoder, DDPM; one module per
+class), one memorizing run on 32 digits and one generalizing run on 1,400, the same 256 held-out
 digits; the seed sets the split, the model's initialisation, the training shuffle and the
 monitors' probes. Monitors at their defaults except ``probe_size=32``, ``every_n_epochs`` (about
 10 checks a run, 5 for conv) and ``max_overhead`` (``--budgets``). Each run is cached as JSON

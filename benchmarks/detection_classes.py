@@ -1,7 +1,7 @@
 """The model classes of ``benchmarks/detection.py``: a registry of small modules, one per class.
 
 A class is one module (``detection_mlp.py``, ``detection_conv.py``, ``detection_glo.py``,
-``detection_gan.py``) that builds a :class:`ModelClass`:
+``detection_gan.py``, ``detection_ddpm.py``) that builds a :class:`ModelClass`:
 
 - ``plans``: kind (``memorize``, ``generalize``, optional longer generalizing kinds) ->
   :class:`Plan`; ``--fast`` shrinks every plan to :data:`FAST_PLANS`;
@@ -17,8 +17,10 @@ A class is one module (``detection_mlp.py``, ``detection_conv.py``, ``detection_
 - ``rules()`` / ``tunables()``: rules of this class only (added to the common ones of
   ``detection_rules.py``).
 
-Adding a class (e.g. the DDPM of ``DiffusionMonitor``): write ``detection_ddpm.py`` with its
-``CLASS = ModelClass(...)`` and add the module to :data:`MODULES`; nothing else changes.
+Adding a class: write ``detection_<name>.py`` with its ``CLASS = ModelClass(...)`` and add the
+module to :data:`MODULES`. A class whose ``EffectAgreement`` reads other families than the
+recovery errors and psi (the DDPM: the diffusion loss and psi) adds its descriptor pair to
+``detection_rules.AGREEMENT_PAIRS``, so that the recommended rule reads them.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ KINDS = ("memorize", "generalize")
 #: Ground truth: a run copies once this share of its generated samples are near-copies.
 COPY_SHARE = 0.10
 #: The class modules, in print order.
-MODULES = ("detection_mlp", "detection_conv", "detection_glo", "detection_gan")
+MODULES = (
+    "detection_mlp",
+    "detection_conv",
+    "detection_glo",
+    "detection_gan",
+    "detection_ddpm",
+)
 
 
 class Plan(NamedTuple):

@@ -164,6 +164,14 @@ PAPER = (
 MARGINS = (0.0, 0.3, 0.5, 0.7)
 #: Descriptors of the headline effect rules; all of :data:`SIGNS` appear at margin 0.5.
 HEADLINE = ("recovery/errors", "likelihood/likelihood", "spectrum/log_volume", "density/decay")
+#: Descriptors of the effect-margins table with their memorization direction: the headline ones
+#: and the ``DiffusionMonitor`` loss and psi (``diffusion/<family>/<descriptor>``, lower on
+#: training samples under memorization: Ho et al. 2020's loss; Humayun et al.'s psi).
+MARGIN_SIGNS = {
+    **{d: SIGNS[d] for d in HEADLINE},
+    "diffusion/loss/loss": -1,
+    "diffusion/spectrum/log_volume": -1,
+}
 
 
 def rules() -> list[Rule]:
@@ -221,9 +229,33 @@ class Tunable(NamedTuple):
     default: float
 
 
+#: The per-sample descriptors ``EffectAgreement`` reads, per kind of model (both lower on
+#: training samples under memorization): its default families, the recovery errors and psi of a
+#: decoder; and on a diffusion model the ``DiffusionMonitor`` families that stand for them
+#: (``docs/diffusion.md``, "Rules"): the denoising loss and the x0-estimate's psi.
+AGREEMENT_PAIRS = (
+    ("recovery/errors", "spectrum/log_volume"),
+    ("diffusion/loss/loss", "diffusion/spectrum/log_volume"),
+)
+
+
+def agreement_rule(margin: float) -> Condition:
+    """``EffectAgreement``'s ``bound > margin`` on a check: both effects of the first pair of
+    :data:`AGREEMENT_PAIRS` that the check has a descriptor of have their upper bound below
+    ``-margin`` (the first pair where the check has none)."""
+    rules = [k_of_n([effect_rule(d, margin, -1) for d in pair], 2) for pair in AGREEMENT_PAIRS]
+
+    def condition(check: Check, first: Check) -> float:
+        for pair, rule in zip(AGREEMENT_PAIRS, rules, strict=True):
+            if any(_samples(check, d) is not None for d in pair):
+                return rule(check, first)
+        return rules[0](check, first)
+
+    return condition
+
+
 def _agreement(t: float) -> Rule:
-    conds = [effect_rule(d, t, -1) for d in ("recovery/errors", "spectrum/log_volume")]
-    return Rule(f"agreement (recovery + psi) bound > {t:g}", "tuned", k_of_n(conds, 2))
+    return Rule(f"agreement (recovery + psi) bound > {t:g}", "tuned", agreement_rule(t))
 
 
 def tunables() -> list[Tunable]:

@@ -68,7 +68,7 @@ class Recorder(Callback):
             "samples": {},
         }
         for monitor in measured:
-            for family, table in monitor.tables.items():
+            for family, table in getattr(monitor, "tables", {}).items():
                 for name, splits in table.values.items():
                     for split, values in splits.items():
                         check["samples"][f"{family}/{name}/{split}"] = values.tolist()
@@ -100,5 +100,7 @@ def train(model_class: ModelClass, kind: str, options: Options) -> dict[str, Any
         "checks": recorder.checks,
         "seconds": seconds,
         "truth_seconds": recorder.truth_seconds,
-        "measurements": {type(m).__name__: m.measurements for m in watched},
+        "measurements": {
+            type(m).__name__: m.measurements for m in watched if hasattr(m, "measurements")
+        },
     }

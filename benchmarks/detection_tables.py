@@ -114,16 +114,16 @@ def table(rows: Sequence[dict[str, Any]], classes: dict[str, ModelClass]) -> str
 
 
 def margins(results: Sequence[Run], classes: dict[str, ModelClass]) -> str:
-    """How close each headline effect came to a margin: per class, the generalizing runs' most
-    memorization-like bound over every check (a rule with a larger margin never fired on them)
-    and the memorizing runs' least memorization-like bound at their first check."""
+    """How close each effect of ``detection_rules.MARGIN_SIGNS`` came to a margin: per class,
+    the generalizing runs' most memorization-like bound over every check (a rule with a larger
+    margin never fired on them) and the memorizing runs' least memorization-like bound at their
+    first check."""
     lines = [
         "| descriptor (sign) | class | generalizing: closest bound, any check | "
         "memorizing: weakest bound at the first check |",
         "|---|---|---:|---:|",
     ]
-    for descriptor in detection_rules.HEADLINE:
-        sign = detection_rules.SIGNS[descriptor]
+    for descriptor, sign in detection_rules.MARGIN_SIGNS.items():
         for name in classes:
             closest, weakest = [], []
             for run in results:

@@ -7,24 +7,16 @@ from __future__ import annotations
 
 import importlib
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        names = ("detection_stats", "detection_split", "detection_truth", "detection_classes")
-        yield {name.split("_")[1]: importlib.import_module(name) for name in names}
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def bench(benchmarks_path):
+    names = ("detection_stats", "detection_split", "detection_truth", "detection_classes")
+    return {name.split("_")[1]: importlib.import_module(name) for name in names}
 
 
 def _binomial_cdf(k: int, n: int, p: float) -> float:
