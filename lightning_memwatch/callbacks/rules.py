@@ -60,7 +60,9 @@ class EffectAgreement(FitVerdict, Callback):
     rule detected 15 of 15 memorizing runs of three model classes and raised no false alarm on
     15 generalizing runs nor on 20 generalizing runs trained 3x and 9x longer, where the
     recovery key alone (``memwatch/recovery/effect_upper < -0.5``) fired on 2 of 5 GLO runs
-    trained 9x longer.
+    trained 9x longer. On a DDPM, with ``families=(("diffusion/loss", "loss", -1),
+    ("diffusion/spectrum", "log_volume", -1))``, it detected 12 of 12 memorizing runs with no
+    false alarm on 12 generalizing ones, long before the samples copied.
 
     The value is logged only at an epoch where every monitor owning one of the families
     measured (a fresh check for the stopper). Setup fails when no attached monitor measures a

@@ -130,7 +130,9 @@ def test_ddp_metrics_equal_a_single_process_run_and_both_ranks_stop_together(nam
         # prior draws are seeded by epoch (1 vs 0 for validate); staleness counts epochs
         if key.endswith(("/seconds", "/prior", "/staleness")):
             continue
-        assert distributed[key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
+        # float32 decoders: a rank's shard runs in other batch shapes, so the last bits of a
+        # value move (the dip, a small difference of two log densities of about 1, by ~5e-9)
+        assert distributed[key] == pytest.approx(value, rel=1e-6, abs=1e-7, nan_ok=True), key
 
 
 def probe_of_one() -> list:
@@ -168,4 +170,6 @@ def test_a_probe_smaller_than_the_number_of_ranks_leaves_a_rank_empty_and_measur
     for key, value in reference.items():
         if key.endswith(("/seconds", "/prior", "/staleness")):
             continue
-        assert distributed[key] == pytest.approx(value, rel=1e-6, abs=1e-9, nan_ok=True), key
+        # float32 decoders: a rank's shard runs in other batch shapes, so the last bits of a
+        # value move (the dip, a small difference of two log densities of about 1, by ~5e-9)
+        assert distributed[key] == pytest.approx(value, rel=1e-6, abs=1e-7, nan_ok=True), key
