@@ -55,14 +55,12 @@ class EffectAgreement(FitVerdict, Callback):
     """Log ``memwatch/agreement/bound``: the weakest memorization-side effect bound of several
     families, measured on the monitors' rolling probe tables at the same epoch.
 
-    ``benchmarks/detection.py``: with the recovery errors and psi (the default) and
+    ``benchmarks/detection.py`` (seeds 0-11, five model classes): with the recovery errors and
+    psi (the default; on a DDPM ``families=(("diffusion/loss", "loss", -1),
+    ("diffusion/spectrum", "log_volume", -1))``) and
     ``MemorizationEarlyStopping("memwatch/agreement/bound", threshold=0.3, mode="above")`` the
-    rule detected 15 of 15 memorizing runs of three model classes and raised no false alarm on
-    15 generalizing runs nor on 20 generalizing runs trained 3x and 9x longer, where the
-    recovery key alone (``memwatch/recovery/effect_upper < -0.5``) fired on 2 of 5 GLO runs
-    trained 9x longer. On a DDPM, with ``families=(("diffusion/loss", "loss", -1),
-    ("diffusion/spectrum", "log_volume", -1))``, it detected 12 of 12 memorizing runs with no
-    false alarm on 12 generalizing ones, long before the samples copied.
+    rule detected 59 of 60 memorizing runs (MLP VAE, conv VAE, GLO, GAN without encoder, DDPM)
+    and raised no false alarm on 60 generalizing runs (upper 95 % bound 4.9 %).
 
     The value is logged only at an epoch where every monitor owning one of the families
     measured (a fresh check for the stopper). Setup fails when no attached monitor measures a
