@@ -18,6 +18,7 @@ from lightning_memwatch.callbacks import (
     GeometryMonitor,
     MemorizationEarlyStopping,
     RecoveryMonitor,
+    SampleMonitor,
 )
 from lightning_memwatch.callbacks.machinery.summary import TEXT_TAG, fit_summary
 from lightning_memwatch.callbacks.machinery.summary_text import summary_lines
@@ -255,3 +256,21 @@ def test_training_is_bit_identical_with_the_budgeted_snippet():
     assert plain.losses == watched.losses
     for a, b in zip(plain.state_dict().values(), watched.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_monitor_without_per_sample_tables_reports_no_probe_share(console):
+    """SampleMonitor measures C_T over cells, not probe rows: after 2 measured epochs its
+    summary has ``probe_share`` None and its line names the probe without a share; a
+    GeometryMonitor beside it covers its whole probe (100 %)."""
+    samples = SampleMonitor(probe_size=12, reference_size=24, num_generated=24, cells=2,
+                            max_overhead=math.inf)  # fmt: skip
+    geometry = GeometryMonitor(
+        encoder="encode", probe_size=12, families=("spectrum",), max_overhead=math.inf
+    )
+    fit([geometry, samples], max_epochs=2)
+    assert samples.measurements == 2 and samples.summary()["probe_share"] is None
+    assert geometry.summary()["probe_share"] == 1.0
+    lines = summaries(console)[0].splitlines()
+    line = next(x for x in lines if x.strip().startswith("SampleMonitor:"))
+    assert "of its 12 + 12 probe" not in line and "its 12 + 12 probe" in line
+    assert any("100 % of its 12 + 12 probe" in x for x in lines if "GeometryMonitor:" in x)

@@ -246,7 +246,8 @@ class MemwatchMonitor(Measuring, ModelParts, FitVerdict, Callback):
     # ---------------------------------------------------------------------- verdict
     def summary(self, trainer: pl.Trainer | None = None) -> dict[str, Any]:
         """What this monitor did in the latest fit, as a dict: the epochs it measured
-        (``measured_epochs`` of ``epochs``), the share of its probe covered, the last train /
+        (``measured_epochs`` of ``epochs``), the share of its probe covered (``None`` for a
+        monitor whose statistics are not per sample, as C_T), the last train /
         val / gap / effect bound of each family (``values``), the seconds it spent and their
         ``share`` of the run, the families its budget could never afford, and ``advice``: for
         a monitor with fewer than 3 measurements the one setting to change and its predicted

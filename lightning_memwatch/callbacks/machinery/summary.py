@@ -132,7 +132,10 @@ def monitor_summary(monitor: Any, trainer: pl.Trainer) -> dict[str, Any]:
         "measured_epochs": monitor.measurements,
         "last_epoch": monitor.last_logged_epoch,
         "probe_size": monitor.effective_probe_size,
-        "probe_share": min(covered) if covered else 0.0,
+        # None: measured, but into no per-sample table (SampleMonitor's C_T is one of cells)
+        "probe_share": (
+            None if monitor.measurements and not tables else min(covered) if covered else 0.0
+        ),
         "values": values,
         "seconds": spent,
         "train_start_seconds": budget.start_seconds,

@@ -25,10 +25,12 @@ def monitor_line(s: dict[str, Any]) -> str:
     """A monitor's line: what it measured, its last values, what it spent and, where its
     budget left it nearly silent, the setting to change."""
     last = f", last at epoch {s['last_epoch']}" if s["last_epoch"] is not None else ""
+    share = s["probe_share"]
+    probe = f"{s['probe_size']} + {s['probe_size']} probe"
+    covered = f"its {probe}" if share is None else f"{100 * share:.0f} % of its {probe}"
     line = (
         f"{s['callback']}: measured {s['measured_epochs']} of {s['epochs']} epochs{last}, "
-        f"{100 * s['probe_share']:.0f} % of its {s['probe_size']} + {s['probe_size']} probe, "
-        f"{s['seconds']:.2f} s ({100 * s['share']:.1f} % of the run)"
+        f"{covered}, {s['seconds']:.2f} s ({100 * s['share']:.1f} % of the run)"
     )
     if s["values"]:
         line += "; " + _values(s["values"])
