@@ -29,10 +29,9 @@ from lightning_memwatch.callbacks.machinery.diffusion_probes import (
     SPECTRUM_STREAM,
     check_timesteps,
     gather_labels,
-    gather_reference,
-    reference_indices,
     resolve_timesteps,
     timestep_name,
+    training_reference,
 )
 from lightning_memwatch.callbacks.machinery.monitor import MemwatchMonitor
 from lightning_memwatch.callbacks.machinery.probes import InputKey
@@ -280,20 +279,7 @@ class DiffusionMonitor(MemwatchMonitor):
         if self.label_key is not None:
             self.labels = gather_labels(trainer, pl_module, self.indices, self.label_key, self.seed)
         if self.samples_family in self.families:
-            preprocess = None
-            if self.preprocess_name is not None:
-                preprocess = self._attribute(pl_module, self.preprocess_name, "preprocess")
-
-            def read(indices: Tensor) -> Tensor:
-                return gather_reference(
-                    trainer, pl_module, indices, self.input_key, preprocess, self.seed
-                ).to(x.dtype)
-
-            if self.reference_index is None:
-                self.reference_index = reference_indices(
-                    trainer, pl_module, self.reference_size, self.seed + 2, read
-                )
-            reference = read(self.reference_index)
+            self.reference_index, reference = training_reference(self, trainer, pl_module, x.dtype)
             self.reference = reference if scale is None else scale(reference)
         dim = x[0].numel()
         k = self.spectrum_dim

@@ -58,18 +58,18 @@ def time_denoiser(monitor: Any, pl_module: Any) -> UnitCosts:
     t = monitor.spectrum_grid[0]
     abar = monitor.schedule.alphas_cumprod.to(device, x.dtype)[t]
     x_t = abar.sqrt() * x  # the noise does not change the cost
-    dim = x[0].numel()
-    q = monitor.projection
-    basis = torch.eye(dim, dtype=x.dtype, device=device) if q is None else q.to(device, x.dtype)
+    q = None if monitor.projection is None else monitor.projection.to(device, x.dtype)
     call = monitor.call
     if monitor.labels is not None:
         call = call.with_labels(int(monitor.labels["train"][0]))
 
     def denoise(u: Tensor) -> Tensor:
-        points = x_t[: len(u)].flatten(1) + u @ basis.T
+        step = u if q is None else u @ q.T  # Q u: the directions the spectrum differentiates
+        points = x_t[: len(u)].flatten(1) + step
         return call(points.reshape(len(u), *x.shape[1:]), timestep_batch(t, len(u), device))
 
-    u = torch.zeros(len(x), basis.shape[1], dtype=x.dtype, device=device)
+    dim = x[0].numel() if q is None else q.shape[1]
+    u = torch.zeros(len(x), dim, dtype=x.dtype, device=device)
     spectrum = any(f.endswith("/spectrum") for f in monitor.families)
     with measurement_context(pl_module, device):
         return time_units(denoise, u, forward_mode=spectrum, reverse_mode=False)

@@ -14,7 +14,7 @@ generalizing example run at ``t = 0.7 T``: a Cliff's delta of +0.45 that no trai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -148,27 +148,37 @@ def gather_labels(
     return labels
 
 
-def reference_indices(
-    trainer: pl.Trainer,
-    pl_module: pl.LightningModule,
-    size: int,
-    seed: int,
-    read: Callable[[Tensor], Tensor],
-) -> Tensor:
-    """Up to ``size`` training indices of samples distinct in content (``read(indices)`` gives
-    their inputs), drawn once with a generator of their own: the reference the generated
-    samples are compared with. A training image repeated in the reference would be its own
-    second nearest neighbour and hide a copy of it (``d_1 / d_2 = 1``), so repeats are left out
+def training_reference(
+    monitor: Any, trainer: pl.Trainer, pl_module: pl.LightningModule, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """The samples family's training reference, ``(indices, inputs)``: the indices kept in
+    ``monitor.reference_index`` (after a resume), else up to ``reference_size`` training
+    indices of samples distinct in content, drawn once with a generator of their own; their
+    inputs read once (:func:`gather_reference`, through ``preprocess``). A training image
+    repeated in the reference would be its own second nearest neighbour and hide a copy of it
+    (``d_1 / d_2 = 1``), so repeats are left out
     (:func:`~lightning_memwatch.callbacks.machinery.drawing.draw_distinct`)."""
+    preprocess = None
+    if monitor.preprocess_name is not None:
+        preprocess = monitor._attribute(pl_module, monitor.preprocess_name, "preprocess")
+
+    def read(indices: Tensor) -> Tensor:
+        return gather_reference(
+            trainer, pl_module, indices, monitor.input_key, preprocess, monitor.seed
+        ).to(dtype)
+
+    if monitor.reference_index is not None:
+        return monitor.reference_index, read(monitor.reference_index)
     found = _split_candidates(trainer, pl_module, "train")
-    indices = draw_distinct(found.indices, size, seed, read).indices
-    if len(indices) < 2:
+    drawn = draw_distinct(found.indices, monitor.reference_size, monitor.seed + 2, read)
+    if len(drawn.indices) < 2:
         raise ValueError(
             f"Expected DiffusionMonitor's training reference to hold at least 2 distinct samples "
             f"to find a generated sample's two nearest but the training loader yields "
-            f"{len(indices)}: leave 'samples' out of `families`"
+            f"{len(drawn.indices)}: leave 'samples' out of `families`"
         )
-    return indices
+    inputs = drawn.inputs if drawn.inputs is not None else read(drawn.indices)
+    return drawn.indices, inputs
 
 
 def gather_reference(
